@@ -1,0 +1,144 @@
+"""Minibatches of token windows, pre-built as tensors on the training device (no DataLoader).
+
+Four ways to cut a corpus, selected by ``split``:
+
+- ``d2l``: d2l 1.0's ``TimeMachine``: overlapping windows ``corpus[i:i+num_steps+1]``; the first
+  ``num_train`` for training (shuffled every epoch), the next ``num_val`` for validation.
+- ``random``: d2l 0.x ``data_iter_random``: non-overlapping windows at random positions.
+- ``sequential``: d2l 0.x ``data_iter_consecutive``: the corpus as ``batch_size`` parallel lanes, read
+  left to right so that batch ``k+1`` continues batch ``k`` (the trainer carries the state over).
+- ``fraction``: every overlapping window of the first ``1 - val_fraction`` of the corpus, shuffled.
+
+All but ``d2l`` hold out the last ``val_fraction`` of the corpus as one contiguous validation text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from rnnkit.errors import RnnkitError
+
+SPLITS = ("d2l", "random", "sequential", "fraction")
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator that depends only on (seed, epoch), so a resumed run shuffles identically."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class WindowBatches:
+    """Windows of ``num_steps + 1`` tokens starting at ``starts``; yields (X, Y), each (batch, num_steps).
+
+    ``Y`` is ``X`` shifted by one token. Shuffled batches use :func:`epoch_generator`.
+    """
+
+    stateful = False
+
+    def __init__(self, corpus: torch.Tensor, starts: torch.Tensor, batch_size: int, num_steps: int,
+                 shuffle: bool, drop_last: bool = False, seed: int = 0) -> None:
+        self.corpus, self.starts = corpus, starts.to(corpus.device)
+        self.batch_size, self.num_steps = batch_size, num_steps
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.offsets = torch.arange(num_steps + 1, device=corpus.device)
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.starts)
+
+    def __len__(self) -> int:
+        n, b = self.num_windows, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        starts = self.starts
+        if self.shuffle:
+            perm = torch.randperm(len(starts), generator=epoch_generator(self.seed, epoch))
+            starts = starts[perm.to(starts.device)]
+        for k in range(len(self)):
+            window = self.corpus[starts[k * self.batch_size:(k + 1) * self.batch_size, None] + self.offsets]
+            yield window[:, :-1], window[:, 1:]
+
+    __iter__ = epoch
+
+
+class SequentialBatches:
+    """d2l 0.x sequential partitioning: ``batch_size`` contiguous lanes, consecutive column blocks."""
+
+    stateful = True
+
+    def __init__(self, corpus: torch.Tensor, batch_size: int, num_steps: int) -> None:
+        lane = (len(corpus) - 1) // batch_size
+        self.X = corpus[: batch_size * lane].reshape(batch_size, lane)
+        self.Y = corpus[1: batch_size * lane + 1].reshape(batch_size, lane)
+        self.batch_size, self.num_steps = batch_size, num_steps
+        self.num_windows = batch_size * (lane // num_steps)
+
+    def __len__(self) -> int:
+        return self.X.shape[1] // self.num_steps
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for k in range(len(self)):
+            cols = slice(k * self.num_steps, (k + 1) * self.num_steps)
+            yield self.X[:, cols], self.Y[:, cols]
+
+    __iter__ = epoch
+
+
+@dataclass
+class DataSplit:
+    """Training batches plus validation data: windows (``d2l``) or one contiguous text (others)."""
+
+    train: WindowBatches | SequentialBatches
+    val_windows: WindowBatches | None
+    val_text: torch.Tensor | None
+
+
+def check_sizes(batch_size: int, num_steps: int) -> None:
+    if not isinstance(num_steps, int) or num_steps < 1 or num_steps > 1_000_000:
+        raise RnnkitError(f"num_steps must be between 1 and 1000000, got {num_steps}")
+    if not isinstance(batch_size, int) or batch_size < 1 or batch_size > 10_000_000:
+        raise RnnkitError(f"batch_size must be between 1 and 10000000, got {batch_size}")
+
+
+def split_corpus(corpus: torch.Tensor, split: str, batch_size: int, num_steps: int, *,
+                 num_train: int = 10000, num_val: int = 5000, val_fraction: float = 0.1,
+                 seed: int = 0) -> DataSplit:
+    """Cut a 1-D tensor of token indices into training batches and validation data (module doc)."""
+    check_sizes(batch_size, num_steps)
+    n = len(corpus)
+    if n < num_steps + 1:
+        raise RnnkitError(f"corpus has {n} tokens, shorter than one window of num_steps + 1 = {num_steps + 1}")
+    if split == "d2l":
+        num_windows = n - num_steps
+        if num_train < 1 or num_val < 0:
+            raise RnnkitError("num_train must be positive and num_val non-negative")
+        train_starts = torch.arange(min(num_train, num_windows))
+        val_starts = torch.arange(len(train_starts), min(num_train + num_val, num_windows))
+        train = WindowBatches(corpus, train_starts, batch_size, num_steps, shuffle=True, seed=seed)
+        val = WindowBatches(corpus, val_starts, batch_size, num_steps, shuffle=False) if len(val_starts) else None
+        return DataSplit(train, val, None)
+    if split not in SPLITS:
+        raise RnnkitError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})")
+    if not 0 <= val_fraction < 1:
+        raise RnnkitError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    cut = n - int(n * val_fraction)
+    train_text, val_text = corpus[:cut], corpus[cut:]
+    if len(train_text) < num_steps + 1:
+        raise RnnkitError(f"training part has {len(train_text)} tokens, shorter than one window of {num_steps + 1}")
+    val_text = val_text if len(val_text) >= 2 else None
+    if split == "sequential":
+        if (len(train_text) - 1) // batch_size < num_steps:
+            raise RnnkitError(f"corpus too short for {batch_size} lanes of {num_steps} steps; lower --batch-size")
+        return DataSplit(SequentialBatches(train_text, batch_size, num_steps), None, val_text)
+    if split == "random":
+        num_examples = (len(train_text) - 1) // num_steps
+        if num_examples < batch_size:
+            raise RnnkitError(f"corpus has {num_examples} windows, fewer than one batch of {batch_size}")
+        starts = torch.arange(num_examples) * num_steps
+        train = WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, drop_last=True, seed=seed)
+        return DataSplit(train, None, val_text)
+    starts = torch.arange(len(train_text) - num_steps)  # fraction
+    return DataSplit(WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, seed=seed), None, val_text)

@@ -1,0 +1,131 @@
+"""Text generation: d2l's greedy ``predict`` plus sampling (temperature, top-k, top-p, p^alpha).
+
+Like d2l's ``predict``, the model first reads the prefix (warm-up), then emits one token at a
+time, feeding each back in. :func:`generate` streams the new tokens; :func:`predict` returns
+``prefix + num_preds`` tokens as one string.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rnnkit.errors import RnnkitError
+from rnnkit.models import RNNLM, State
+from rnnkit.text import Vocab
+
+StepFn = Callable[[Sequence[int], State], tuple[torch.Tensor, State]]
+
+
+@dataclass
+class Sampling:
+    """How the next token is chosen from the model's logits.
+
+    ``greedy`` takes the argmax (d2l). Otherwise sample from ``q ∝ p^(alpha / temperature)``
+    (``alpha > 1`` sharpens, the §9.5 exercise), keeping only the ``top_k`` most likely tokens
+    (0 = all) and the smallest set whose probability reaches ``top_p`` (1 = all).
+    """
+
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    alpha: float = 1.0
+
+    def validate(self) -> None:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise RnnkitError(f"temperature must be > 0, got {self.temperature}")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise RnnkitError(f"alpha must be > 0, got {self.alpha}")
+        if self.top_k < 0:
+            raise RnnkitError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise RnnkitError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution (V,) that :meth:`choose` samples from."""
+        logits = logits.double() * (self.alpha / self.temperature)
+        if self.top_k and self.top_k < logits.numel():
+            kth = torch.topk(logits, self.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        probs = torch.softmax(logits, dim=-1)
+        if self.top_p < 1:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            before = torch.cumsum(sorted_probs, 0) - sorted_probs  # mass of strictly more likely tokens
+            drop = order[before >= self.top_p]
+            probs[drop] = 0
+            probs /= probs.sum()
+        return probs
+
+    def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> int:
+        if self.greedy:
+            return int(logits.argmax())
+        return int(torch.multinomial(self.probabilities(logits).cpu(), 1, generator=generator))
+
+
+def encode_prefix(vocab: Vocab, prefix: Sequence[str]) -> list[int]:
+    """Token indices of a prefix. Unknown tokens: ``<unk>`` with a warning if the vocabulary has
+    it, otherwise an error naming them."""
+    unknown = vocab.unknown(prefix)
+    if unknown:
+        shown = "".join(repr(t) for t in unknown)
+        if vocab.unk_token is None:
+            raise RnnkitError(f"prefix has characters the model's vocabulary lacks: {shown}")
+        warnings.warn(f"prefix characters not in the vocabulary, read as {vocab.unk_token}: {shown}", stacklevel=3)
+    return [vocab[t] for t in prefix]
+
+
+def generate_ids(step: StepFn, prefix_ids: Sequence[int], num_preds: int, initial_logits: torch.Tensor,
+                 sampling: Sampling, seed: int | None = None) -> Iterator[int]:
+    """Yield ``num_preds`` token indices. ``step(ids, state) -> (logits of the last id (V,), state)``;
+    ``initial_logits`` are used when the prefix is empty (a fresh state)."""
+    sampling.validate()
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    state: State = None
+    logits = initial_logits
+    if prefix_ids:
+        logits, state = step(prefix_ids, state)
+    for _ in range(num_preds):
+        token = sampling.choose(logits, generator)
+        yield token
+        logits, state = step([token], state)
+
+
+def model_step(model: RNNLM) -> StepFn:
+    """The step function of an :class:`RNNLM`, on the device of its parameters."""
+    device = next(model.parameters()).device
+
+    def step(ids: Sequence[int], state: State) -> tuple[torch.Tensor, State]:
+        X = torch.tensor([list(ids)], dtype=torch.int64, device=device)
+        logits, state = model(X, state)
+        return logits[-1, 0], state
+
+    return step
+
+
+def generate(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: Sampling | None = None,
+             seed: int | None = None) -> Iterator[str]:
+    """Stream ``num_preds`` new tokens after ``prefix`` (greedy unless ``sampling`` says otherwise)."""
+    if num_preds < 0:
+        raise RnnkitError(f"number of tokens to generate must be >= 0, got {num_preds}")
+    sampling = sampling or Sampling(greedy=True)
+    prefix_ids = encode_prefix(vocab, prefix)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for token in generate_ids(model_step(model), prefix_ids, num_preds, model.initial_logits(),
+                                      sampling, seed):
+                yield vocab.idx_to_token[token]
+    finally:
+        model.train(was_training)
+
+
+def predict(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: Sampling | None = None,
+            seed: int | None = None) -> str:
+    """d2l's ``predict``: the prefix followed by ``num_preds`` generated characters."""
+    return prefix + "".join(generate(model, vocab, prefix, num_preds, sampling, seed))

@@ -1,0 +1,267 @@
+"""Text in, token indices out: built-in corpora, reading files safely, preprocessing, vocabulary.
+
+A corpus is found in this order: an explicit path; ``$RNNKIT_DATA_DIR/<file>``; the user cache
+(``$RNNKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``); a download
+into that cache, checked against the entry's sha1 before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import re
+import tempfile
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnnkit.errors import RnnkitError
+
+D2L_DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
+
+
+@dataclass(frozen=True)
+class CorpusEntry:
+    """A built-in corpus: where to fetch it and the sha1 its bytes must have."""
+
+    name: str
+    filename: str
+    url: str
+    sha1: str
+    description: str
+
+
+CORPORA: dict[str, CorpusEntry] = {
+    "timemachine": CorpusEntry(
+        "timemachine",
+        "timemachine.txt",
+        D2L_DATA_URL + "timemachine.txt",
+        "090b5e7e70c295757f55df93cb0a180b9691891a",
+        "H. G. Wells, The Time Machine (the file d2l downloads)",
+    ),
+}
+
+PREPROCESS_MODES = ("d2l", "raw")
+
+
+def cache_dir() -> Path:
+    """Directory where downloaded corpora are kept."""
+    if os.environ.get("RNNKIT_CACHE_DIR"):
+        return Path(os.environ["RNNKIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "rnnkit"
+
+
+def sha1_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(entry: CorpusEntry, dest: Path) -> None:
+    """Fetch ``entry`` to ``dest`` via a temp file; rename only once the sha1 matches."""
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        digest = hashlib.sha1()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=30) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {entry.name}") as bar:
+                for block in iter(lambda: resp.read(1 << 16), b""):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != entry.sha1:
+            raise RnnkitError(
+                f"download of {entry.url} has sha1 {digest.hexdigest()}, expected {entry.sha1}; "
+                "nothing was saved"
+            )
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def find_corpus(name_or_path: str | os.PathLike, download: bool = True) -> Path:
+    """Return a local path for a built-in corpus name or a text file path (see module doc)."""
+    text = str(name_or_path)
+    if text not in CORPORA:
+        path = Path(text).expanduser()
+        if not path.exists():
+            known = ", ".join(sorted(CORPORA))
+            raise RnnkitError(f"{text}: no such file, and not a built-in corpus ({known})")
+        return path
+    entry = CORPORA[text]
+    looked = []
+    if os.environ.get("RNNKIT_DATA_DIR"):
+        candidate = Path(os.environ["RNNKIT_DATA_DIR"]) / entry.filename
+        looked.append(str(candidate))
+        if candidate.is_file():
+            return _checked(candidate, entry)
+    candidate = cache_dir() / entry.filename
+    looked.append(str(candidate))
+    if candidate.is_file():
+        return _checked(candidate, entry)
+    if download:
+        try:
+            _download(entry, candidate)
+            return candidate
+        except OSError as exc:  # URLError is an OSError
+            reason = f"download from {entry.url} failed ({exc})"
+    else:
+        reason = "downloading is off"
+    raise RnnkitError(
+        f"corpus '{entry.name}' not found: looked in {' and '.join(looked)}; {reason}. "
+        f"Put a copy of {entry.filename} (sha1 {entry.sha1}) in a folder and set "
+        f"RNNKIT_DATA_DIR to it, or pass the file's path instead of '{entry.name}'."
+    )
+
+
+def _checked(path: Path, entry: CorpusEntry) -> Path:
+    actual = sha1_of(path)
+    if actual != entry.sha1:
+        raise RnnkitError(f"{path}: sha1 is {actual}, expected {entry.sha1} for corpus '{entry.name}'")
+    return path
+
+
+_BINARY_MAGIC = (b"\x89PNG", b"PK\x03\x04", b"\x80\x02", b"\x80\x04", b"\x7fELF", b"%PDF", b"\xff\xd8\xff", b"GIF8")
+
+
+def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """Read a whole text file, refusing empty, binary and wrongly-encoded files with a clear error."""
+    path = Path(path)
+    if path.is_dir():
+        raise RnnkitError(f"{path}: is a directory, not a text file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RnnkitError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise RnnkitError(f"{path}: cannot read ({exc.strerror})") from None
+    if not data.strip():
+        raise RnnkitError(f"{path}: file is empty")
+    if data.startswith(_BINARY_MAGIC) or b"\x00" in data[:1 << 16]:
+        raise RnnkitError(f"{path}: not a text file (binary data)")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise RnnkitError(
+            f"{path}: not valid {encoding} (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "if it is in another encoding, pass it with --encoding (e.g. --encoding latin-1)"
+        ) from None
+    except LookupError:
+        raise RnnkitError(f"unknown encoding '{encoding}'") from None
+
+
+def load_corpus_text(name_or_path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """Find (see :func:`find_corpus`) and read a corpus."""
+    return read_text(find_corpus(name_or_path), encoding)
+
+
+def preprocess(text: str, mode: str = "d2l") -> str:
+    """``d2l``: d2l 1.0's ``re.sub('[^A-Za-z]+', ' ', text).lower()``; ``raw``: the text as it is."""
+    if mode == "d2l":
+        return re.sub("[^A-Za-z]+", " ", text).lower()
+    if mode == "raw":
+        return text
+    raise RnnkitError(f"unknown preprocessing '{mode}' (choose from {', '.join(PREPROCESS_MODES)})")
+
+
+def tokenize(text: str, token: str = "char") -> list[str]:
+    """Characters (d2l's ``list(text)``) or words (d2l's ``text.split()``)."""
+    if token == "char":
+        return list(text)
+    if token == "word":
+        return text.split()
+    raise RnnkitError(f"unknown token type '{token}' (choose char or word)")
+
+
+class Vocab:
+    """d2l 1.0's vocabulary: tokens sorted, ``<unk>`` included, tokens rarer than ``min_freq`` dropped.
+
+    ``Vocab(tokens)`` gives exactly d2l's indices. ``unk_token=None`` builds a vocabulary without
+    ``<unk>`` (rnnkit's ``raw`` mode), where looking up an unknown token raises ``KeyError``.
+    """
+
+    def __init__(
+        self,
+        tokens: Iterable = (),
+        min_freq: int = 0,
+        reserved_tokens: Sequence[str] = (),
+        unk_token: str | None = "<unk>",
+    ) -> None:
+        tokens = list(tokens)
+        if tokens and isinstance(tokens[0], list):  # flatten a list of lines, as d2l does
+            tokens = [token for line in tokens for token in line]
+        counter = collections.Counter(tokens)
+        self.token_freqs = sorted(counter.items(), key=lambda x: x[1], reverse=True)
+        specials = ([unk_token] if unk_token is not None else []) + list(reserved_tokens)
+        kept = [token for token, freq in self.token_freqs if freq >= min_freq]
+        self.unk_token = unk_token
+        self.idx_to_token = sorted(set(specials + kept))
+        self.token_to_idx = {token: idx for idx, token in enumerate(self.idx_to_token)}
+
+    @classmethod
+    def from_tokens_list(cls, idx_to_token: Sequence[str], unk_token: str | None = "<unk>") -> Vocab:
+        """Rebuild a saved vocabulary with exactly the given index order."""
+        vocab = cls.__new__(cls)
+        vocab.token_freqs = []
+        vocab.unk_token = unk_token
+        vocab.idx_to_token = list(idx_to_token)
+        vocab.token_to_idx = {token: idx for idx, token in enumerate(vocab.idx_to_token)}
+        if len(vocab.token_to_idx) != len(vocab.idx_to_token):
+            raise RnnkitError("vocabulary has duplicate tokens")
+        if unk_token is not None and unk_token not in vocab.token_to_idx:
+            raise RnnkitError(f"vocabulary lacks its unknown token {unk_token!r}")
+        return vocab
+
+    def __len__(self) -> int:
+        return len(self.idx_to_token)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self.token_to_idx
+
+    def __getitem__(self, tokens):
+        if not isinstance(tokens, (list, tuple)):
+            if self.unk_token is None:
+                return self.token_to_idx[tokens]
+            return self.token_to_idx.get(tokens, self.unk)
+        return [self.__getitem__(token) for token in tokens]
+
+    def to_tokens(self, indices):
+        if hasattr(indices, "__len__") and len(indices) > 1:
+            return [self.idx_to_token[int(index)] for index in indices]
+        return self.idx_to_token[indices]
+
+    @property
+    def unk(self) -> int:
+        """Index of the unknown token (d2l's name)."""
+        if self.unk_token is None:
+            raise KeyError("this vocabulary has no unknown token")
+        return self.token_to_idx[self.unk_token]
+
+    def unknown(self, tokens: Iterable[str]) -> list[str]:
+        """The distinct tokens of ``tokens`` this vocabulary lacks, in order of first appearance."""
+        return list(dict.fromkeys(t for t in tokens if t not in self.token_to_idx))
+
+
+def build_corpus(
+    text: str, mode: str = "d2l", token: str = "char", vocab: Vocab | None = None
+) -> tuple[list[int], Vocab]:
+    """d2l's ``TimeMachine.build``: preprocess, tokenize, build a vocabulary if none is given, index."""
+    tokens = tokenize(preprocess(text, mode), token)
+    if vocab is None:
+        vocab = Vocab(tokens, unk_token="<unk>" if mode == "d2l" else None)
+    if vocab.unk_token is None:
+        missing = vocab.unknown(tokens)
+        if missing:
+            raise RnnkitError(f"text has tokens the vocabulary lacks: {missing[:20]!r}")
+    return [vocab[t] for t in tokens], vocab

@@ -1,0 +1,236 @@
+"""Training and evaluation: every knob in one dataclass, one :class:`Trainer` that runs it."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnkit.data import DataSplit, WindowBatches, check_sizes, split_corpus
+from rnnkit.errors import RnnkitError
+from rnnkit.models import RNNLM, State, build_model, detach_state
+from rnnkit.text import Vocab, build_corpus, load_corpus_text
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. The defaults are the book's configuration (d2l §9.5/§9.6)."""
+
+    corpus: str = "timemachine"  # built-in corpus name or a path to a UTF-8 text file
+    encoding: str = "utf-8"
+    preprocess: str = "d2l"  # d2l: letters only, lower case; raw: every character a token
+    split: str = "d2l"  # d2l | random | sequential | fraction (see rnnkit.data)
+    num_train: int = 10000  # d2l split: training windows
+    num_val: int = 5000  # d2l split: validation windows
+    val_fraction: float = 0.1  # other splits: held-out tail of the corpus
+    model: str = "rnn"  # rnn | gru | lstm | scratch
+    hidden: int = 32
+    layers: int = 1
+    dropout: float = 0.0
+    embedding: int = 0  # 0: one-hot input (the book); >0: learned embedding of this size
+    activation: str = "tanh"  # tanh | relu (rnn and scratch)
+    batch_size: int = 1024
+    num_steps: int = 32
+    epochs: int = 100
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 1.0
+    weight_decay: float = 0.0
+    clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    seed: int = 0
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise RnnkitError(f"config has unknown keys: {sorted(unknown)}")
+        return cls(**values)
+
+    def validate(self) -> None:
+        check_sizes(self.batch_size, self.num_steps)
+        if self.optimizer not in OPTIMIZERS:
+            raise RnnkitError(f"unknown optimizer '{self.optimizer}' (choose from {', '.join(OPTIMIZERS)})")
+        if not self.epochs >= 0:
+            raise RnnkitError(f"epochs must be >= 0, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise RnnkitError(f"lr must be a positive number, got {self.lr}")
+        if not self.clip >= 0:
+            raise RnnkitError(f"clip must be >= 0 (0 = off), got {self.clip}")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise RnnkitError(f"unknown device '{name}'") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RnnkitError("device cuda requested but CUDA is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """d2l's ``clip_gradients``: if the global L2 norm of all gradients exceeds ``max_norm``,
+    scale every gradient by ``max_norm / norm``. Returns the norm before clipping."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = torch.clamp(max_norm / norm, max=1.0)  # = 1 when norm <= max_norm: no change
+    torch._foreach_mul_(grads, scale)
+    return norm
+
+
+def sequence_loss(logits: torch.Tensor, Y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of time-major logits (T, B, V) against targets Y (B, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.T.reshape(-1), reduction=reduction)
+
+
+@torch.inference_mode()
+def window_nll(model: RNNLM, batches: WindowBatches) -> tuple[float, int]:
+    """Summed NLL (nats) and token count over every window, each from a fresh state (d2l's validation)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for X, Y in batches:
+        logits, _ = model(X)
+        total += sequence_loss(logits, Y, "sum").double().item()
+        count += Y.numel()
+    model.train(was_training)
+    return total, count
+
+
+@torch.inference_mode()
+def stream_nll(model: RNNLM, tokens: torch.Tensor, chunk: int = 1024) -> tuple[float, int]:
+    """Summed NLL (nats) and count over a token stream, carrying the state across chunks so that
+    every token after the first is predicted once, from all the text before it."""
+    was_training = model.training
+    model.eval()
+    total, count, state = 0.0, 0, None
+    for start in range(0, len(tokens) - 1, chunk):
+        piece = tokens[start:start + chunk + 1]
+        X, Y = piece[:-1].unsqueeze(0), piece[1:].unsqueeze(0)
+        logits, state = model(X, state)
+        total += sequence_loss(logits, Y, "sum").double().item()
+        count += Y.numel()
+    model.train(was_training)
+    return total, count
+
+
+def perplexity(nll: float, count: int) -> float:
+    """exp(mean token cross-entropy)."""
+    return math.exp(nll / count) if count else float("nan")
+
+
+def bits_per_token(nll: float, count: int) -> float:
+    """Mean cross-entropy in bits (bits per character for character models)."""
+    return nll / count / math.log(2) if count else float("nan")
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+@dataclass
+class EpochStats:
+    """One line of ``metrics.jsonl``."""
+
+    epoch: int
+    train_loss: float
+    train_ppl: float
+    val_ppl: float
+    val_bpc: float
+    seconds: float  # training seconds so far (excludes evaluation)
+    tokens_per_s: float
+
+
+class Trainer:
+    """Loads the corpus, builds vocabulary, batches and model from a :class:`TrainConfig`, and trains.
+
+    ``fit()`` returns the history (one :class:`EpochStats` per epoch); ``on_epoch`` is called after
+    each epoch with the stats (used by the CLI to print, log and save).
+    """
+
+    def __init__(self, config: TrainConfig, text: str | None = None, vocab: Vocab | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.device = select_device(config.device)
+        if text is None:
+            text = load_corpus_text(config.corpus, config.encoding)
+        ids, self.vocab = build_corpus(text, config.preprocess, vocab=vocab)
+        self.corpus = torch.tensor(ids, dtype=torch.int64, device=self.device)
+        self.data: DataSplit = split_corpus(
+            self.corpus, config.split, config.batch_size, config.num_steps, num_train=config.num_train,
+            num_val=config.num_val, val_fraction=config.val_fraction, seed=config.seed)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model, len(self.vocab), config.hidden, config.layers, config.dropout,
+                                 config.embedding, config.activation).to(self.device)
+        self.optimizer = make_optimizer(config, self.model)
+        self.history: list[EpochStats] = []
+        self.train_seconds = 0.0
+
+    def train_epoch(self, epoch: int) -> tuple[float, int]:
+        """One pass over the training batches; returns (summed loss in nats, token count)."""
+        model, clip = self.model, self.config.clip
+        model.train()
+        state: State = None
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
+        for X, Y in self.data.train.epoch(epoch):
+            if self.data.train.stateful:
+                state = detach_state(state)
+                logits, state = model(X, state)
+            else:
+                logits, _ = model(X)
+            loss = sequence_loss(logits, Y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip > 0:
+                clip_gradients(model.parameters(), clip)
+            self.optimizer.step()
+            total += loss.detach() * Y.numel()
+            count += Y.numel()
+        return total.item(), count
+
+    def evaluate_val(self) -> tuple[float, int]:
+        """Summed NLL and count on the validation data (windows for ``d2l``, else the held-out text)."""
+        if self.data.val_windows is not None:
+            return window_nll(self.model, self.data.val_windows)
+        if self.data.val_text is not None:
+            return stream_nll(self.model, self.data.val_text)
+        return 0.0, 0
+
+    def fit(self, on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+        start_epoch = len(self.history)
+        for epoch in range(start_epoch, self.config.epochs):
+            t0 = time.perf_counter()
+            loss_sum, count = self.train_epoch(epoch)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - t0
+            self.train_seconds += elapsed
+            val_nll, val_count = self.evaluate_val()
+            train_loss = loss_sum / count
+            stats = EpochStats(epoch + 1, train_loss, math.exp(train_loss), perplexity(val_nll, val_count),
+                               bits_per_token(val_nll, val_count), round(self.train_seconds, 4),
+                               round(count / elapsed, 1))
+            self.history.append(stats)
+            if on_epoch is not None:
+                on_epoch(stats)
+        return self.history
