@@ -1,0 +1,66 @@
+import json
+
+import pytest
+import torch
+
+from rnnkit.checkpoint import load_run, save_run
+from rnnkit.errors import RnnkitError
+from rnnkit.models import build_model
+from rnnkit.text import Vocab
+from rnnkit.train import TrainConfig
+
+
+@pytest.fixture()
+def run(tmp_path):
+    vocab = Vocab(list("hello world"), unk_token=None)
+    config = TrainConfig(model="lstm", hidden=6, layers=2, embedding=3)
+    model = build_model("lstm", len(vocab), 6, layers=2, embedding=3)
+    save_run(tmp_path / "run", model, vocab, config, epoch=4)
+    return tmp_path / "run", model, vocab, config
+
+
+def test_round_trip(run):
+    path, model, vocab, config = run
+    loaded, vocab2, config2, meta = load_run(path)
+    assert config2 == config and vocab2.idx_to_token == vocab.idx_to_token and vocab2.unk_token is None
+    assert meta["epoch"] == 4 and meta["format_version"] == 1
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_truncated_weights(run):
+    path = run[0] / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-50])
+    with pytest.raises(RnnkitError, match="truncated or corrupt"):
+        load_run(run[0])
+
+
+def test_pickle_renamed_to_safetensors(run):
+    torch.save(run[1].state_dict(), run[0] / "model.safetensors")
+    with pytest.raises(RnnkitError, match="never unpickles"):
+        load_run(run[0])
+
+
+def test_config_edited_to_other_hidden_size(run):
+    path = run[0] / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"]["hidden"] = 7
+    path.write_text(json.dumps(meta))
+    with pytest.raises(RnnkitError, match="do not match"):
+        load_run(run[0])
+
+
+def test_newer_format_and_foreign_config(run):
+    path = run[0] / "config.json"
+    meta = json.loads(path.read_text())
+    path.write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(RnnkitError, match="newer"):
+        load_run(run[0])
+    path.write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(RnnkitError, match="not an rnnkit"):
+        load_run(run[0])
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(RnnkitError, match="not a run directory"):
+        load_run(tmp_path)
