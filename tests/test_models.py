@@ -84,3 +84,56 @@ def test_scratch_lm_output_layer_init_as_d2l():
     model = build_model("scratch", vocab_size=28, hidden=32)
     assert isinstance(model, RNNLM) and torch.count_nonzero(model.head.bias) == 0
     assert 0.005 < model.head.weight.std().item() < 0.015
+
+
+def test_fused_linear_cross_entropy_equals_autograd_reference():
+    from rnnkit.models import linear_cross_entropy
+
+    torch.manual_seed(3)
+    inputs = torch.randn(50, 8, requires_grad=True)
+    head = nn.Linear(8, 11)
+    targets = torch.randint(0, 11, (50,))
+    ref = F.cross_entropy(head(inputs), targets, reduction="sum")
+    ref_grads = torch.autograd.grad(ref, [inputs, head.weight, head.bias])
+    fused = linear_cross_entropy(inputs, head.weight, head.bias, targets)
+    grads = torch.autograd.grad(fused * 0.5, [inputs, head.weight, head.bias])
+    torch.testing.assert_close(fused, ref)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, 0.5 * r)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_recurrence_gradients_equal_autograd_of_the_book_loop(activation):
+    torch.manual_seed(4)
+    V, H, T, B = 9, 6, 7, 5
+    scratch = RNNScratch(V, H, sigma=0.5, activation=activation)
+    ids = torch.randint(0, V, (T, B))
+    h0 = torch.randn(B, H, requires_grad=True)
+    weights = torch.randn(T, B, H)
+    out, _ = scratch(ids, h0)
+    grads = torch.autograd.grad((out * weights).sum(), [scratch.W_xh, scratch.W_hh, scratch.b_h, h0])
+    phi = torch.tanh if activation == "tanh" else torch.relu
+    state, ref_out = h0, []
+    for x in F.one_hot(ids, V).float():
+        state = phi(x @ scratch.W_xh + state @ scratch.W_hh + scratch.b_h)
+        ref_out.append(state)
+    ref_out = torch.stack(ref_out)
+    ref_grads = torch.autograd.grad((ref_out * weights).sum(), [scratch.W_xh, scratch.W_hh, scratch.b_h, h0])
+    torch.testing.assert_close(out, ref_out)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r)
+
+
+def test_fast_concise_rnn_path_equals_nn_rnn():
+    torch.manual_seed(5)
+    layer = Recurrent("rnn", 10, 7)
+    ids = torch.randint(0, 10, (6, 4))
+    h0 = torch.randn(1, 4, 7)
+    out, h = layer(ids, h0)
+    grads = torch.autograd.grad(out.square().sum() + h.sum(), list(layer.parameters()))
+    ref_out, ref_h = layer.rnn(F.one_hot(ids, 10).float(), h0)
+    ref_grads = torch.autograd.grad(ref_out.square().sum() + ref_h.sum(), list(layer.parameters()))
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(h, ref_h)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r)

@@ -48,6 +48,10 @@ class WindowBatches:
     def num_windows(self) -> int:
         return len(self.starts)
 
+    def batched(self, batch_size: int) -> WindowBatches:
+        """The same windows, in order, in batches of ``batch_size`` (for evaluation)."""
+        return WindowBatches(self.corpus, self.starts, max(batch_size, 1), self.num_steps, shuffle=False)
+
     def __len__(self) -> int:
         n, b = self.num_windows, self.batch_size
         return n // b if self.drop_last else -(-n // b)

@@ -23,8 +23,8 @@ State = torch.Tensor | tuple[torch.Tensor, ...] | None
 class RNNScratch(nn.Module):
     """d2l §9.5's RNN: ``H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h)`` with N(0, sigma^2) weights.
 
-    Token indices select rows of ``W_xh``, which is exactly ``one_hot(X) @ W_xh`` without the
-    matmul. The state is ``(B, H)``; a 1-tuple ``(H,)`` is accepted too, as d2l passes it.
+    Token indices select rows of ``W_xh + b_h``, which is exactly ``one_hot(X) @ W_xh + b_h``
+    without the matmul. The state is ``(B, H)``; a 1-tuple ``(H,)`` is accepted too, as d2l passes it.
     """
 
     def __init__(self, num_inputs: int, num_hiddens: int, sigma: float = 0.01, activation: str = "tanh") -> None:
@@ -37,26 +37,69 @@ class RNNScratch(nn.Module):
         self.b_h = nn.Parameter(torch.zeros(num_hiddens))
 
     def forward(self, inputs: torch.Tensor, state: State = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if inputs.dtype in (torch.int64, torch.int32):
-            projected = F.embedding(inputs, self.W_xh) + self.b_h  # (T, B, H)
-        else:
-            projected = inputs @ self.W_xh + self.b_h
         if isinstance(state, (tuple, list)):
             (state,) = state
-        if state is None:
-            state = projected.new_zeros(projected.shape[1:])
-        return recurrence(projected, state, self.W_hh, self.activation)
+        if inputs.dtype in (torch.int64, torch.int32):
+            return recurrence(inputs, self.W_xh + self.b_h, state, self.W_hh, self.activation)
+        return recurrence(torch.addmm(self.b_h, inputs.flatten(0, -2), self.W_xh).view(*inputs.shape[:-1], -1),
+                          None, state, self.W_hh, self.activation)
 
 
-def recurrence(projected: torch.Tensor, state: torch.Tensor, W_hh: torch.Tensor,
+def recurrence(inputs: torch.Tensor, table: torch.Tensor | None, state: torch.Tensor | None, W_hh: torch.Tensor,
                activation: str = "tanh") -> tuple[torch.Tensor, torch.Tensor]:
-    """``H_t = phi(projected_t + H_{t-1} @ W_hh)`` for t = 1..T; returns (outputs (T, B, H), H_T)."""
-    phi = ACTIVATIONS[activation]
-    outputs = []
-    for x in projected:
-        state = phi(torch.addmm(x, state, W_hh))
-        outputs.append(state)
-    return torch.stack(outputs), state
+    """``H_t = phi(P_t + H_{t-1} @ W_hh)`` for t = 1..T; returns (outputs (T, B, H), H_T).
+
+    ``P`` is ``table[inputs]`` for token indices ``inputs`` (T, B) and a table (V, H) — the one-hot
+    product as a row lookup — or ``inputs`` (T, B, H) itself when ``table`` is None. The step loop
+    builds no autograd graph: :class:`_Recurrence` does backpropagation through time by hand, with
+    the weight gradients as single GEMMs over all steps (equal to autograd's, see the tests).
+    """
+    if state is None:
+        state = W_hh.new_zeros(inputs.shape[1], W_hh.shape[0])
+    outputs = _Recurrence.apply(inputs, table, state, W_hh, activation)
+    return outputs, outputs[-1]
+
+
+class _Recurrence(torch.autograd.Function):
+    """Forward and backward-through-time of the simple RNN recurrence (see :func:`recurrence`)."""
+
+    @staticmethod
+    def forward(ctx, inputs, table, state, W_hh, activation):
+        if table is None:
+            outputs = inputs.clone(memory_format=torch.contiguous_format)
+        else:
+            outputs = table.new_empty(*inputs.shape, table.shape[1])
+            torch.index_select(table, 0, inputs.reshape(-1), out=outputs.view(-1, table.shape[1]))
+        act_ = torch.tanh_ if activation == "tanh" else torch.relu_
+        h = state
+        for t in range(outputs.shape[0]):
+            h = act_(outputs[t].addmm_(h, W_hh))
+        ctx.activation, ctx.num_rows = activation, None if table is None else table.shape[0]
+        ctx.save_for_backward(inputs if table is not None else None, outputs, state, W_hh)
+        return outputs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_outputs):
+        ids, outputs, state, W_hh = ctx.saved_tensors
+        T, _, H = outputs.shape
+        grad_pre = grad_outputs.clone(memory_format=torch.contiguous_format)  # becomes dL/d(pre-activation)
+        W_hh_T = W_hh.t()
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:  # dL/dH_t = grad_outputs_t + dL/dpre_{t+1} @ W_hh^T
+                grad_pre[t].addmm_(grad_pre[t + 1], W_hh_T)
+            if ctx.activation == "tanh":
+                torch.ops.aten.tanh_backward.grad_input(grad_pre[t], outputs[t], grad_input=grad_pre[t])
+            else:
+                torch.ops.aten.threshold_backward.grad_input(grad_pre[t], outputs[t], 0, grad_input=grad_pre[t])
+        grad_h = grad_pre[0] @ W_hh_T
+        grad_W = state.t() @ grad_pre[0]
+        if T > 1:
+            grad_W.addmm_(outputs[:-1].reshape(-1, H).t(), grad_pre[1:].reshape(-1, H))
+        if ctx.num_rows is None:
+            return grad_pre, None, grad_h, grad_W, None
+        grad_table = grad_pre.new_zeros(ctx.num_rows, H).index_add_(0, ids.reshape(-1), grad_pre.view(-1, H))
+        return None, grad_table, grad_h, grad_W, None
 
 
 class Recurrent(nn.Module):
@@ -78,9 +121,18 @@ class Recurrent(nn.Module):
             raise RnnkitError(f"unknown recurrent layer '{kind}'")
 
     def forward(self, inputs: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
-        if inputs.dtype in (torch.int64, torch.int32):
-            inputs = F.one_hot(inputs, self.num_inputs).to(self.rnn.weight_ih_l0.dtype)
-        return self.rnn(inputs, state)
+        one_hot = inputs.dtype in (torch.int64, torch.int32)
+        rnn = self.rnn
+        if one_hot and self.kind == "rnn" and rnn.num_layers == 1 and inputs.device.type == "cpu":
+            # The book's model on the CPU: same parameters and math as nn.RNN, but the one-hot
+            # product is a row lookup and BPTT runs in :class:`_Recurrence` (faster here).
+            table = (rnn.weight_ih_l0.t() + (rnn.bias_ih_l0 + rnn.bias_hh_l0)).contiguous()
+            outputs, last = recurrence(inputs, table, None if state is None else state[0], rnn.weight_hh_l0.t(),
+                                       rnn.nonlinearity)
+            return outputs, last.unsqueeze(0)
+        if one_hot:
+            inputs = F.one_hot(inputs, self.num_inputs).to(rnn.weight_ih_l0.dtype)
+        return rnn(inputs, state)
 
 
 class RNNLM(nn.Module):
@@ -105,9 +157,46 @@ class RNNLM(nn.Module):
         outputs, state = self.rnn(inputs, state)
         return self.head(outputs), state
 
+    def loss(self, X: torch.Tensor, Y: torch.Tensor, state: State = None,
+             reduction: str = "mean") -> tuple[torch.Tensor, State]:
+        """Cross-entropy of predicting ``Y`` (B, T) from ``X`` (B, T); the logits are never kept."""
+        inputs = X.T if self.embedding is None else self.embedding(X.T)
+        outputs, state = self.rnn(inputs, state)
+        total = linear_cross_entropy(outputs.reshape(-1, outputs.shape[-1]), self.head.weight, self.head.bias,
+                                     Y.T.reshape(-1))
+        return (total / Y.numel() if reduction == "mean" else total), state
+
     def initial_logits(self) -> torch.Tensor:
         """Logits (V,) from a fresh (all-zero) hidden state: where generation with no prefix starts."""
         return self.head.bias.detach().clone()
+
+
+def linear_cross_entropy(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                         targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of ``inputs @ weight.T + bias`` (N, V) against ``targets`` (N,).
+
+    Equal to ``F.cross_entropy(F.linear(inputs, weight, bias), targets, reduction="sum")``; the
+    backward pass reuses the saved log-probabilities in place instead of keeping logits around.
+    """
+    return _LinearCrossEntropy.apply(inputs, weight, bias, targets)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, inputs, weight, bias, targets):
+        log_probs = torch.log_softmax(torch.addmm(bias, inputs, weight.t()), 1)
+        ctx.save_for_backward(inputs, weight, log_probs, targets)
+        return -log_probs.gather(1, targets[:, None]).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        inputs, weight, log_probs, targets = ctx.saved_tensors
+        grad = log_probs.exp_()  # softmax; the saved tensor is not needed again
+        grad.scatter_add_(1, targets[:, None], grad.new_full((len(targets), 1), -1.0))
+        grad.mul_(grad_loss)
+        grad_bias = torch.mv(grad.t(), grad.new_ones(len(grad)))  # faster than grad.sum(0) here
+        return grad @ weight, grad.t() @ inputs, grad_bias, None
 
 
 def detach_state(state: State) -> State:
