@@ -185,15 +185,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs, weight, bias, targets):
         log_probs = torch.log_softmax(torch.addmm(bias, inputs, weight.t()), 1)
-        ctx.save_for_backward(inputs, weight, log_probs, targets)
-        return -log_probs.gather(1, targets[:, None]).sum()
+        flat_targets = torch.arange(len(targets), device=targets.device) * log_probs.shape[1] + targets
+        ctx.save_for_backward(inputs, weight, log_probs, flat_targets)
+        return -log_probs.view(-1).take(flat_targets).sum()  # take: faster than gather here
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        inputs, weight, log_probs, targets = ctx.saved_tensors
+        inputs, weight, log_probs, flat_targets = ctx.saved_tensors
         grad = log_probs.exp_()  # softmax; the saved tensor is not needed again
-        grad.scatter_add_(1, targets[:, None], grad.new_full((len(targets), 1), -1.0))
+        flat = grad.view(-1)
+        flat.index_put_((flat_targets,), flat.take(flat_targets) - 1)  # softmax - one_hot(targets)
         grad.mul_(grad_loss)
         grad_bias = torch.mv(grad.t(), grad.new_ones(len(grad)))  # faster than grad.sum(0) here
         return grad @ weight, grad.t() @ inputs, grad_bias, None
