@@ -68,6 +68,32 @@ class WindowBatches:
     __iter__ = epoch
 
 
+class TensorBatches:
+    """Minibatches of the rows of equally long tensors (what ``DataLoader(TensorDataset(...))``
+    yields), gathered with one index per tensor instead of collating rows one by one.
+
+    Shuffled with the global torch RNG each time it is iterated, like ``DataLoader(shuffle=True)``.
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool) -> None:
+        if len({len(t) for t in tensors}) != 1:
+            raise RnnkitError("tensors must have the same number of rows")
+        self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.tensors[0]) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        n = len(self.tensors[0])
+        order = torch.randperm(n) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                yield tuple(t[start:start + self.batch_size] for t in self.tensors)
+            else:
+                idx = order[start:start + self.batch_size]
+                yield tuple(t[idx.to(t.device)] for t in self.tensors)
+
+
 class SequentialBatches:
     """d2l 0.x sequential partitioning: ``batch_size`` contiguous lanes, consecutive column blocks."""
 
