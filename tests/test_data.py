@@ -55,11 +55,17 @@ def test_random_sampling_nonoverlapping_windows():
     assert all(s % 10 == 0 for s in starts) and len(set(starts)) == len(starts)
 
 
-def test_fraction_split_holds_out_the_tail():
+def test_fraction_split_holds_out_the_tail_and_covers_the_rest_once():
     corpus = torch.arange(1000)
     data = split_corpus(corpus, "fraction", 16, 5, val_fraction=0.2)
     assert torch.equal(data.val_text, torch.arange(800, 1000))
-    assert max(X.max().item() for X, _ in data.train) < 800 - 1 + 1
+    offsets = set()
+    for epoch in range(6):
+        X = torch.cat([X for X, Y in data.train.epoch(epoch)])
+        assert X.max().item() < 800 and torch.equal(X.flatten().sort().values, X.flatten().unique())
+        assert len(X.flatten()) >= 800 - 2 * 5  # every token but those before the offset and at the end
+        offsets.add(X[:, 0].min().item())
+    assert len(offsets) > 1  # the windows start at a different offset from epoch to epoch
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -7,7 +7,8 @@ Four ways to cut a corpus, selected by ``split``:
 - ``random``: d2l 0.x ``data_iter_random``: non-overlapping windows at random positions.
 - ``sequential``: d2l 0.x ``data_iter_consecutive``: the corpus as ``batch_size`` parallel lanes, read
   left to right so that batch ``k+1`` continues batch ``k`` (the trainer carries the state over).
-- ``fraction``: every overlapping window of the first ``1 - val_fraction`` of the corpus, shuffled.
+- ``fraction``: the first ``1 - val_fraction`` of the corpus cut into consecutive windows from a
+  random offset each epoch (every token once per epoch), shuffled.
 
 All but ``d2l`` hold out the last ``val_fraction`` of the corpus as one contiguous validation text.
 """
@@ -38,10 +39,11 @@ class WindowBatches:
     stateful = False
 
     def __init__(self, corpus: torch.Tensor, starts: torch.Tensor, batch_size: int, num_steps: int,
-                 shuffle: bool, drop_last: bool = False, seed: int = 0) -> None:
+                 shuffle: bool, drop_last: bool = False, seed: int = 0, random_offset: bool = False) -> None:
         self.corpus, self.starts = corpus, starts.to(corpus.device)
         self.batch_size, self.num_steps = batch_size, num_steps
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.random_offset = random_offset  # shift all starts by one random amount < num_steps per epoch
         self.offsets = torch.arange(num_steps + 1, device=corpus.device)
 
     @property
@@ -58,10 +60,16 @@ class WindowBatches:
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         starts = self.starts
+        generator = epoch_generator(self.seed, epoch)
+        if self.random_offset:
+            offset = int(torch.randint(self.num_steps, (), generator=generator))
+            starts = starts + offset
+            starts = starts[starts + self.num_steps < len(self.corpus)]
         if self.shuffle:
-            perm = torch.randperm(len(starts), generator=epoch_generator(self.seed, epoch))
+            perm = torch.randperm(len(starts), generator=generator)
             starts = starts[perm.to(starts.device)]
-        for k in range(len(self)):
+        n, b = len(starts), self.batch_size
+        for k in range(n // b if self.drop_last else -(-n // b)):
             window = self.corpus[starts[k * self.batch_size:(k + 1) * self.batch_size, None] + self.offsets]
             yield window[:, :-1], window[:, 1:]
 
@@ -170,5 +178,6 @@ def split_corpus(corpus: torch.Tensor, split: str, batch_size: int, num_steps: i
         starts = torch.arange(num_examples) * num_steps
         train = WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, drop_last=True, seed=seed)
         return DataSplit(train, None, val_text)
-    starts = torch.arange(len(train_text) - num_steps)  # fraction
-    return DataSplit(WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, seed=seed), None, val_text)
+    starts = torch.arange(0, len(train_text) - num_steps, num_steps)  # fraction
+    train = WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, seed=seed, random_offset=True)
+    return DataSplit(train, None, val_text)
