@@ -1,8 +1,13 @@
-"""Run directories: ``model.safetensors`` (weights) + ``config.json`` (config, vocabulary, versions).
+"""Run directories and checkpoints.
+
+A run directory holds ``model.safetensors`` (weights), ``state.safetensors`` (optimizer, RNG
+states, completed epochs and their history: what ``--resume`` needs), ``config.json`` (config,
+vocabulary, format and rnnkit versions) and ``metrics.jsonl``.
 
 Every file is written atomically (temp file in the same folder, flush + fsync, rename), so a crash
-or a full disk leaves the previous version intact. Loading never unpickles: weights are read with
-safetensors only, and a file that is a pickle or a ``torch.save`` archive is refused.
+or a full disk leaves the previous version intact; all files of one save carry the same checkpoint
+id, and loading refuses a mixture. Loading never unpickles: tensors are read with safetensors,
+the rest is JSON, and a file that is a pickle or a ``torch.save`` archive is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +32,8 @@ from rnnkit.train import TrainConfig
 
 FORMAT = "rnnkit-run"
 FORMAT_VERSION = 1
-MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.jsonl"
+MODEL_FILE, STATE_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "state.safetensors", "config.json", \
+    "metrics.jsonl"
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -53,22 +60,75 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         pass
 
 
-def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: TrainConfig, epoch: int) -> None:
-    """Write the weights, then the config that describes them, into ``run_dir``."""
+def pack(obj) -> tuple[dict[str, torch.Tensor], str]:
+    """Split a nest of dicts/lists/scalars/tensors into flat tensors + a JSON skeleton (no pickle)."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(x, path):
+        if isinstance(x, torch.Tensor):
+            tensors[path] = x.detach().to("cpu").contiguous()
+            return {"__tensor__": path}
+        if isinstance(x, dict):
+            return {"__dict__": [[k, walk(v, f"{path}.{k}")] for k, v in x.items()]}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(x)]
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        raise TypeError(f"cannot checkpoint a {type(x).__name__}")
+
+    return tensors, json.dumps(walk(obj, "s"))
+
+
+def unpack(tensors: dict[str, torch.Tensor], skeleton: str):
+    """Inverse of :func:`pack`."""
+
+    def walk(x):
+        if isinstance(x, dict):
+            if "__tensor__" in x:
+                return tensors[x["__tensor__"]]
+            return {k: walk(v) for k, v in x["__dict__"]}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return x
+
+    return walk(json.loads(skeleton))
+
+
+def metrics_lines(history: list[dict]) -> bytes:
+    """``metrics.jsonl``: one JSON object per epoch (NaN written as null)."""
+    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()} for row in history]
+    return "".join(json.dumps(row) + "\n" for row in clean).encode()
+
+
+def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: TrainConfig, epoch: int,
+             state: dict | None = None) -> None:
+    """Write a checkpoint: training state (if given), weights, metrics, then the config naming them.
+
+    With ``state`` (a :meth:`Trainer.state_dict`, possibly of an earlier epoch than the live
+    model), the weights written are the state's."""
     run_dir = Path(run_dir)
+    checkpoint = f"{epoch}-{uuid.uuid4().hex[:12]}"
+    meta = {"format": FORMAT, "checkpoint": checkpoint}
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        atomic_write(run_dir / MODEL_FILE, save_safetensors(tensors, metadata={"format": FORMAT}))
-        meta = {
+        if state is not None:
+            tensors, skeleton = pack(state)
+            atomic_write(run_dir / STATE_FILE, save_safetensors(tensors, metadata={**meta, "state": skeleton}))
+            atomic_write(run_dir / METRICS_FILE, metrics_lines(state["history"]))
+        weights = state["model"] if state is not None else model.state_dict()
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+        atomic_write(run_dir / MODEL_FILE, save_safetensors(weights, metadata=meta))
+        config_json = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "rnnkit_version": __version__,
+            "checkpoint": checkpoint,
             "epoch": epoch,
+            "has_state": state is not None,
             "config": asdict(config),
             "vocab": {"idx_to_token": vocab.idx_to_token, "unk_token": vocab.unk_token},
         }
-        atomic_write(run_dir / CONFIG_FILE, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+        atomic_write(run_dir / CONFIG_FILE, (json.dumps(config_json, indent=1, ensure_ascii=False) + "\n").encode())
     except OSError as exc:
         raise RnnkitError(f"cannot save checkpoint in {run_dir}: {exc.strerror or exc}; "
                           "the previous checkpoint, if any, is unchanged") from None
@@ -95,8 +155,9 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     return meta
 
 
-def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file; refuses pickles and truncated or corrupt files."""
+def read_tensors(path: str | os.PathLike, checkpoint: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a safetensors file; refuses pickles, truncated or corrupt files and
+    (given ``checkpoint``) a file from another save than the config's."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -105,9 +166,15 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if data[:2] == b"PK" or data[:1] == b"\x80":
         raise RnnkitError(f"{path}: is a pickle / torch.save file, not safetensors; rnnkit never unpickles")
     try:
-        return load_safetensors(data)
+        tensors = load_safetensors(data)
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise RnnkitError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
+    metadata = header.get("__metadata__") or {}
+    if checkpoint is not None and metadata.get("checkpoint") != checkpoint:
+        raise RnnkitError(f"{path}: belongs to checkpoint {metadata.get('checkpoint')}, but config.json names "
+                          f"{checkpoint} (a save was interrupted?); the run cannot be loaded consistently")
+    return tensors, metadata
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[RNNLM, Vocab, TrainConfig, dict]:
@@ -121,7 +188,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         raise RnnkitError(f"{run_dir / CONFIG_FILE}: incomplete config ({exc})") from None
     model = build_model(config.model, len(vocab), config.hidden, config.layers, config.dropout,
                         config.embedding, config.activation)
-    tensors = read_tensors(run_dir / MODEL_FILE)
+    tensors, _ = read_tensors(run_dir / MODEL_FILE, meta.get("checkpoint"))
     expected = model.state_dict()
     problems = sorted(set(expected) ^ set(tensors))
     problems += [f"{k}: {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
@@ -130,3 +197,14 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         raise RnnkitError(f"{run_dir}: weights do not match config.json ({'; '.join(problems[:4])})")
     model.load_state_dict(tensors)
     return model.to(device).eval(), vocab, config, meta
+
+
+def load_state(run_dir: str | os.PathLike, meta: dict) -> dict:
+    """The training state saved with the checkpoint that ``meta`` (its config.json) describes."""
+    if not meta.get("has_state"):
+        raise RnnkitError(f"{run_dir}: this checkpoint has no training state to resume from")
+    tensors, metadata = read_tensors(Path(run_dir) / STATE_FILE, meta.get("checkpoint"))
+    try:
+        return unpack(tensors, metadata["state"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RnnkitError(f"{Path(run_dir) / STATE_FILE}: corrupt training state ({exc})") from None

@@ -1,7 +1,8 @@
-"""The ``rnnkit`` command: ``train``, ``generate``, ``eval``.
+"""The ``rnnkit`` command: ``train``, ``generate``, ``eval``, ``plot``, ``corpora``.
 
 Bad input (files, corpora, settings, prefixes, run directories) ends with a one-line
-``rnnkit: error: ...`` on stderr and exit status 2; Ctrl-C ends with status 130.
+``rnnkit: error: ...`` on stderr and exit status 2. Ctrl-C during training saves the state of the
+last completed epoch, says how to resume, and exits 130.
 """
 
 from __future__ import annotations
@@ -9,20 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 from rnnkit.errors import RnnkitError
 
-SAMPLE_PREFIX = "time traveller"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+SAMPLE_PREFIXES = ["traveller", "time traveller"]  # d2l 0.x notebook's
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,13 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model; writes model.safetensors, config.json, metrics.jsonl",
+    t = sub.add_parser("train", help="train a model (or --resume one)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--corpus", default=d.corpus, help="built-in corpus name or path to a UTF-8 text file")
+    t.add_argument("--corpus", default=d.corpus, help="built-in corpus name (rnnkit corpora) or a text file")
     t.add_argument("--encoding", default=d.encoding, help="text encoding of the corpus file")
+    t.add_argument("--strip-gutenberg", action="store_true", help="drop a Project Gutenberg header and footer")
     t.add_argument("--preprocess", default=d.preprocess, choices=["d2l", "raw"])
     t.add_argument("--split", default=d.split, choices=SPLITS)
-    t.add_argument("--num-train", type=_positive_int, default=d.num_train, help="d2l split: training windows")
+    t.add_argument("--num-train", type=int, default=d.num_train, help="d2l split: training windows")
     t.add_argument("--num-val", type=int, default=d.num_val, help="d2l split: validation windows")
     t.add_argument("--val-fraction", type=float, default=d.val_fraction, help="other splits: held-out tail")
     t.add_argument("--model", default=d.model, choices=MODEL_KINDS)
@@ -62,12 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, mps")
     t.add_argument("--out", default="runs/tm", help="run directory to write")
-    t.add_argument("--save-every", type=int, default=10, help="save a checkpoint every N epochs (0: end only)")
-    t.add_argument("--sample-chars", type=int, default=100, help="length of the sample printed at the end")
+    t.add_argument("--force", action="store_true", help="overwrite a run already in --out")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue this run where it stopped (--epochs may raise "
+                   "its epoch count; other settings come from the run)")
+    t.add_argument("--save-every", type=int, default=10, help="checkpoint every N epochs (0: at the end only)")
+    t.add_argument("--sample-every", type=int, default=10, help="print samples every N epochs (0: never)")
+    t.add_argument("--sample-prefix", action="append", dest="sample_prefixes", metavar="TEXT",
+                   help=f"prefix for the periodic samples (repeatable; default: {SAMPLE_PREFIXES})")
+    t.add_argument("--sample-chars", type=int, default=50, help="length of the periodic samples")
+    t.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
 
     g = sub.add_parser("generate", help="generate text from a trained run")
     g.add_argument("run_dir")
-    g.add_argument("--prefix", default=SAMPLE_PREFIX)
+    g.add_argument("--prefix", default="time traveller", help="text to continue ('' starts from a fresh state)")
     g.add_argument("-n", "--num-chars", type=int, default=200)
     g.add_argument("--greedy", action="store_true", help="always take the most likely character (d2l)")
     g.add_argument("--temperature", type=float, default=1.0)
@@ -80,50 +83,168 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--corpus", default=None, help="built-in name or path (default: the run's own corpus)")
     e.add_argument("--encoding", default=None)
+    e.add_argument("--strip-gutenberg", action="store_true", help="drop a Project Gutenberg header and footer")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("plot", help="overlay the training curves of runs into one PNG")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="curves-compare.png")
+
+    sub.add_parser("corpora", help="list the built-in corpora")
     return parser
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from rnnkit.checkpoint import METRICS_FILE, atomic_write, save_run
-    from rnnkit.generate import predict
-    from rnnkit.train import TrainConfig, Trainer
+class Progress:
+    """What a training run shows: a tqdm bar per epoch, one line per epoch, periodic samples."""
 
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise RnnkitError(f"--out {out}: exists and is not a directory")
-    trainer = Trainer(config)
-    print(f"corpus {config.corpus}: {len(trainer.corpus)} tokens, vocab {len(trainer.vocab)}, "
-          f"{len(trainer.data.train)} batches/epoch; model {config.model} hidden {config.hidden} "
-          f"({sum(p.numel() for p in trainer.model.parameters())} parameters) on {trainer.device}", flush=True)
-    lines: list[str] = []
+    def __init__(self, trainer, args: argparse.Namespace) -> None:
+        self.trainer, self.args, self.bar = trainer, args, None
+        self.last_postfix = 0.0
+        prefixes = args.sample_prefixes or SAMPLE_PREFIXES
+        self.prefixes = [p for p in prefixes if not trainer.vocab.unknown(p) or trainer.vocab.unk_token]
 
-    def on_epoch(stats) -> None:
-        lines.append(json.dumps(asdict(stats)))
+    def on_batch(self, tokens: int, loss) -> None:
+        if self.args.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            epoch = len(self.trainer.history) + 1
+            total = self.trainer.data.train.num_windows * self.trainer.config.num_steps
+            self.bar = tqdm(total=total, unit="tok", unit_scale=True, leave=False, disable=None,
+                            desc=f"epoch {epoch}/{self.trainer.config.epochs}")
+        self.bar.update(tokens)
+        now = time.monotonic()
+        if now - self.last_postfix > 0.5:  # .item() syncs a GPU: only a few times a second
+            value = float(loss)
+            self.bar.set_postfix(loss=f"{value:.3f}", ppl=f"{min(2.718281828 ** value, 1e9):.2f}")
+            self.last_postfix = now
+
+    def on_epoch(self, stats) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.args.quiet:
+            return
         print(f"epoch {stats.epoch:4d}  train loss {stats.train_loss:.4f}  train ppl {stats.train_ppl:8.3f}  "
               f"val ppl {stats.val_ppl:8.3f}  {stats.tokens_per_s:,.0f} tok/s  {stats.seconds:.1f}s", flush=True)
+        every = self.args.sample_every
+        if every and stats.epoch % every == 0 and stats.epoch < self.trainer.config.epochs:
+            for prefix in self.prefixes:
+                print("  -", self.sample(prefix, self.args.sample_chars))
+
+    def sample(self, prefix: str, num_chars: int) -> str:
+        from rnnkit.generate import predict
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return predict(self.trainer.model, self.trainer.vocab, prefix, num_chars)
+
+
+def _explicit_train_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """Names of the ``train`` options given on the command line (values differing from defaults)."""
+    defaults = vars(parser.parse_args(["train"]))
+    return {k for k, v in vars(args).items() if defaults.get(k) != v}
+
+
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from rnnkit.checkpoint import CONFIG_FILE, load_run, load_state, save_run
+    from rnnkit.text import CORPORA
+    from rnnkit.train import TrainConfig, Trainer
+
+    if args.resume:
+        allowed = {"resume", "epochs", "quiet", "save_every", "sample_every", "sample_prefixes", "sample_chars",
+                   "device"}
+        clash = sorted(_explicit_train_args(parser, args) - allowed)
+        if clash:
+            raise RnnkitError(f"--resume continues a run with its saved settings; remove {', '.join(clash)} "
+                              "(only --epochs and display options may change)")
+        out = Path(args.resume)
+        model, vocab, config, meta = load_run(out)
+        state = load_state(out, meta)
+        if "epochs" in _explicit_train_args(parser, args):
+            config.epochs = args.epochs
+        config.device = args.device
+        trainer = Trainer(config, vocab=vocab)
+        trainer.load_state_dict(state)
+        if len(trainer.history) >= config.epochs:
+            print(f"{out}: already trained for {len(trainer.history)} epochs; pass a larger --epochs to continue")
+            return 0
+        print(f"resuming {out} at epoch {len(trainer.history) + 1} of {config.epochs}", flush=True)
+    else:
+        config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        if config.corpus not in CORPORA and Path(config.corpus).exists():
+            config.corpus = str(Path(config.corpus).resolve())  # --resume works from any directory
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise RnnkitError(f"--out {out}: exists and is not a directory")
+        if (out / CONFIG_FILE).exists() and not args.force:
+            raise RnnkitError(f"--out {out} already holds a run; --resume {out} continues it, --force overwrites it")
+        trainer = Trainer(config)
+    if not args.quiet:
+        print(f"corpus {config.corpus}: {len(trainer.corpus)} tokens, vocab {len(trainer.vocab)}, "
+              f"{len(trainer.data.train)} batches/epoch; model {config.model} hidden {config.hidden} "
+              f"({sum(p.numel() for p in trainer.model.parameters()):,} parameters) on {trainer.device}", flush=True)
+    progress = Progress(trainer, args)
+    curves = Curves(out)
+
+    def save(state: dict) -> None:
+        save_run(out, trainer.model, trainer.vocab, config, state["epoch"], state)
+
+    def on_epoch(stats) -> None:
+        progress.on_epoch(stats)
         if args.save_every and stats.epoch % args.save_every == 0:
-            save_run(out, trainer.model, trainer.vocab, config, stats.epoch)
-            atomic_write(out / METRICS_FILE, "".join(line + "\n" for line in lines).encode())
+            save(trainer.snapshot)
+        curves.update(trainer.history)
 
     try:
-        history = trainer.fit(on_epoch)
+        history = trainer.fit(on_epoch, progress.on_batch)
     except KeyboardInterrupt:
-        done = len(trainer.history)
-        save_run(out, trainer.model, trainer.vocab, config, done)
-        atomic_write(out / METRICS_FILE, "".join(line + "\n" for line in lines).encode())
-        print(f"\ninterrupted: saved the model after {done} epoch(s) in {out}", file=sys.stderr)
+        if progress.bar is not None:
+            progress.bar.close()
+        save(trainer.snapshot)
+        curves.update(trainer.history, force=True)
+        done = trainer.snapshot["epoch"]
+        print(f"\ninterrupted: saved the run after {done} completed epoch(s) in {out}; "
+              f"continue with: rnnkit train --resume {out}", file=sys.stderr)
         return 130
-    save_run(out, trainer.model, trainer.vocab, config, len(history))
-    atomic_write(out / METRICS_FILE, "".join(line + "\n" for line in lines).encode())
+    save(trainer.snapshot)
+    curves.update(history, force=True)
     if history:
         last = history[-1]
         print(f"done: val ppl {last.val_ppl:.3f}, val bpc {last.val_bpc:.3f}, {last.seconds:.1f}s training; "
               f"saved in {out}")
-    prefix = SAMPLE_PREFIX if not trainer.vocab.unknown(SAMPLE_PREFIX) else trainer.vocab.idx_to_token[0]
-    print("sample:", predict(trainer.model, trainer.vocab, prefix, args.sample_chars))
+    for prefix in progress.prefixes[-1:]:
+        print("sample:", progress.sample(prefix, max(args.sample_chars, 100)))
     return 0
+
+
+class Curves:
+    """Rewrites ``curves.png`` in the run directory as training goes (at most every few seconds)."""
+
+    interval_s = 5.0
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.last, self.enabled = run_dir, 0.0, True
+
+    def update(self, history, force: bool = False) -> None:
+        if not (self.enabled and history) or (not force and time.monotonic() - self.last < self.interval_s):
+            return
+        from dataclasses import asdict
+
+        from rnnkit.checkpoint import atomic_write
+        from rnnkit.plot import render_curves
+
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            rows = [asdict(h) for h in history]
+            atomic_write(self.run_dir / "curves.png", render_curves([(self.run_dir.name, rows)]))
+        except RnnkitError as exc:  # matplotlib missing: say so once, keep training
+            print(f"rnnkit: note: curves.png not drawn: {exc}", file=sys.stderr)
+            self.enabled = False
+        except OSError as exc:
+            raise RnnkitError(f"cannot write {self.run_dir / 'curves.png'}: {exc.strerror or exc}") from None
+        self.last = time.monotonic()
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -151,7 +272,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model, vocab, config, _ = load_run(args.run_dir)
     corpus = args.corpus or config.corpus
-    tokens = tokenize(preprocess(load_corpus_text(corpus, args.encoding or config.encoding), config.preprocess))
+    strip = args.strip_gutenberg or (config.strip_gutenberg if args.corpus is None else False) or None
+    text = load_corpus_text(corpus, args.encoding or config.encoding, strip)
+    tokens = tokenize(preprocess(text, config.preprocess))
     unknown = vocab.unknown(tokens)
     skipped = 0
     if unknown and vocab.unk_token is None:
@@ -163,7 +286,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ids = torch.tensor(vocab[tokens], dtype=torch.int64)
     nll, count = stream_nll(model, ids)
     result = {"ppl": perplexity(nll, count), "bpc": bits_per_token(nll, count), "tokens": count,
-              "corpus": str(corpus), "unknown_chars": "".join(unknown)[:100], "skipped": skipped}
+              "corpus": str(corpus), "unknown_chars": "".join(unknown), "skipped": skipped}
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
@@ -176,6 +299,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from rnnkit.plot import plot_runs
+
+    print(plot_runs(args.run_dirs, args.out))
+    return 0
+
+
+def cmd_corpora(args: argparse.Namespace) -> int:
+    from rnnkit.text import CORPORA, cache_dir, recorded_pins
+
+    pins = recorded_pins()
+    print(f"cache: {cache_dir()}")
+    for entry in CORPORA.values():
+        local = [p for p in _local_copies(entry) if p.is_file()]
+        size = f"{local[0].stat().st_size:,} bytes" if local else "not cached"
+        if entry.sha1:
+            sha = f"sha1 {entry.sha1} (pinned)"
+        elif entry.name in pins:
+            sha = f"sha1 {pins[entry.name]} (not pinned; recorded at first use)"
+        else:
+            sha = "sha1 not pinned (recorded at first download)"
+        where = f" at {local[0]}" if local else ""
+        print(f"{entry.name:20s} {size:>18s}  {sha}\n{'':20s} {entry.description}{where}")
+    return 0
+
+
+def _local_copies(entry):
+    import os
+
+    from rnnkit.text import cache_dir
+
+    paths = [Path(os.environ["RNNKIT_DATA_DIR"]) / entry.filename] if os.environ.get("RNNKIT_DATA_DIR") else []
+    return paths + [cache_dir() / entry.filename]
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"rnnkit: warning: {message}", file=sys.stderr)
 
@@ -184,9 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval}[args.command]
     try:
-        return command(args)
+        if args.command == "train":
+            return cmd_train(args, parser)
+        commands = {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot, "corpora": cmd_corpora}
+        return commands[args.command](args)
     except RnnkitError as exc:
         print(f"rnnkit: error: {exc}", file=sys.stderr)
         return 2

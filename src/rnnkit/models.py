@@ -17,6 +17,8 @@ from rnnkit.errors import RnnkitError
 MODEL_KINDS = ("rnn", "gru", "lstm", "scratch")
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
+MAX_PARAMETERS = 2_000_000_000  # a sanity bound that turns typos like --hidden 1000000 into an error
+
 State = torch.Tensor | tuple[torch.Tensor, ...] | None
 
 
@@ -221,6 +223,12 @@ def build_model(kind: str, vocab_size: int, hidden: int, layers: int = 1, dropou
     if not 0 <= dropout < 1:
         raise RnnkitError(f"dropout must be in [0, 1), got {dropout}")
     num_inputs = embedding or vocab_size
+    gates = {"rnn": 1, "scratch": 1, "gru": 3, "lstm": 4}[kind]
+    count = (gates * hidden * (num_inputs + hidden + 2) + (layers - 1) * gates * hidden * (2 * hidden + 2)
+             + hidden * vocab_size + vocab_size + vocab_size * embedding)
+    if count > MAX_PARAMETERS:
+        raise RnnkitError(f"model would have {count:,} parameters ({count * 4 / 2**30:.1f} GiB); "
+                          f"the limit is {MAX_PARAMETERS:,}: lower --hidden, --layers or --embedding")
     if kind == "scratch":
         if layers != 1 or dropout:
             raise RnnkitError("--model scratch has one layer and no dropout; use rnn/gru/lstm for more")

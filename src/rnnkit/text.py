@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -22,15 +23,24 @@ from rnnkit.errors import RnnkitError
 D2L_DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
 
 
+GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/{0}/pg{0}.txt"
+
+
 @dataclass(frozen=True)
 class CorpusEntry:
-    """A built-in corpus: where to fetch it and the sha1 its bytes must have."""
+    """A built-in corpus: where to fetch it and the sha1 its bytes must have.
+
+    ``sha1=None``: not pinned (its bytes could not be checked when the entry was written); the sha1
+    seen at first use is recorded in the cache's ``pins.json`` and required from then on.
+    ``gutenberg``: a Project Gutenberg file, whose licence header and footer are stripped.
+    """
 
     name: str
     filename: str
     url: str
-    sha1: str
+    sha1: str | None
     description: str
+    gutenberg: bool = False
 
 
 CORPORA: dict[str, CorpusEntry] = {
@@ -41,6 +51,15 @@ CORPORA: dict[str, CorpusEntry] = {
         "090b5e7e70c295757f55df93cb0a180b9691891a",
         "H. G. Wells, The Time Machine (the file d2l downloads)",
     ),
+    "war_of_the_worlds": CorpusEntry(
+        "war_of_the_worlds", "war_of_the_worlds.txt", GUTENBERG_URL.format(36), None,
+        "H. G. Wells, The War of the Worlds (Project Gutenberg #36)", gutenberg=True),
+    "pride_and_prejudice": CorpusEntry(
+        "pride_and_prejudice", "pride_and_prejudice.txt", GUTENBERG_URL.format(1342), None,
+        "Jane Austen, Pride and Prejudice (Project Gutenberg #1342)", gutenberg=True),
+    "alice": CorpusEntry(
+        "alice", "alice.txt", GUTENBERG_URL.format(11), None,
+        "Lewis Carroll, Alice's Adventures in Wonderland (Project Gutenberg #11)", gutenberg=True),
 }
 
 PREPROCESS_MODES = ("d2l", "raw")
@@ -52,6 +71,35 @@ def cache_dir() -> Path:
         return Path(os.environ["RNNKIT_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return Path(base) / "rnnkit"
+
+
+def _pins_path() -> Path:
+    return cache_dir() / "pins.json"
+
+
+def recorded_pins() -> dict[str, str]:
+    """sha1s recorded at first use for entries without a pinned sha1."""
+    try:
+        pins = json.loads(_pins_path().read_text())
+        return pins if isinstance(pins, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def expected_sha1(entry: CorpusEntry) -> str | None:
+    return entry.sha1 or recorded_pins().get(entry.name)
+
+
+def _record_pin(entry: CorpusEntry, sha1: str) -> None:
+    pins = recorded_pins()
+    pins[entry.name] = sha1
+    try:
+        _pins_path().parent.mkdir(parents=True, exist_ok=True)
+        tmp = _pins_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(pins, indent=1) + "\n")
+        os.replace(tmp, _pins_path())
+    except OSError:
+        pass  # a read-only cache: the corpus still works, unpinned
 
 
 def sha1_of(path: str | os.PathLike) -> str:
@@ -79,12 +127,15 @@ def _download(entry: CorpusEntry, dest: Path) -> None:
                     bar.update(len(block))
             out.flush()
             os.fsync(out.fileno())
-        if digest.hexdigest() != entry.sha1:
+        expected = expected_sha1(entry)
+        if expected is not None and digest.hexdigest() != expected:
             raise RnnkitError(
-                f"download of {entry.url} has sha1 {digest.hexdigest()}, expected {entry.sha1}; "
+                f"download of {entry.url} has sha1 {digest.hexdigest()}, expected {expected}; "
                 "nothing was saved"
             )
         os.replace(tmp, dest)
+        if expected is None:
+            _record_pin(entry, digest.hexdigest())
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -120,15 +171,18 @@ def find_corpus(name_or_path: str | os.PathLike, download: bool = True) -> Path:
         reason = "downloading is off"
     raise RnnkitError(
         f"corpus '{entry.name}' not found: looked in {' and '.join(looked)}; {reason}. "
-        f"Put a copy of {entry.filename} (sha1 {entry.sha1}) in a folder and set "
+        f"Put a copy of {entry.filename} ({entry.url}) in a folder and set "
         f"RNNKIT_DATA_DIR to it, or pass the file's path instead of '{entry.name}'."
     )
 
 
 def _checked(path: Path, entry: CorpusEntry) -> Path:
-    actual = sha1_of(path)
-    if actual != entry.sha1:
-        raise RnnkitError(f"{path}: sha1 is {actual}, expected {entry.sha1} for corpus '{entry.name}'")
+    actual, expected = sha1_of(path), expected_sha1(entry)
+    if expected is None:
+        _record_pin(entry, actual)  # first use: from now on these bytes are required
+    elif actual != expected:
+        how = "pinned" if entry.sha1 else "recorded at first use"
+        raise RnnkitError(f"{path}: sha1 is {actual}, expected {expected} ({how}) for corpus '{entry.name}'")
     return path
 
 
@@ -161,9 +215,31 @@ def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
         raise RnnkitError(f"unknown encoding '{encoding}'") from None
 
 
-def load_corpus_text(name_or_path: str | os.PathLike, encoding: str = "utf-8") -> str:
-    """Find (see :func:`find_corpus`) and read a corpus."""
-    return read_text(find_corpus(name_or_path), encoding)
+_GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.M | re.I)
+_GUTENBERG_END = re.compile(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.M | re.I)
+
+
+def strip_gutenberg(text: str) -> str:
+    """The text between Project Gutenberg's ``*** START OF ...`` and ``*** END OF ...`` lines
+    (unchanged if it has neither)."""
+    start = _GUTENBERG_START.search(text)
+    if start:
+        text = text[start.end():]
+    end = _GUTENBERG_END.search(text)
+    if end:
+        text = text[:end.start()]
+    return text.strip("\r\n") + "\n"
+
+
+def load_corpus_text(name_or_path: str | os.PathLike, encoding: str = "utf-8",
+                     strip_gutenberg_header: bool | None = None) -> str:
+    """Find (see :func:`find_corpus`) and read a corpus; strip a Gutenberg header and footer when
+    asked, or by default for the built-in Gutenberg books."""
+    text = read_text(find_corpus(name_or_path), encoding)
+    if strip_gutenberg_header is None:
+        entry = CORPORA.get(str(name_or_path))
+        strip_gutenberg_header = bool(entry and entry.gutenberg)
+    return strip_gutenberg(text) if strip_gutenberg_header else text
 
 
 def preprocess(text: str, mode: str = "d2l") -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ class TrainConfig:
 
     corpus: str = "timemachine"  # built-in corpus name or a path to a UTF-8 text file
     encoding: str = "utf-8"
+    strip_gutenberg: bool = False  # drop a Project Gutenberg header/footer (always done for built-in books)
     preprocess: str = "d2l"  # d2l: letters only, lower case; raw: every character a token
     split: str = "d2l"  # d2l | random | sequential | fraction (see rnnkit.data)
     num_train: int = 10000  # d2l split: training windows
@@ -185,7 +187,7 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         if text is None:
-            text = load_corpus_text(config.corpus, config.encoding)
+            text = load_corpus_text(config.corpus, config.encoding, config.strip_gutenberg or None)
         ids, self.vocab = build_corpus(text, config.preprocess, vocab=vocab)
         self.corpus = torch.tensor(ids, dtype=torch.int64, device=self.device)
         self.data: DataSplit = split_corpus(
@@ -197,9 +199,37 @@ class Trainer:
         self.optimizer = make_optimizer(config, self.model)
         self.history: list[EpochStats] = []
         self.train_seconds = 0.0
+        self.snapshot: dict | None = None  # state after the last completed epoch (see fit)
 
-    def train_epoch(self, epoch: int) -> tuple[float, int]:
-        """One pass over the training batches; returns (summed loss in nats, token count)."""
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where training is: weights, optimizer, RNG
+        states, completed epochs and their history. Tensors are copies."""
+        state = {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "rng": {"torch": torch.get_rng_state()},
+            "epoch": len(self.history),
+            "history": [asdict(h) for h in self.history],
+            "train_seconds": self.train_seconds,
+        }
+        if self.device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (the next :meth:`fit` continues from there)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.history = [EpochStats(**h) for h in state["history"]]
+        self.train_seconds = state["train_seconds"]
+
+    def train_epoch(self, epoch: int, on_batch: Callable[[int, torch.Tensor], None] | None = None
+                    ) -> tuple[float, int]:
+        """One pass over the training batches; returns (summed loss in nats, token count).
+        ``on_batch(tokens, loss)`` is called after each step (e.g. to move a progress bar)."""
         model, clip = self.model, self.config.clip
         model.train()
         state: State = None
@@ -217,6 +247,8 @@ class Trainer:
             self.optimizer.step()
             total += loss.detach() * Y.numel()
             count += Y.numel()
+            if on_batch is not None:
+                on_batch(Y.numel(), loss.detach())
         return total.item(), count
 
     def evaluate_val(self) -> tuple[float, int]:
@@ -227,11 +259,14 @@ class Trainer:
             return stream_nll(self.model, self.data.val_text)
         return 0.0, 0
 
-    def fit(self, on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
-        start_epoch = len(self.history)
-        for epoch in range(start_epoch, self.config.epochs):
+    def fit(self, on_epoch: Callable[[EpochStats], None] | None = None,
+            on_batch: Callable[[int, torch.Tensor], None] | None = None) -> list[EpochStats]:
+        """Train from the current epoch to ``config.epochs``. After every epoch, :attr:`snapshot`
+        holds the state to resume from, so an interrupt mid-epoch loses only that epoch."""
+        self.snapshot = self.state_dict()
+        for epoch in range(len(self.history), self.config.epochs):
             t0 = time.perf_counter()
-            loss_sum, count = self.train_epoch(epoch)
+            loss_sum, count = self.train_epoch(epoch, on_batch)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - t0
@@ -242,6 +277,7 @@ class Trainer:
                                bits_per_token(val_nll, val_count), round(self.train_seconds, 4),
                                round(count / elapsed, 1))
             self.history.append(stats)
+            self.snapshot = self.state_dict()
             if on_epoch is not None:
                 on_epoch(stats)
         return self.history

@@ -1,0 +1,77 @@
+"""Training curves (``curves.png``, ``rnnkit plot``): training loss and perplexities per epoch.
+
+Needs matplotlib (the ``plot`` extra), used with the Agg backend; without it, a clear
+:class:`~rnnkit.errors.RnnkitError` instead of an import crash.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from rnnkit.errors import RnnkitError
+
+INSTALL_HINT = "matplotlib is not installed; install the plot extra: pip install 'rnnkit[plot]'"
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise RnnkitError(INSTALL_HINT) from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise RnnkitError(f"{run_dir}: no metrics.jsonl (not a run directory, or no epoch finished yet)")
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise RnnkitError(f"{path}: corrupt ({exc})") from None
+
+
+def render_curves(runs: list[tuple[str, list[dict]]]) -> bytes:
+    """PNG bytes: training loss (left) and training/validation perplexity (right) against epoch."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
+    for i, (label, rows) in enumerate(runs):
+        color = f"C{i % 10}"
+        epochs = [r["epoch"] for r in rows]
+        ax_loss.plot(epochs, [r["train_loss"] for r in rows], color=color, label=label)
+        ax_ppl.plot(epochs, [r["train_ppl"] for r in rows], color=color, linestyle="--",
+                    label=f"{label} train" if len(runs) > 1 else "train ppl")
+        val = [(e, r.get("val_ppl")) for e, r in zip(epochs, rows, strict=True)]
+        val = [(e, v) for e, v in val if v is not None and math.isfinite(v)]
+        if val:
+            ax_ppl.plot(*zip(*val, strict=True), color=color, label=f"{label} val" if len(runs) > 1 else "val ppl")
+    ax_loss.set(xlabel="epoch", ylabel="training loss (nats/char)", title="training loss")
+    ax_ppl.set(xlabel="epoch", ylabel="perplexity", title="perplexity", yscale="log")
+    for ax in (ax_loss, ax_ppl):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Overlay the curves of several runs into one PNG file, written atomically."""
+    from rnnkit.checkpoint import atomic_write
+
+    runs = [(Path(d).name or str(d), read_metrics(d)) for d in run_dirs]
+    out = Path(out)
+    try:
+        atomic_write(out, render_curves(runs))
+    except OSError as exc:
+        raise RnnkitError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out

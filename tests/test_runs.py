@@ -1,0 +1,243 @@
+"""Runs a person can leave, interrupt, resume and trust: checkpoints, resume, faults, corpora, plots."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TIMEMACHINE
+from rnnkit import text
+from rnnkit.checkpoint import load_run, load_state, save_run
+from rnnkit.cli import main
+from rnnkit.errors import RnnkitError
+from rnnkit.train import TrainConfig, Trainer
+
+SMALL = ["--hidden", "24", "--batch-size", "128", "--num-steps", "16", "--num-train", "2048", "--num-val", "256",
+         "--sample-every", "0"]
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        assert a[k].numpy().tobytes() == b[k].numpy().tobytes(), k
+
+
+def test_sigint_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
+    epochs = "40"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "rnnkit.cli", "train", *SMALL, "--optimizer", "adam", "--lr", "0.01",
+           "--dropout", "0", "--model", "lstm", "--epochs", epochs, "--save-every", "5"]
+    ref = tmp_path / "ref"
+    subprocess.run([*cmd, "--out", str(ref)], check=True, capture_output=True, env=env)
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*cmd, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    for line in proc.stdout:  # interrupt once a few epochs are done, mid-training
+        if line.startswith("epoch    3"):
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "rnnkit train --resume" in err and "Traceback" not in err
+    meta = json.loads((run / "config.json").read_text())
+    assert 3 <= meta["epoch"] < int(epochs)
+    resumed = subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", "--resume", str(run), "--quiet"],
+                             capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_bitwise_equal(weights(run), weights(ref))
+    ref_metrics = (ref / "metrics.jsonl").read_text().splitlines()
+    run_metrics = (run / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("seconds", "tokens_per_s")}
+                          for r in rows]
+    assert strip(run_metrics) == strip(ref_metrics) and len(run_metrics) == int(epochs)
+
+
+def test_resume_with_more_epochs_equals_one_longer_run(tmp_path, capsys):
+    assert main(["train", *SMALL, "--epochs", "5", "--out", str(tmp_path / "long"), "--quiet"]) == 0
+    assert main(["train", *SMALL, "--epochs", "3", "--out", str(tmp_path / "short"), "--quiet"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "short"), "--epochs", "5", "--quiet"]) == 0
+    assert_bitwise_equal(weights(tmp_path / "short"), weights(tmp_path / "long"))
+    assert main(["train", "--resume", str(tmp_path / "short"), "--hidden", "8"]) == 2
+    assert "--resume continues a run" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten_without_force(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    before = (out / "model.safetensors").read_bytes()
+    assert main(["train", *SMALL, "--epochs", "1", "--seed", "3", "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    assert main(["train", *SMALL, "--epochs", "1", "--seed", "3", "--out", str(out), "--force", "--quiet"]) == 0
+    assert (out / "model.safetensors").read_bytes() != before
+
+
+@pytest.fixture()
+def small_trainer(tm_text):
+    config = TrainConfig(hidden=8, batch_size=64, num_steps=8, epochs=1, num_train=256, num_val=64)
+    trainer = Trainer(config, text=tm_text)
+    trainer.fit()
+    return trainer
+
+
+def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, small_trainer):
+    t = small_trainer
+    save_run(tmp_path, t.model, t.vocab, t.config, 1, t.state_dict())
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    t.fit()  # no-op at 1/1 epochs; change the weights instead
+    with torch.no_grad():
+        t.model.head.bias.add_(1)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(RnnkitError, match="No space left on device.*unchanged"):
+        save_run(tmp_path, t.model, t.vocab, t.config, 2, t.state_dict())
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files  # no temp files, nothing changed
+    model, _, _, meta = load_run(tmp_path)
+    assert meta["epoch"] == 1
+
+
+def test_mixed_checkpoint_files_are_refused(tmp_path, small_trainer):
+    t = small_trainer
+    save_run(tmp_path / "a", t.model, t.vocab, t.config, 1, t.state_dict())
+    save_run(tmp_path / "b", t.model, t.vocab, t.config, 1, t.state_dict())
+    (tmp_path / "a" / "state.safetensors").write_bytes((tmp_path / "b" / "state.safetensors").read_bytes())
+    meta = json.loads((tmp_path / "a" / "config.json").read_text())
+    with pytest.raises(RnnkitError, match="interrupted"):
+        load_state(tmp_path / "a", meta)
+
+
+def test_state_round_trip_restores_optimizer_and_rng(tmp_path, tm_text):
+    config = TrainConfig(model="gru", hidden=8, batch_size=64, num_steps=8, epochs=2, num_train=256, num_val=64,
+                         optimizer="adamw", lr=0.01, dropout=0.0)
+    a = Trainer(config, text=tm_text)
+    a.fit()
+    save_run(tmp_path, a.model, a.vocab, config, 2, a.state_dict())
+    _, vocab, config2, meta = load_run(tmp_path)
+    b = Trainer(config2, text=tm_text, vocab=vocab)
+    b.load_state_dict(load_state(tmp_path, meta))
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert sa["param_groups"][0]["lr"] == sb["param_groups"][0]["lr"]
+    for k in sa["state"]:
+        for name, value in sa["state"][k].items():
+            assert value.equal(sb["state"][k][name]), name
+    assert [h.train_loss for h in b.history] == [h.train_loss for h in a.history]
+
+
+def test_gutenberg_stripping():
+    book = ("The Project Gutenberg eBook of X\nlicence blah\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n"
+            "Chapter 1\nIt was.\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nmore licence\n")
+    assert text.strip_gutenberg(book) == "Chapter 1\nIt was.\n"
+    assert text.strip_gutenberg("no markers here") == "no markers here\n"
+
+
+@pytest.fixture()
+def fake_book(tmp_path, monkeypatch):
+    """An unpinned built-in entry whose file sits in RNNKIT_DATA_DIR."""
+    entry = text.CorpusEntry("fake_book", "fake_book.txt", "http://example.invalid/fake.txt", None, "A fake book",
+                             gutenberg=True)
+    monkeypatch.setitem(text.CORPORA, "fake_book", entry)
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("RNNKIT_DATA_DIR", str(data))
+    body = "*** START OF THE PROJECT GUTENBERG EBOOK FAKE ***\n" + "the war of the worlds. " * 200 + \
+        "Zebra!\n*** END OF THE PROJECT GUTENBERG EBOOK FAKE ***\nlicence\n"
+    (data / "fake_book.txt").write_text(body)
+    return data / "fake_book.txt"
+
+
+def test_unpinned_corpus_is_recorded_at_first_use_then_verified(fake_book, capsys):
+    assert main(["corpora"]) == 0
+    assert "fake_book" in capsys.readouterr().out
+    first = text.load_corpus_text("fake_book")
+    assert first.startswith("the war") and "licence" not in first  # Gutenberg parts stripped
+    assert text.recorded_pins()["fake_book"] == text.sha1_of(fake_book)
+    assert main(["corpora"]) == 0
+    listing = capsys.readouterr().out
+    assert "recorded at first use" in listing and "(pinned)" in listing  # timemachine is pinned
+    fake_book.write_text("different bytes now")
+    with pytest.raises(RnnkitError, match="recorded at first use"):
+        text.load_corpus_text("fake_book")
+
+
+def test_eval_on_another_book_counts_unknown_characters(tmp_path, fake_book, capsys):
+    d2l_run, raw_run = tmp_path / "d2l", tmp_path / "raw"
+    assert main(["train", *SMALL, "--corpus", str(TIMEMACHINE), "--epochs", "1", "--out", str(d2l_run),
+                 "--quiet"]) == 0
+    corpus = tmp_path / "lower.txt"
+    corpus.write_text("the time machine, by h. g. wells. " * 300)
+    assert main(["train", *SMALL, "--corpus", str(corpus), "--preprocess", "raw", "--epochs", "1",
+                 "--out", str(raw_run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(d2l_run), "--corpus", "fake_book", "--json"]) == 0
+    d2l_result = json.loads(capsys.readouterr().out)
+    assert d2l_result["skipped"] == 0 and d2l_result["tokens"] > 4000 and d2l_result["ppl"] > 1
+    assert main(["eval", str(raw_run), "--corpus", "fake_book", "--json"]) == 0
+    raw_result = json.loads(capsys.readouterr().out)
+    book = text.load_corpus_text("fake_book")
+    trained_on = set(corpus.read_text())
+    unknown = [c for c in book if c not in trained_on]
+    assert set(raw_result["unknown_chars"]) == set(unknown) >= {"Z", "!", "r"}
+    assert raw_result["skipped"] == len(unknown) and raw_result["tokens"] == len(book) - len(unknown) - 1
+
+
+def test_curves_and_plot_command(tmp_path, capsys, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(a), "--quiet"]) == 0
+    assert main(["train", *SMALL, "--epochs", "2", "--lr", "2", "--out", str(b), "--quiet"]) == 0
+    assert (a / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    out = tmp_path / "both.png"
+    assert main(["plot", str(a), str(b), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 5000
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plot extra were not installed
+    assert main(["plot", str(a), "--out", str(tmp_path / "x.png")]) == 2
+    assert "pip install 'rnnkit[plot]'" in capsys.readouterr().err
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert "curves.png not drawn" in capsys.readouterr().err and (tmp_path / "c" / "model.safetensors").exists()
+
+
+def test_empty_prefix_generates_from_a_fresh_state(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prefix", "", "-n", "30", "--seed", "2"]) == 0
+    assert len(capsys.readouterr().out.rstrip("\n")) == 30
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hidden", "1000000"], "parameters"),
+    (["--num-steps", "-3"], "num_steps"),
+    (["--batch-size", "0"], "batch_size"),
+    (["--epochs", "-1"], "epochs"),
+    (["--lr", "nan"], "lr"),
+    (["--dropout", "1.5"], "dropout"),
+])
+def test_absurd_sizes(tmp_path, capsys, args, message):
+    assert main(["train", *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_random_bytes_file(tmp_path, capsys):
+    noise = tmp_path / "noise.txt"
+    noise.write_bytes(bytes((i * 7919) % 256 for i in range(5000)))
+    assert main(["train", "--corpus", str(noise), "--out", str(tmp_path / "o")]) == 2
+    assert "not a text file" in capsys.readouterr().err
