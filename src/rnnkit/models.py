@@ -121,6 +121,7 @@ class Recurrent(nn.Module):
             self.rnn = (nn.GRU if kind == "gru" else nn.LSTM)(num_inputs, num_hiddens, num_layers, dropout=dropout)
         else:
             raise RnnkitError(f"unknown recurrent layer '{kind}'")
+        self.register_buffer("identity", torch.eye(num_inputs), persistent=False)
 
     def forward(self, inputs: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         one_hot = inputs.dtype in (torch.int64, torch.int32)
@@ -132,8 +133,8 @@ class Recurrent(nn.Module):
             outputs, last = recurrence(inputs, table, None if state is None else state[0], rnn.weight_hh_l0.t(),
                                        rnn.nonlinearity)
             return outputs, last.unsqueeze(0)
-        if one_hot:
-            inputs = F.one_hot(inputs, self.num_inputs).to(rnn.weight_ih_l0.dtype)
+        if one_hot:  # rows of the identity: the one-hot vectors, without F.one_hot's int64 scatter
+            inputs = F.embedding(inputs, self.identity)
         return rnn(inputs, state)
 
 
