@@ -71,16 +71,16 @@ def main() -> None:
 
         png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
         cases = [
-            ("empty file", ["train", "--corpus", file("empty.txt", b""), "--out", str(good)]),
+            ("empty file", ["train", "--corpus", file("empty.txt", b""), "--out", str(good), "--force"]),
             ("binary file (random bytes)", ["train", "--corpus", file("noise.bin", os.urandom(4096)),
-                                            "--out", str(good)]),
-            ("binary file (PNG)", ["train", "--corpus", file("image.png", png), "--out", str(good)]),
+                                            "--out", str(good), "--force"]),
+            ("binary file (PNG)", ["train", "--corpus", file("image.png", png), "--out", str(good), "--force"]),
             ("Latin-1 file", ["train", "--corpus", file("latin1.txt", "déjà vu, garçon".encode("latin-1") * 50),
-                              "--out", str(good)]),
+                              "--out", str(good), "--force"]),
             ("corpus shorter than one window", ["train", "--corpus", file("short.txt", b"tiny text"),
-                                                "--out", str(good)]),
-            ("--num-steps 0", ["train", "--num-steps", "0", "--out", str(good)]),
-            ("--batch-size -5", ["train", "--batch-size", "-5", "--out", str(good)]),
+                                                "--out", str(good), "--force"]),
+            ("--num-steps 0", ["train", "--num-steps", "0", "--out", str(good), "--force"]),
+            ("--batch-size -5", ["train", "--batch-size", "-5", "--out", str(good), "--force"]),
             ("--hidden 1000000", ["train", "--hidden", "1000000", "--out", str(d / "new")]),
             ("--out of an existing run", ["train", *TINY, "--epochs", "1", "--out", str(good)]),
             ("prefix with unseen characters (raw model)", ["generate", str(raw), "--prefix", "abZ!"]),

@@ -53,7 +53,7 @@ def render_curves(runs: list[tuple[str, list[dict]]]) -> bytes:
         if val:
             ax_ppl.plot(*zip(*val, strict=True), color=color, label=f"{label} val" if len(runs) > 1 else "val ppl")
     ax_loss.set(xlabel="epoch", ylabel="training loss (nats/char)", title="training loss")
-    ax_ppl.set(xlabel="epoch", ylabel="perplexity", title="perplexity", yscale="log")
+    ax_ppl.set(xlabel="epoch", ylabel="perplexity", title="perplexity")
     for ax in (ax_loss, ax_ppl):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
