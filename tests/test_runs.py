@@ -98,18 +98,25 @@ def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, 
     t = small_trainer
     save_run(tmp_path, t.model, t.vocab, t.config, 1, t.state_dict())
     files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    t.fit()  # no-op at 1/1 epochs; change the weights instead
-    with torch.no_grad():
+    with torch.no_grad():  # a later state to save
+
         t.model.head.bias.add_(1)
 
-    def full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_fsync = os.fsync
+    for fail_at in (1, 3):  # the disk fills at the first file (state) or at the third (weights)
+        calls = []
 
-    monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(RnnkitError, match="No space left on device.*unchanged"):
-        save_run(tmp_path, t.model, t.vocab, t.config, 2, t.state_dict())
-    monkeypatch.undo()
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files  # no temp files, nothing changed
+        def full(fd, fail_at=fail_at, calls=calls):
+            calls.append(fd)
+            if len(calls) == fail_at:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(RnnkitError, match="No space left on device.*unchanged"):
+            save_run(tmp_path, t.model, t.vocab, t.config, 2, t.state_dict())
+        monkeypatch.undo()
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files  # no temp files, nothing changed
     model, _, _, meta = load_run(tmp_path)
     assert meta["epoch"] == 1
 

@@ -1,11 +1,13 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from rnnkit.data import split_corpus
+from rnnkit.errors import RnnkitError
 from rnnkit.models import build_model
-from rnnkit.train import TrainConfig, Trainer, clip_gradients, stream_nll, window_nll
+from rnnkit.train import TrainConfig, Trainer, clip_gradients, select_device, stream_nll, window_nll
 
 
 def test_clip_gradients_bounds_global_norm_and_keeps_direction():
@@ -75,3 +77,15 @@ def test_training_is_deterministic(tm_text):
     a = Trainer(config, text=tm_text).fit()
     b = Trainer(config, text=tm_text).fit()
     assert [s.train_loss for s in a] == [s.train_loss for s in b]
+
+
+def test_device_selection():
+    assert select_device("cpu").type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else (
+        "mps" if torch.backends.mps.is_available() else "cpu")
+    assert select_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(RnnkitError, match="CUDA is not available"):
+            select_device("cuda")
+    with pytest.raises(RnnkitError, match="unknown device"):
+        select_device("tpu9")

@@ -4,17 +4,20 @@ A run directory holds ``model.safetensors`` (weights), ``state.safetensors`` (op
 states, completed epochs and their history: what ``--resume`` needs), ``config.json`` (config,
 vocabulary, format and rnnkit versions) and ``metrics.jsonl``.
 
-Every file is written atomically (temp file in the same folder, flush + fsync, rename), so a crash
-or a full disk leaves the previous version intact; all files of one save carry the same checkpoint
-id, and loading refuses a mixture. Loading never unpickles: tensors are read with safetensors,
-the rest is JSON, and a file that is a pickle or a ``torch.save`` archive is refused.
+A save writes every file to a temp file in the same folder (flush + fsync) and renames them only
+when all are written, so a crash or a full disk leaves the previous checkpoint intact; all files of
+one save carry the same checkpoint id, and loading refuses a mixture. Loading never unpickles:
+tensors are read with safetensors, the rest is JSON, and a pickle or ``torch.save`` file is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -38,26 +41,54 @@ MODEL_FILE, STATE_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "state.
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    write_files({Path(path): data})
+
+
+def write_files(files: dict[Path, bytes]) -> None:
+    """Replace several files as one: first every new version goes to a temp file beside it (flush,
+    fsync), and only when all are on disk are they renamed over the old ones, in the given order.
+    A failure while writing (a full disk) leaves every old file as it was; Ctrl-C is held back
+    until the renames are done."""
+    temps: dict[Path, str] = {}
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        for path, data in files.items():
+            fd, temps[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        with _sigint_deferred():
+            for path, tmp in temps.items():
+                os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    for directory in {path.parent for path in files}:  # make the renames themselves durable
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold a SIGINT that arrives inside the block and deliver it after (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
 
 
 def pack(obj) -> tuple[dict[str, torch.Tensor], str]:
@@ -109,26 +140,28 @@ def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: Tra
     run_dir = Path(run_dir)
     checkpoint = f"{epoch}-{uuid.uuid4().hex[:12]}"
     meta = {"format": FORMAT, "checkpoint": checkpoint}
+    files: dict[Path, bytes] = {}
+    if state is not None:
+        tensors, skeleton = pack(state)
+        files[run_dir / STATE_FILE] = save_safetensors(tensors, metadata={**meta, "state": skeleton})
+        files[run_dir / METRICS_FILE] = metrics_lines(state["history"])
+    weights = state["model"] if state is not None else model.state_dict()
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    files[run_dir / MODEL_FILE] = save_safetensors(weights, metadata=meta)
+    config_json = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "rnnkit_version": __version__,
+        "checkpoint": checkpoint,
+        "epoch": epoch,
+        "has_state": state is not None,
+        "config": asdict(config),
+        "vocab": {"idx_to_token": vocab.idx_to_token, "unk_token": vocab.unk_token},
+    }
+    files[run_dir / CONFIG_FILE] = (json.dumps(config_json, indent=1, ensure_ascii=False) + "\n").encode()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if state is not None:
-            tensors, skeleton = pack(state)
-            atomic_write(run_dir / STATE_FILE, save_safetensors(tensors, metadata={**meta, "state": skeleton}))
-            atomic_write(run_dir / METRICS_FILE, metrics_lines(state["history"]))
-        weights = state["model"] if state is not None else model.state_dict()
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-        atomic_write(run_dir / MODEL_FILE, save_safetensors(weights, metadata=meta))
-        config_json = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "rnnkit_version": __version__,
-            "checkpoint": checkpoint,
-            "epoch": epoch,
-            "has_state": state is not None,
-            "config": asdict(config),
-            "vocab": {"idx_to_token": vocab.idx_to_token, "unk_token": vocab.unk_token},
-        }
-        atomic_write(run_dir / CONFIG_FILE, (json.dumps(config_json, indent=1, ensure_ascii=False) + "\n").encode())
+        write_files(files)  # config.json last: it names the checkpoint the other files belong to
     except OSError as exc:
         raise RnnkitError(f"cannot save checkpoint in {run_dir}: {exc.strerror or exc}; "
                           "the previous checkpoint, if any, is unchanged") from None

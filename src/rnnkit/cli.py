@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import warnings
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from rnnkit.errors import RnnkitError
@@ -117,7 +118,7 @@ class Progress:
         now = time.monotonic()
         if now - self.last_postfix > 0.5:  # .item() syncs a GPU: only a few times a second
             value = float(loss)
-            self.bar.set_postfix(loss=f"{value:.3f}", ppl=f"{min(2.718281828 ** value, 1e9):.2f}")
+            self.bar.set_postfix(loss=f"{value:.3f}", ppl=f"{math.exp(min(value, 50)):.2f}")
             self.last_postfix = now
 
     def on_epoch(self, stats) -> None:
@@ -148,7 +149,7 @@ def _explicit_train_args(parser: argparse.ArgumentParser, args: argparse.Namespa
 
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from rnnkit.checkpoint import CONFIG_FILE, load_run, load_state, save_run
+    from rnnkit.checkpoint import CONFIG_FILE, METRICS_FILE, atomic_write, load_run, load_state, metrics_lines, save_run
     from rnnkit.text import CORPORA
     from rnnkit.train import TrainConfig, Trainer
 
@@ -195,6 +196,9 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         progress.on_epoch(stats)
         if args.save_every and stats.epoch % args.save_every == 0:
             save(trainer.snapshot)
+        else:  # metrics.jsonl follows every epoch; the checkpoint every --save-every
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / METRICS_FILE, metrics_lines([asdict(h) for h in trainer.history]))
         curves.update(trainer.history)
 
     try:
@@ -230,8 +234,6 @@ class Curves:
     def update(self, history, force: bool = False) -> None:
         if not (self.enabled and history) or (not force and time.monotonic() - self.last < self.interval_s):
             return
-        from dataclasses import asdict
-
         from rnnkit.checkpoint import atomic_write
         from rnnkit.plot import render_curves
 
