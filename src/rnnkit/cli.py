@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -327,9 +328,7 @@ def cmd_corpora(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_copies(entry):
-    import os
-
+def _local_copies(entry) -> list[Path]:
     from rnnkit.text import cache_dir
 
     paths = [Path(os.environ["RNNKIT_DATA_DIR"]) / entry.filename] if os.environ.get("RNNKIT_DATA_DIR") else []

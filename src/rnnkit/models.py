@@ -15,7 +15,7 @@ from torch import nn
 from rnnkit.errors import RnnkitError
 
 MODEL_KINDS = ("rnn", "gru", "lstm", "scratch")
-ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+ACTIVATIONS = ("tanh", "relu")
 
 MAX_PARAMETERS = 2_000_000_000  # a sanity bound that turns typos like --hidden 1000000 into an error
 
@@ -155,16 +155,18 @@ class RNNLM(nn.Module):
             nn.init.normal_(self.head.weight, std=rnn.sigma)
             nn.init.zeros_(self.head.bias)
 
+    def hidden(self, X: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
+        """Recurrent outputs (T, B, H) for tokens X (B, T), and the final state."""
+        return self.rnn(X.T if self.embedding is None else self.embedding(X.T), state)
+
     def forward(self, X: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
-        inputs = X.T if self.embedding is None else self.embedding(X.T)
-        outputs, state = self.rnn(inputs, state)
+        outputs, state = self.hidden(X, state)
         return self.head(outputs), state
 
     def loss(self, X: torch.Tensor, Y: torch.Tensor, state: State = None,
              reduction: str = "mean") -> tuple[torch.Tensor, State]:
         """Cross-entropy of predicting ``Y`` (B, T) from ``X`` (B, T); the logits are never kept."""
-        inputs = X.T if self.embedding is None else self.embedding(X.T)
-        outputs, state = self.rnn(inputs, state)
+        outputs, state = self.hidden(X, state)
         total = linear_cross_entropy(outputs.reshape(-1, outputs.shape[-1]), self.head.weight, self.head.bias,
                                      Y.T.reshape(-1))
         return (total / Y.numel() if reduction == "mean" else total), state
