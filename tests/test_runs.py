@@ -248,3 +248,15 @@ def test_random_bytes_file(tmp_path, capsys):
     noise.write_bytes(bytes((i * 7919) % 256 for i in range(5000)))
     assert main(["train", "--corpus", str(noise), "--out", str(tmp_path / "o")]) == 2
     assert "not a text file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [["--corpus", "EMPTY"], ["--num-steps", "0"], ["--hidden", "1000000"]])
+def test_bad_input_with_force_leaves_the_earlier_run_intact(tmp_path, capsys, bad):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (tmp_path / "empty.txt").write_text("")
+    bad = [str(tmp_path / "empty.txt") if a == "EMPTY" else a for a in bad]
+    assert main(["train", *bad, "--out", str(out), "--force"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
