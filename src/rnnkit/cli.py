@@ -154,6 +154,9 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from rnnkit.text import CORPORA
     from rnnkit.train import TrainConfig, Trainer
 
+    for name in ("save_every", "sample_every", "sample_chars"):
+        if getattr(args, name) < 0:
+            raise RnnkitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.resume:
         allowed = {"resume", "epochs", "quiet", "save_every", "sample_every", "sample_prefixes", "sample_chars",
                    "device"}
