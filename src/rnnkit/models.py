@@ -46,13 +46,6 @@ class RNNScratch(nn.Module):
         return recurrence(torch.addmm(self.b_h, inputs.flatten(0, -2), self.W_xh).view(*inputs.shape[:-1], -1),
                           None, state, self.W_hh, self.activation)
 
-    def fused_loss(self, ids: torch.Tensor, targets: torch.Tensor, state: State, head: nn.Linear):
-        """(summed loss, final state) of this layer under ``head``, via :func:`simple_rnn_lm_loss`."""
-        if isinstance(state, (tuple, list)):
-            (state,) = state
-        return simple_rnn_lm_loss(ids, targets, self.W_xh + self.b_h, state, self.W_hh, head.weight, head.bias,
-                                  self.activation)
-
 
 def recurrence(inputs: torch.Tensor, table: torch.Tensor | None, state: torch.Tensor | None, W_hh: torch.Tensor,
                activation: str = "tanh") -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,53 +62,20 @@ def recurrence(inputs: torch.Tensor, table: torch.Tensor | None, state: torch.Te
     return outputs, outputs[-1]
 
 
-def _lookup(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``table[ids]`` as a fresh contiguous (T, B, H) buffer (the one-hot product, as a row lookup)."""
-    out = table.new_empty(*ids.shape, table.shape[1])
-    torch.index_select(table, 0, ids.reshape(-1), out=out.view(-1, table.shape[1]))
-    return out
-
-
-def _run_recurrence_(outputs: torch.Tensor, state: torch.Tensor, W_hh: torch.Tensor, activation: str) -> None:
-    """In place: ``outputs`` holds the projected inputs P (T, B, H) on entry and H on exit."""
-    act_ = torch.tanh_ if activation == "tanh" else torch.relu_
-    h = state
-    for t in range(outputs.shape[0]):
-        h = act_(outputs[t].addmm_(h, W_hh))
-
-
-def _backprop_recurrence_(grad: torch.Tensor, outputs: torch.Tensor, state: torch.Tensor, W_hh: torch.Tensor,
-                          activation: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backpropagation through time, in place: ``grad`` holds dL/dH (T, B, H) from outside the
-    recurrence on entry and dL/d(pre-activation) on exit. Returns (dL/dstate, dL/dW_hh)."""
-    T, _, H = outputs.shape
-    W_hh_T = W_hh.t()
-    for t in range(T - 1, -1, -1):
-        if t < T - 1:  # dL/dH_t = (from outside)_t + dL/dpre_{t+1} @ W_hh^T
-            grad[t].addmm_(grad[t + 1], W_hh_T)
-        if activation == "tanh":
-            torch.ops.aten.tanh_backward.grad_input(grad[t], outputs[t], grad_input=grad[t])
-        else:
-            torch.ops.aten.threshold_backward.grad_input(grad[t], outputs[t], 0, grad_input=grad[t])
-    grad_W = state.t() @ grad[0]
-    if T > 1:  # all the other steps' weight gradient as one GEMM
-        grad_W.addmm_(outputs[:-1].reshape(-1, H).t(), grad[1:].reshape(-1, H))
-    return grad[0] @ W_hh_T, grad_W
-
-
-def _table_grad(ids: torch.Tensor, grad: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """Gradient of the lookup table: the rows of ``grad`` (T, B, H) summed per token id."""
-    H = grad.shape[-1]
-    return grad.new_zeros(num_rows, H).index_add_(0, ids.reshape(-1), grad.reshape(-1, H))
-
-
 class _Recurrence(torch.autograd.Function):
     """Forward and backward-through-time of the simple RNN recurrence (see :func:`recurrence`)."""
 
     @staticmethod
     def forward(ctx, inputs, table, state, W_hh, activation):
-        outputs = inputs.clone(memory_format=torch.contiguous_format) if table is None else _lookup(inputs, table)
-        _run_recurrence_(outputs, state, W_hh, activation)
+        if table is None:
+            outputs = inputs.clone(memory_format=torch.contiguous_format)
+        else:
+            outputs = table.new_empty(*inputs.shape, table.shape[1])
+            torch.index_select(table, 0, inputs.reshape(-1), out=outputs.view(-1, table.shape[1]))
+        act_ = torch.tanh_ if activation == "tanh" else torch.relu_
+        h = state
+        for t in range(outputs.shape[0]):
+            h = act_(outputs[t].addmm_(h, W_hh))
         ctx.activation, ctx.num_rows = activation, None if table is None else table.shape[0]
         ctx.save_for_backward(inputs if table is not None else None, outputs, state, W_hh)
         return outputs
@@ -124,11 +84,24 @@ class _Recurrence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_outputs):
         ids, outputs, state, W_hh = ctx.saved_tensors
-        grad = grad_outputs.clone(memory_format=torch.contiguous_format)  # not ours to change in place
-        grad_state, grad_W = _backprop_recurrence_(grad, outputs, state, W_hh, ctx.activation)
+        T, _, H = outputs.shape
+        grad_pre = grad_outputs.clone(memory_format=torch.contiguous_format)  # becomes dL/d(pre-activation)
+        W_hh_T = W_hh.t()
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:  # dL/dH_t = grad_outputs_t + dL/dpre_{t+1} @ W_hh^T
+                grad_pre[t].addmm_(grad_pre[t + 1], W_hh_T)
+            if ctx.activation == "tanh":
+                torch.ops.aten.tanh_backward.grad_input(grad_pre[t], outputs[t], grad_input=grad_pre[t])
+            else:
+                torch.ops.aten.threshold_backward.grad_input(grad_pre[t], outputs[t], 0, grad_input=grad_pre[t])
+        grad_h = grad_pre[0] @ W_hh_T
+        grad_W = state.t() @ grad_pre[0]
+        if T > 1:
+            grad_W.addmm_(outputs[:-1].reshape(-1, H).t(), grad_pre[1:].reshape(-1, H))
         if ctx.num_rows is None:
-            return grad, None, grad_state, grad_W, None
-        return None, _table_grad(ids, grad, ctx.num_rows), grad_state, grad_W, None
+            return grad_pre, None, grad_h, grad_W, None
+        grad_table = grad_pre.new_zeros(ctx.num_rows, H).index_add_(0, ids.reshape(-1), grad_pre.view(-1, H))
+        return None, grad_table, grad_h, grad_W, None
 
 
 class Recurrent(nn.Module):
@@ -150,36 +123,19 @@ class Recurrent(nn.Module):
             raise RnnkitError(f"unknown recurrent layer '{kind}'")
         self.register_buffer("identity", torch.eye(num_inputs), persistent=False)
 
-    def _simple_parts(self, inputs: torch.Tensor):
-        """(table, W_hh, activation) when this is the book's model on the CPU with one-hot input:
-        the same parameters and math as ``nn.RNN``, run by :func:`recurrence` (faster there)."""
-        rnn = self.rnn
-        if (inputs.dtype in (torch.int64, torch.int32) and self.kind == "rnn" and rnn.num_layers == 1
-                and inputs.device.type == "cpu"):
-            table = (rnn.weight_ih_l0.t() + (rnn.bias_ih_l0 + rnn.bias_hh_l0)).contiguous()
-            return table, rnn.weight_hh_l0.t(), rnn.nonlinearity
-        return None
-
     def forward(self, inputs: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
-        parts = self._simple_parts(inputs)
-        if parts is not None:
-            table, W_hh, activation = parts
-            outputs, last = recurrence(inputs, table, None if state is None else state[0], W_hh, activation)
+        one_hot = inputs.dtype in (torch.int64, torch.int32)
+        rnn = self.rnn
+        if one_hot and self.kind == "rnn" and rnn.num_layers == 1 and inputs.device.type == "cpu":
+            # The book's model on the CPU: same parameters and math as nn.RNN, but the one-hot
+            # product is a row lookup and BPTT runs in :class:`_Recurrence` (faster here).
+            table = (rnn.weight_ih_l0.t() + (rnn.bias_ih_l0 + rnn.bias_hh_l0)).contiguous()
+            outputs, last = recurrence(inputs, table, None if state is None else state[0], rnn.weight_hh_l0.t(),
+                                       rnn.nonlinearity)
             return outputs, last.unsqueeze(0)
-        if inputs.dtype in (torch.int64, torch.int32):  # rows of the identity: the one-hot vectors
-            inputs = F.embedding(inputs, self.identity)  # (without F.one_hot's int64 scatter)
-        return self.rnn(inputs, state)
-
-    def fused_loss(self, ids: torch.Tensor, targets: torch.Tensor, state: State, head: nn.Linear):
-        """(summed loss, final state) under ``head`` via :func:`simple_rnn_lm_loss`, or None when
-        this layer is not the book's model on the CPU."""
-        parts = self._simple_parts(ids)
-        if parts is None:
-            return None
-        table, W_hh, activation = parts
-        loss, last = simple_rnn_lm_loss(ids, targets, table, None if state is None else state[0], W_hh,
-                                        head.weight, head.bias, activation)
-        return loss, last.unsqueeze(0)
+        if one_hot:  # rows of the identity: the one-hot vectors, without F.one_hot's int64 scatter
+            inputs = F.embedding(inputs, self.identity)
+        return rnn(inputs, state)
 
 
 class RNNLM(nn.Module):
@@ -209,17 +165,10 @@ class RNNLM(nn.Module):
 
     def loss(self, X: torch.Tensor, Y: torch.Tensor, state: State = None,
              reduction: str = "mean") -> tuple[torch.Tensor, State]:
-        """Cross-entropy of predicting ``Y`` (B, T) from ``X`` (B, T), and the final state, detached
-        (to carry into the next batch: truncated backpropagation through time). The logits are
-        never kept; the book's model takes :func:`simple_rnn_lm_loss`."""
-        fused = getattr(self.rnn, "fused_loss", None) if self.embedding is None else None
-        result = fused(X.T, Y.T, state, self.head) if fused is not None else None
-        if result is None:
-            outputs, state = self.hidden(X, state)
-            total = linear_cross_entropy(outputs.reshape(-1, outputs.shape[-1]), self.head.weight, self.head.bias,
-                                         Y.T.reshape(-1))
-            result = total, detach_state(state)
-        total, state = result
+        """Cross-entropy of predicting ``Y`` (B, T) from ``X`` (B, T); the logits are never kept."""
+        outputs, state = self.hidden(X, state)
+        total = linear_cross_entropy(outputs.reshape(-1, outputs.shape[-1]), self.head.weight, self.head.bias,
+                                     Y.T.reshape(-1))
         return (total / Y.numel() if reduction == "mean" else total), state
 
     def initial_logits(self) -> torch.Tensor:
@@ -237,82 +186,24 @@ def linear_cross_entropy(inputs: torch.Tensor, weight: torch.Tensor, bias: torch
     return _LinearCrossEntropy.apply(inputs, weight, bias, targets)
 
 
-def _log_softmax_and_nll(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                         targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log-probabilities (N, V), flat target positions, summed NLL) of ``inputs @ weight.T + bias``."""
-    log_probs = torch.log_softmax(torch.addmm(bias, inputs, weight.t()), 1)
-    flat_targets = torch.arange(len(targets), device=targets.device) * log_probs.shape[1] + targets
-    return log_probs, flat_targets, -log_probs.view(-1).take(flat_targets).sum()  # take: faster than gather
-
-
-def _logits_grad_(log_probs: torch.Tensor, flat_targets: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
-    """dL/dlogits = (softmax - one_hot(targets)) * grad_loss, computed in the log-probabilities' memory."""
-    grad = log_probs.exp_()
-    flat = grad.view(-1)
-    flat.index_put_((flat_targets,), flat.take(flat_targets) - 1)
-    return grad.mul_(grad_loss)
-
-
-def _output_layer_grads(grad: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor):
-    """(dL/dinputs, dL/dweight, dL/dbias) of a linear layer given dL/dlogits (N, V)."""
-    grad_bias = torch.mv(grad.t(), grad.new_ones(len(grad)))  # faster than grad.sum(0) here
-    return grad @ weight, grad.t() @ inputs, grad_bias
-
-
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs, weight, bias, targets):
-        log_probs, flat_targets, loss = _log_softmax_and_nll(inputs, weight, bias, targets)
+        log_probs = torch.log_softmax(torch.addmm(bias, inputs, weight.t()), 1)
+        flat_targets = torch.arange(len(targets), device=targets.device) * log_probs.shape[1] + targets
         ctx.save_for_backward(inputs, weight, log_probs, flat_targets)
-        return loss
+        return -log_probs.view(-1).take(flat_targets).sum()  # take: faster than gather here
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
         inputs, weight, log_probs, flat_targets = ctx.saved_tensors
-        grad = _logits_grad_(log_probs, flat_targets, grad_loss)  # the saved tensor is not needed again
-        return (*_output_layer_grads(grad, inputs, weight), None)
-
-
-def simple_rnn_lm_loss(ids: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, state: torch.Tensor | None,
-                       W_hh: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                       activation: str = "tanh") -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy of the book's model in one autograd node: ``H = phi(table[ids] +
-    H_prev @ W_hh)``, logits ``H @ weight.T + bias``; ``ids``, ``targets`` (T, B).
-
-    The same math as :func:`recurrence` followed by :func:`linear_cross_entropy` (tested equal),
-    without the graph between them, so that backpropagation works in its own buffers in place.
-    Returns (loss, final state (B, H)); the final state carries no gradient (truncated BPTT).
-    """
-    if state is None:
-        state = W_hh.new_zeros(ids.shape[1], W_hh.shape[0])
-    return _SimpleRNNLMLoss.apply(ids, targets, table, state, W_hh, weight, bias, activation)
-
-
-class _SimpleRNNLMLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, ids, targets, table, state, W_hh, weight, bias, activation):
-        outputs = _lookup(ids, table)
-        _run_recurrence_(outputs, state, W_hh, activation)
-        flat_outputs = outputs.view(-1, outputs.shape[-1])
-        log_probs, flat_targets, loss = _log_softmax_and_nll(flat_outputs, weight, bias, targets.reshape(-1))
-        ctx.activation, ctx.num_rows = activation, table.shape[0]
-        ctx.save_for_backward(ids, outputs, state, W_hh, weight, log_probs, flat_targets)
-        last = outputs[-1].clone()
-        ctx.mark_non_differentiable(last)
-        return loss, last
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss, _):
-        ids, outputs, state, W_hh, weight, log_probs, flat_targets = ctx.saved_tensors
-        grad_logits = _logits_grad_(log_probs, flat_targets, grad_loss)
-        grad_hidden, grad_weight, grad_bias = _output_layer_grads(grad_logits, outputs.view(-1, outputs.shape[-1]),
-                                                                  weight)
-        grad_hidden = grad_hidden.view(outputs.shape)  # ours: backpropagated through time in place
-        grad_state, grad_W = _backprop_recurrence_(grad_hidden, outputs, state, W_hh, ctx.activation)
-        grad_table = _table_grad(ids, grad_hidden, ctx.num_rows)
-        return None, None, grad_table, grad_state, grad_W, grad_weight, grad_bias, None
+        grad = log_probs.exp_()  # softmax; the saved tensor is not needed again
+        flat = grad.view(-1)
+        flat.index_put_((flat_targets,), flat.take(flat_targets) - 1)  # softmax - one_hot(targets)
+        grad.mul_(grad_loss)
+        grad_bias = torch.mv(grad.t(), grad.new_ones(len(grad)))  # faster than grad.sum(0) here
+        return grad @ weight, grad.t() @ inputs, grad_bias, None
 
 
 def detach_state(state: State) -> State:
