@@ -211,7 +211,10 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if progress.bar is not None:
             progress.bar.close()
         save(trainer.snapshot)
-        curves.update(trainer.history, force=True)
+        try:
+            curves.update(trainer.history, force=True)
+        except Exception as exc:  # noqa: BLE001 - the plot may have been cut mid-draw; the run is saved
+            print(f"rnnkit: note: curves.png not redrawn ({exc})", file=sys.stderr)
         done = trainer.snapshot["epoch"]
         print(f"\ninterrupted: saved the run after {done} completed epoch(s) in {out}; "
               f"continue with: rnnkit train --resume {out}", file=sys.stderr)
