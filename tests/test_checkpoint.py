@@ -64,3 +64,28 @@ def test_newer_format_and_foreign_config(run):
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(RnnkitError, match="not a run directory"):
         load_run(tmp_path)
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    from safetensors.torch import save
+
+    from rnnkit.checkpoint import read_tensors
+
+    for pad in range(300):  # find metadata whose header length has 0x80 as its low byte
+        data = save({"w": torch.arange(4.0)}, metadata={"pad": "x" * pad})
+        if data[0] == 0x80:
+            break
+    else:
+        pytest.fail("no header of that length")
+    (tmp_path / "w.safetensors").write_bytes(data)
+    tensors, meta = read_tensors(tmp_path / "w.safetensors")
+    assert torch.equal(tensors["w"], torch.arange(4.0)) and meta["pad"] == "x" * pad
+
+
+def test_loaded_tensors_are_owned_and_aligned(run):
+    from rnnkit.checkpoint import read_tensors
+
+    tensors, _ = read_tensors(run[0] / "model.safetensors")
+    for t in tensors.values():
+        assert t.data_ptr() % 64 == 0  # not views into the file's bytes
+        t.add_(1)  # writable

@@ -196,10 +196,13 @@ def read_tensors(path: str | os.PathLike, checkpoint: str | None = None) -> tupl
         data = path.read_bytes()
     except FileNotFoundError:
         raise RnnkitError(f"{path}: missing") from None
-    if data[:2] == b"PK" or data[:1] == b"\x80":
+    looks_like_safetensors = len(data) >= 10 and data[8:9] == b"{"  # u64 header length, then a JSON header
+    if not looks_like_safetensors and (data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"):
         raise RnnkitError(f"{path}: is a pickle / torch.save file, not safetensors; rnnkit never unpickles")
     try:
-        tensors = load_safetensors(data)
+        # clone: the loaded tensors would otherwise be unaligned views of immutable Python bytes,
+        # which the optimizer then updates in place
+        tensors = {name: tensor.clone() for name, tensor in load_safetensors(data).items()}
         header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise RnnkitError(f"{path}: truncated or corrupt safetensors file ({exc})") from None

@@ -347,9 +347,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()  # imports torch: inside the try, so that Ctrl-C here is handled too
+        args = parser.parse_args(argv)
         if args.command == "train":
             return cmd_train(args, parser)
         commands = {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot, "corpora": cmd_corpora}
@@ -364,5 +364,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def console() -> None:
+    """The ``rnnkit`` command's entry point: :func:`main`'s status becomes the exit status.
+
+    After Ctrl-C, CPython may still end the process *by* SIGINT (status -2) even though the
+    interrupt was handled and the run saved; leave through ``os._exit(130)`` then, so that the
+    status is the documented 130."""
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
