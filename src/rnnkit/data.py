@@ -54,9 +54,12 @@ class WindowBatches:
         """The same windows, in order, in batches of ``batch_size`` (for evaluation)."""
         return WindowBatches(self.corpus, self.starts, max(batch_size, 1), self.num_steps, shuffle=False)
 
+    def _num_batches(self, num_windows: int) -> int:
+        b = self.batch_size
+        return num_windows // b if self.drop_last else -(-num_windows // b)
+
     def __len__(self) -> int:
-        n, b = self.num_windows, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return self._num_batches(self.num_windows)
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         starts = self.starts
@@ -68,8 +71,7 @@ class WindowBatches:
         if self.shuffle:
             perm = torch.randperm(len(starts), generator=generator)
             starts = starts[perm.to(starts.device)]
-        n, b = len(starts), self.batch_size
-        for k in range(n // b if self.drop_last else -(-n // b)):
+        for k in range(self._num_batches(len(starts))):
             window = self.corpus[starts[k * self.batch_size:(k + 1) * self.batch_size, None] + self.offsets]
             yield window[:, :-1], window[:, 1:]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from rnnkit.errors import RnnkitError
-from rnnkit.models import RNNLM, State
+from rnnkit.models import RNNLM, State, evaluating
 from rnnkit.text import Vocab
 
 StepFn = Callable[[Sequence[int], State], tuple[torch.Tensor, State]]
@@ -89,10 +89,11 @@ def generate_ids(step: StepFn, prefix_ids: Sequence[int], num_preds: int, initia
     logits = initial_logits
     if prefix_ids:
         logits, state = step(prefix_ids, state)
-    for _ in range(num_preds):
+    for i in range(num_preds):
         token = sampling.choose(logits, generator)
         yield token
-        logits, state = step([token], state)
+        if i + 1 < num_preds:  # the step after the last token would feed nothing
+            logits, state = step([token], state)
 
 
 def model_step(model: RNNLM) -> StepFn:
@@ -114,15 +115,9 @@ def generate(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: 
         raise RnnkitError(f"number of tokens to generate must be >= 0, got {num_preds}")
     sampling = sampling or Sampling(greedy=True)
     prefix_ids = encode_prefix(vocab, prefix)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for token in generate_ids(model_step(model), prefix_ids, num_preds, model.initial_logits(),
-                                      sampling, seed):
-                yield vocab.idx_to_token[token]
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        for token in generate_ids(model_step(model), prefix_ids, num_preds, model.initial_logits(), sampling, seed):
+            yield vocab.idx_to_token[token]
 
 
 def predict(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: Sampling | None = None,

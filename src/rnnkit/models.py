@@ -8,6 +8,9 @@ Recurrent layers are time-major: ``layer(inputs, state) -> (outputs (T, B, H), s
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -204,6 +207,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad.mul_(grad_loss)
         grad_bias = torch.mv(grad.t(), grad.new_ones(len(grad)))  # faster than grad.sum(0) here
         return grad @ weight, grad.t() @ inputs, grad_bias, None
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Inference mode with the model in eval mode (dropout off), restoring its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 def detach_state(state: State) -> State:

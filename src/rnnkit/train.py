@@ -14,7 +14,7 @@ from torch import nn
 
 from rnnkit.data import DataSplit, WindowBatches, check_sizes, split_corpus
 from rnnkit.errors import RnnkitError
-from rnnkit.models import RNNLM, State, build_model, detach_state
+from rnnkit.models import RNNLM, State, build_model, detach_state, evaluating
 from rnnkit.text import Vocab, build_corpus, load_corpus_text
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -112,33 +112,27 @@ def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> torch
     return norm
 
 
-@torch.inference_mode()
 def window_nll(model: RNNLM, batches: WindowBatches) -> tuple[float, int]:
     """Summed NLL (nats) and token count over every window, each from a fresh state (d2l's validation)."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for X, Y in batches:
-        total += model.loss(X, Y, reduction="sum")[0].double().item()
-        count += Y.numel()
-    model.train(was_training)
+    with evaluating(model):
+        for X, Y in batches:
+            total += model.loss(X, Y, reduction="sum")[0].double().item()
+            count += Y.numel()
     return total, count
 
 
-@torch.inference_mode()
 def stream_nll(model: RNNLM, tokens: torch.Tensor, chunk: int = 1024) -> tuple[float, int]:
     """Summed NLL (nats) and count over a token stream, carrying the state across chunks so that
     every token after the first is predicted once, from all the text before it."""
-    was_training = model.training
-    model.eval()
     total, count, state = 0.0, 0, None
-    for start in range(0, len(tokens) - 1, chunk):
-        piece = tokens[start:start + chunk + 1]
-        X, Y = piece[:-1].unsqueeze(0), piece[1:].unsqueeze(0)
-        loss, state = model.loss(X, Y, state, reduction="sum")
-        total += loss.double().item()
-        count += Y.numel()
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(tokens) - 1, chunk):
+            piece = tokens[start:start + chunk + 1]
+            X, Y = piece[:-1].unsqueeze(0), piece[1:].unsqueeze(0)
+            loss, state = model.loss(X, Y, state, reduction="sum")
+            total += loss.double().item()
+            count += Y.numel()
     return total, count
 
 
