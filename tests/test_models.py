@@ -15,6 +15,23 @@ def book_rnn_scratch_forward(inputs, state, W_xh, W_hh, b_h):
     return torch.stack(outputs), state
 
 
+def test_linear_cross_entropy_under_bf16_autocast_runs_in_float32():
+    """Under autocast the recurrent layers may hand over bf16 outputs: the head and its loss
+    then run in the weight's precision (float32), on the upcast inputs."""
+    from rnnkit.models import linear_cross_entropy
+
+    torch.manual_seed(4)
+    inputs = torch.randn(40, 8).bfloat16().requires_grad_()
+    head = nn.Linear(8, 11)
+    targets = torch.randint(0, 11, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(inputs, head.weight, head.bias, targets)
+    loss.backward()
+    assert loss.dtype == torch.float32 and inputs.grad.dtype == torch.bfloat16
+    ref = F.cross_entropy(head(inputs.detach().float()), targets, reduction="sum")
+    torch.testing.assert_close(loss, ref)
+
+
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_rnn_scratch_equals_nn_rnn_with_same_weights(activation):
     V, H, T, B = 11, 7, 5, 3

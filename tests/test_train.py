@@ -7,7 +7,7 @@ import torch
 from rnnkit.data import split_corpus
 from rnnkit.errors import RnnkitError
 from rnnkit.models import build_model
-from rnnkit.train import TrainConfig, Trainer, clip_gradients, select_device, stream_nll, window_nll
+from rnnkit.train import CapturedGradients, TrainConfig, Trainer, clip_gradients, select_device, stream_nll, window_nll
 
 
 def test_clip_gradients_bounds_global_norm_and_keeps_direction():
@@ -77,6 +77,39 @@ def test_training_is_deterministic(tm_text):
     a = Trainer(config, text=tm_text).fit()
     b = Trainer(config, text=tm_text).fit()
     assert [s.train_loss for s in a] == [s.train_loss for s in b]
+
+
+def test_cuda_graphs_option_is_refused_where_it_cannot_work():
+    with pytest.raises(RnnkitError, match="sequential"):
+        TrainConfig(cuda_graphs=True, split="sequential").validate()
+    with pytest.raises(RnnkitError, match="dropout"):
+        TrainConfig(cuda_graphs=True, model="lstm", layers=2, dropout=0.2).validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(RnnkitError, match="CUDA"):
+            Trainer(TrainConfig(cuda_graphs=True, device="cpu", epochs=1))
+
+
+def test_captured_gradients_fill_fixed_tensors_with_the_eager_gradients():
+    """A CUDA graph replays kernels on fixed memory: the gradient computation it captures must
+    write every step's clipped gradients into the same .grad tensors (checked here on the CPU
+    by running that computation uncaptured) and equal the usual zero_grad/backward/clip step."""
+    torch.manual_seed(0)
+    model = build_model("rnn", 11, 8)
+    eager = build_model("rnn", 11, 8)
+    eager.load_state_dict(model.state_dict())
+    captured = CapturedGradients(model, clip=0.5)
+    pointers = [p.grad.data_ptr() for p in model.parameters()]
+    for _ in range(3):
+        X, Y = torch.randint(0, 11, (2, 4, 6))
+        loss = captured._gradients(X, Y)
+        eager.zero_grad(set_to_none=True)
+        eager_loss, _ = eager.loss(X, Y)
+        eager_loss.backward()
+        clip_gradients(eager.parameters(), 0.5)
+        assert [p.grad.data_ptr() for p in model.parameters()] == pointers
+        torch.testing.assert_close(loss, eager_loss.detach())
+        for p, q in zip(model.parameters(), eager.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad)
 
 
 def test_device_selection():

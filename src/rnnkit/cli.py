@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip", type=float, default=d.clip, help="max global gradient norm (0: off)")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, mps")
+    t.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each training step as a captured CUDA graph (faster for small models on a GPU)")
     t.add_argument("--out", default="runs/tm", help="run directory to write")
     t.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run where it stopped (--epochs may raise "
@@ -159,7 +161,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise RnnkitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.resume:
         allowed = {"resume", "epochs", "quiet", "save_every", "sample_every", "sample_prefixes", "sample_chars",
-                   "device"}
+                   "device", "cuda_graphs"}
         clash = sorted(_explicit_train_args(parser, args) - allowed)
         if clash:
             raise RnnkitError(f"--resume continues a run with its saved settings; remove {', '.join(clash)} "
@@ -169,7 +171,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         state = load_state(out, meta)
         if "epochs" in _explicit_train_args(parser, args):
             config.epochs = args.epochs
-        config.device = args.device
+        config.device, config.cuda_graphs = args.device, args.cuda_graphs
         trainer = Trainer(config, vocab=vocab)
         trainer.load_state_dict(state)
         if len(trainer.history) >= config.epochs:

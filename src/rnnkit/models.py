@@ -185,8 +185,12 @@ def linear_cross_entropy(inputs: torch.Tensor, weight: torch.Tensor, bias: torch
 
     Equal to ``F.cross_entropy(F.linear(inputs, weight, bias), targets, reduction="sum")``; the
     backward pass reuses the saved log-probabilities in place instead of keeping logits around.
+    Under autocast (e.g. bf16 recurrent layers) it runs in the weight's precision.
     """
-    return _LinearCrossEntropy.apply(inputs, weight, bias, targets)
+    if inputs.dtype != weight.dtype:
+        inputs = inputs.to(weight.dtype)
+    with torch.autocast(inputs.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(inputs, weight, bias, targets)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
