@@ -2,8 +2,10 @@
 """GPU measurements, in one short run (a lent GPU comes with minutes, not hours).
 
 Sections, each written to ``--out``/gpu.json as soon as it is done (a timeout keeps what finished):
-  1. checks: a run with ``cuda_graphs=True`` against the same run without (same seed, GPU), for
-     the concise RNN, the from-scratch RNN and a 2-layer LSTM with Adam; max parameter difference.
+  1. checks: for each configuration in CHECKS (model kinds, activations, layers, embeddings,
+     optimizers, splits), a run with CUDA graphs against the same run without (same seed, GPU):
+     max parameter difference, and whether two eager runs agree bit for bit.
+     cli: ``rnnkit train`` with its defaults on the book's configuration (what a user gets).
   2. book: the book's configuration (hidden 32, batch 1024, num_steps 32, 100 epochs, SGD lr 1,
      clip 1) on the GPU: rnnkit's Trainer eager and with CUDA graphs (fit time, val ppl), and the
      real d2l 1.0.3 with ``num_gpus=1`` when ``--d2l DIR`` holds its package (run last: section d2l).
@@ -49,32 +51,68 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+CHECKS = {  # name: TrainConfig overrides (hidden 32 unless given)
+    "rnn": {}, "scratch": {"model": "scratch"},
+    "lstm 2x128 adam": dict(model="lstm", layers=2, hidden=128, optimizer="adam", lr=0.002),
+    "gru": {"model": "gru"}, "rnn relu": {"activation": "relu"},
+    "scratch relu": {"model": "scratch", "activation": "relu"},
+    "rnn 2 layers, embedding 16": {"layers": 2, "embedding": 16},
+    "lstm embedding 16 adamw": dict(model="lstm", embedding=16, optimizer="adamw", lr=0.002),
+    "gru random split": {"model": "gru", "split": "random"},
+    "rnn fraction split": {"split": "fraction"},
+}
+
+
+def train_params(data: str, graphs: bool, epochs: int = 2, **overrides) -> tuple[torch.Tensor, list]:
+    config = TrainConfig(**{"corpus": data, "epochs": epochs, "num_train": 3000, "num_val": 500, "device": DEVICE,
+                            "cuda_graphs": "on" if graphs else "off", "hidden": 32, **overrides})
+    trainer = Trainer(config)
+    history = trainer.fit()
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()]), history
+
+
 def checks(data: str) -> list[dict]:
-    """Captured-graph training equals eager training (same kernels, replayed)."""
+    """Captured-graph training equals eager training (same kernels, replayed); eager runs repeat."""
     rows = []
-    for model, extra in (("rnn", {}), ("scratch", {}),
-                         ("lstm", dict(layers=2, hidden=128, optimizer="adam", lr=0.002))):
+    for name, overrides in CHECKS.items():
         try:
-            params = []
-            for graphs in (False, DEVICE == "cuda"):
-                config = TrainConfig(corpus=data, model=model, epochs=2, num_train=3000, num_val=500, device=DEVICE,
-                                     cuda_graphs=graphs, **{"hidden": 32, **extra})
-                trainer = Trainer(config)
-                history = trainer.fit()
-                params.append((torch.cat([p.detach().flatten() for p in trainer.model.parameters()]), history))
-            (eager, h_eager), (graphed, h_graphed) = params
-            rows.append({"model": model, "max_abs_diff": (eager - graphed).abs().max().item(),
+            eager, h_eager = train_params(data, False, **overrides)
+            again, _ = train_params(data, False, **overrides)
+            graphed, h_graphed = train_params(data, DEVICE == "cuda", **overrides)
+            rows.append({"check": name, "max_abs_diff_graphs_vs_eager": (eager - graphed).abs().max().item(),
+                         "eager_repeats_bitwise": bool(torch.equal(eager, again)),
                          "param_norm": eager.norm().item(),
                          "train_loss": [h_eager[-1].train_loss, h_graphed[-1].train_loss],
                          "val_ppl": [h_eager[-1].val_ppl, h_graphed[-1].val_ppl]})
         except Exception as exc:
-            rows.append({"model": model, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            rows.append({"check": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
         print("check", rows[-1], flush=True)
     return rows
 
 
+def cli_runs(data: str, out: Path) -> list[dict]:
+    """``rnnkit train`` on the book's configuration with the defaults (--device auto, --cuda-graphs auto)."""
+    import subprocess
+    import tempfile
+
+    rows = []
+    for model in ("rnn", "scratch"):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            result = subprocess.run([sys.executable, "-c", "from rnnkit.cli import console; console()", "train",
+                                     "--corpus", data, "--model", model, "--out", f"{tmp}/run", "--sample-every", "0"],
+                                    capture_output=True, text=True)
+            lines = result.stdout.splitlines()
+            epochs = [x for x in lines if x.startswith("epoch")]
+            rows.append({"model": model, "rc": result.returncode, "wall_s": round(time.perf_counter() - t0, 3),
+                         "first_line": lines[0] if lines else "", "last_epoch": epochs[-1] if epochs else "",
+                         "stderr_tail": result.stderr[-300:]})
+        print("cli", rows[-1], flush=True)
+    return rows
+
+
 def book_rnnkit(data: str, model: str, graphs: bool) -> dict:
-    config = TrainConfig(corpus=data, model=model, device=DEVICE, cuda_graphs=graphs, **BOOK)
+    config = TrainConfig(corpus=data, model=model, device=DEVICE, cuda_graphs="on" if graphs else "off", **BOOK)
     trainer = Trainer(config)
     sync()
     t0 = time.perf_counter()
@@ -265,7 +303,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--d2l-repeats", type=int, default=1)
     p.add_argument("--seconds", type=float, default=0.3)
-    p.add_argument("--sections", default="checks,book,throughput,generation,d2l")
+    p.add_argument("--sections", default="checks,cli,book,throughput,generation,d2l")
     p.add_argument("--dry-run", action="store_true", help="CPU, 2 epochs, no CUDA graphs: check the script")
     a = p.parse_args()
     global DEVICE
@@ -282,6 +320,9 @@ def main() -> None:
     sections = a.sections.split(",")
     if "checks" in sections:
         RESULTS["checks"] = checks(a.data)
+        save(out)
+    if "cli" in sections:
+        RESULTS["cli"] = cli_runs(a.data, out)
         save(out)
     if "book" in sections:
         book = RESULTS.setdefault("book", {})

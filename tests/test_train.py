@@ -81,12 +81,16 @@ def test_training_is_deterministic(tm_text):
 
 def test_cuda_graphs_option_is_refused_where_it_cannot_work():
     with pytest.raises(RnnkitError, match="sequential"):
-        TrainConfig(cuda_graphs=True, split="sequential").validate()
+        TrainConfig(cuda_graphs="on", split="sequential").validate()
     with pytest.raises(RnnkitError, match="dropout"):
-        TrainConfig(cuda_graphs=True, model="lstm", layers=2, dropout=0.2).validate()
-    if not torch.cuda.is_available():
-        with pytest.raises(RnnkitError, match="CUDA"):
-            Trainer(TrainConfig(cuda_graphs=True, device="cpu", epochs=1))
+        TrainConfig(cuda_graphs="on", model="lstm", layers=2, dropout=0.2).validate()
+    with pytest.raises(RnnkitError, match="auto, on, off"):
+        TrainConfig(cuda_graphs="yes").validate()
+    assert not TrainConfig(split="sequential").graphs_possible() and TrainConfig().graphs_possible()
+    small = dict(hidden=8, batch_size=64, num_steps=8, epochs=1, num_train=128, num_val=32, device="cpu")
+    assert Trainer(TrainConfig(**small)).captured is None  # auto: graphs only on a CUDA device
+    with pytest.raises(RnnkitError, match="CUDA device"):
+        Trainer(TrainConfig(cuda_graphs="on", **small))
 
 
 def test_captured_gradients_fill_fixed_tensors_with_the_eager_gradients():

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rnnkit import __version__
     from rnnkit.data import SPLITS
     from rnnkit.models import MODEL_KINDS
-    from rnnkit.train import OPTIMIZERS, TrainConfig
+    from rnnkit.train import CUDA_GRAPHS, OPTIMIZERS, TrainConfig
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="rnnkit", description="Character-level RNN language models.")
@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip", type=float, default=d.clip, help="max global gradient norm (0: off)")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, mps")
-    t.add_argument("--cuda-graphs", action="store_true",
-                   help="replay each training step as a captured CUDA graph (faster for small models on a GPU)")
+    t.add_argument("--cuda-graphs", default=d.cuda_graphs, choices=CUDA_GRAPHS,
+                   help="on a CUDA device, replay each training step as a captured CUDA graph (auto: whenever "
+                        "the run allows it: not --split sequential, no dropout)")
     t.add_argument("--out", default="runs/tm", help="run directory to write")
     t.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run where it stopped (--epochs may raise "
@@ -191,7 +192,8 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.quiet:
         print(f"corpus {config.corpus}: {len(trainer.corpus)} tokens, vocab {len(trainer.vocab)}, "
               f"{len(trainer.data.train)} batches/epoch; model {config.model} hidden {config.hidden} "
-              f"({sum(p.numel() for p in trainer.model.parameters()):,} parameters) on {trainer.device}", flush=True)
+              f"({sum(p.numel() for p in trainer.model.parameters()):,} parameters) on {trainer.device}"
+              f"{' (CUDA graphs)' if trainer.captured is not None else ''}", flush=True)
     progress = Progress(trainer, args)
     curves = Curves(out)
 

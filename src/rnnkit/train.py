@@ -18,6 +18,7 @@ from rnnkit.models import RNNLM, State, build_model, detach_state, evaluating
 from rnnkit.text import Vocab, build_corpus, load_corpus_text
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+CUDA_GRAPHS = ("auto", "on", "off")
 EVAL_BATCH_TOKENS = 1 << 18  # evaluation needs no gradients: fewer, larger batches are faster
 
 
@@ -48,7 +49,7 @@ class TrainConfig:
     clip: float = 1.0  # max global gradient norm; 0 = no clipping
     seed: int = 0
     device: str = "auto"  # auto: cuda, then mps, then cpu
-    cuda_graphs: bool = False  # CUDA only: replay each training step as one captured CUDA graph
+    cuda_graphs: str = "auto"  # on a CUDA device, replay training steps as CUDA graphs: auto | on | off
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -68,8 +69,14 @@ class TrainConfig:
             raise RnnkitError(f"lr must be a positive number, got {self.lr}")
         if not self.clip >= 0:
             raise RnnkitError(f"clip must be >= 0 (0 = off), got {self.clip}")
-        if self.cuda_graphs and (self.split == "sequential" or self.dropout):
-            raise RnnkitError("--cuda-graphs needs a split without carried state (not sequential) and no dropout")
+        if self.cuda_graphs not in CUDA_GRAPHS:
+            raise RnnkitError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPHS)}, got {self.cuda_graphs!r}")
+        if self.cuda_graphs == "on" and not self.graphs_possible():
+            raise RnnkitError("--cuda-graphs on needs a split without carried state (not sequential) and no dropout")
+
+    def graphs_possible(self) -> bool:
+        """Whether training steps can be captured: no state carried between batches, no dropout."""
+        return self.split != "sequential" and not self.dropout
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -245,9 +252,9 @@ class Trainer:
                                  config.embedding, config.activation).to(self.device)
         self.optimizer = make_optimizer(config, self.model)
         self.captured: CapturedGradients | None = None
-        if config.cuda_graphs:
-            if self.device.type != "cuda":
-                raise RnnkitError(f"--cuda-graphs needs a CUDA device, not {self.device}")
+        if config.cuda_graphs == "on" and self.device.type != "cuda":
+            raise RnnkitError(f"--cuda-graphs on needs a CUDA device, not {self.device}")
+        if self.device.type == "cuda" and config.cuda_graphs != "off" and config.graphs_possible():
             self.captured = CapturedGradients(self.model, config.clip)
         self.history: list[EpochStats] = []
         self.train_seconds = 0.0
