@@ -103,11 +103,7 @@ class _Recurrence(torch.autograd.Function):
             grad_W.addmm_(outputs[:-1].reshape(-1, H).t(), grad_pre[1:].reshape(-1, H))
         if ctx.num_rows is None:
             return grad_pre, None, grad_h, grad_W, None
-        grad_table = grad_pre.new_zeros(ctx.num_rows, H)
-        if grad_table.is_cuda:  # index_add_ adds with atomics there (runs differ); index_put_ sorts first
-            grad_table.index_put_((ids.reshape(-1),), grad_pre.view(-1, H), accumulate=True)
-        else:
-            grad_table.index_add_(0, ids.reshape(-1), grad_pre.view(-1, H))
+        grad_table = grad_pre.new_zeros(ctx.num_rows, H).index_add_(0, ids.reshape(-1), grad_pre.view(-1, H))
         return None, grad_table, grad_h, grad_W, None
 
 
