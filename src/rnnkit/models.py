@@ -41,17 +41,21 @@ class RNNScratch(nn.Module):
         self.W_hh = nn.Parameter(torch.randn(num_hiddens, num_hiddens) * sigma)
         self.b_h = nn.Parameter(torch.zeros(num_hiddens))
 
+    def one_hot_weights(self) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """(table (V, H), W (H, H), activation) with ``H_t = phi(table[x_t] + H_{t-1} @ W)``."""
+        return self.W_xh + self.b_h, self.W_hh, self.activation
+
     def forward(self, inputs: torch.Tensor, state: State = None) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(state, (tuple, list)):
             (state,) = state
         if inputs.dtype in (torch.int64, torch.int32):
-            return recurrence(inputs, self.W_xh + self.b_h, state, self.W_hh, self.activation)
+            return recurrence(inputs, *self.one_hot_weights(), state=state)
         return recurrence(torch.addmm(self.b_h, inputs.flatten(0, -2), self.W_xh).view(*inputs.shape[:-1], -1),
-                          None, state, self.W_hh, self.activation)
+                          None, self.W_hh, self.activation, state)
 
 
-def recurrence(inputs: torch.Tensor, table: torch.Tensor | None, state: torch.Tensor | None, W_hh: torch.Tensor,
-               activation: str = "tanh") -> tuple[torch.Tensor, torch.Tensor]:
+def recurrence(inputs: torch.Tensor, table: torch.Tensor | None, W_hh: torch.Tensor, activation: str = "tanh",
+               state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``H_t = phi(P_t + H_{t-1} @ W_hh)`` for t = 1..T; returns (outputs (T, B, H), H_T).
 
     ``P`` is ``table[inputs]`` for token indices ``inputs`` (T, B) and a table (V, H) — the one-hot
@@ -126,19 +130,25 @@ class Recurrent(nn.Module):
             raise RnnkitError(f"unknown recurrent layer '{kind}'")
         self.register_buffer("identity", torch.eye(num_inputs), persistent=False)
 
+    def one_hot_weights(self) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        """For a one-layer ``nn.RNN``: (table (V, H), W (H, H), activation) with
+        ``H_t = phi(table[x_t] + H_{t-1} @ W)`` — the same math as nn.RNN on one-hot inputs."""
+        rnn = self.rnn
+        if self.kind != "rnn" or rnn.num_layers != 1:
+            return None
+        table = (rnn.weight_ih_l0.t() + (rnn.bias_ih_l0 + rnn.bias_hh_l0)).contiguous()  # row-major: rows are read
+        return table, rnn.weight_hh_l0.t(), rnn.nonlinearity
+
     def forward(self, inputs: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         one_hot = inputs.dtype in (torch.int64, torch.int32)
-        rnn = self.rnn
-        if one_hot and self.kind == "rnn" and rnn.num_layers == 1 and inputs.device.type == "cpu":
-            # The book's model on the CPU: same parameters and math as nn.RNN, but the one-hot
-            # product is a row lookup and BPTT runs in :class:`_Recurrence` (faster here).
-            table = (rnn.weight_ih_l0.t() + (rnn.bias_ih_l0 + rnn.bias_hh_l0)).contiguous()
-            outputs, last = recurrence(inputs, table, None if state is None else state[0], rnn.weight_hh_l0.t(),
-                                       rnn.nonlinearity)
+        if one_hot and inputs.device.type == "cpu" and (weights := self.one_hot_weights()) is not None:
+            # The book's model on the CPU: the one-hot product is a row lookup and BPTT runs in
+            # :class:`_Recurrence` (faster here than nn.RNN).
+            outputs, last = recurrence(inputs, *weights, state=None if state is None else state[0])
             return outputs, last.unsqueeze(0)
         if one_hot:  # rows of the identity: the one-hot vectors, without F.one_hot's int64 scatter
             inputs = F.embedding(inputs, self.identity)
-        return rnn(inputs, state)
+        return self.rnn(inputs, state)
 
 
 class RNNLM(nn.Module):
@@ -168,15 +178,70 @@ class RNNLM(nn.Module):
 
     def loss(self, X: torch.Tensor, Y: torch.Tensor, state: State = None,
              reduction: str = "mean") -> tuple[torch.Tensor, State]:
-        """Cross-entropy of predicting ``Y`` (B, T) from ``X`` (B, T); the logits are never kept."""
-        outputs, state = self.hidden(X, state)
-        total = linear_cross_entropy(outputs.reshape(-1, outputs.shape[-1]), self.head.weight, self.head.bias,
-                                     Y.T.reshape(-1))
+        """Cross-entropy of predicting ``Y`` (B, T) from ``X`` (B, T); the logits are never kept.
+
+        The book's model on the CPU (a one-layer RNN with one-hot input) runs in rnnkit's
+        compiled kernel when it is available (:mod:`rnnkit.kernels`); the same math otherwise."""
+        kernel = self._cpu_kernel(X)
+        if kernel is not None:
+            table, W, activation = self.rnn.one_hot_weights()
+            recurrent = isinstance(self.rnn, Recurrent)  # nn.RNN's state is (1, B, H), RNNScratch's (B, H)
+            if isinstance(state, (tuple, list)):
+                (state,) = state
+            h0 = X.new_zeros(X.shape[0], W.shape[0], dtype=W.dtype) if state is None else (
+                state[0] if recurrent else state)
+            need_grad = torch.is_grad_enabled() and any(
+                t.requires_grad for t in (h0, table, W, self.head.weight, self.head.bias))
+            total, last = _FusedRNNLoss.apply(X.long(), Y.long(), h0, table, W, self.head.weight, self.head.bias,
+                                              activation == "relu", need_grad, kernel)
+            state = last.unsqueeze(0) if recurrent else last
+        else:
+            outputs, state = self.hidden(X, state)
+            total = linear_cross_entropy(outputs.reshape(-1, outputs.shape[-1]), self.head.weight, self.head.bias,
+                                         Y.T.reshape(-1))
         return (total / Y.numel() if reduction == "mean" else total), state
+
+    def _cpu_kernel(self, X: torch.Tensor):
+        """rnnkit's compiled kernel if it applies to this model and input, else None."""
+        if (X.device.type != "cpu" or self.embedding is not None or X.dtype not in (torch.int64, torch.int32)
+                or self.head.weight.dtype != torch.float32 or _autocast_on_cpu()):
+            return None
+        weights = getattr(self.rnn, "one_hot_weights", None)
+        if weights is None or weights() is None:
+            return None
+        from rnnkit.kernels import rnn_lm_kernel
+
+        return rnn_lm_kernel()
 
     def initial_logits(self) -> torch.Tensor:
         """Logits (V,) from a fresh (all-zero) hidden state: where generation with no prefix starts."""
         return self.head.bias.detach().clone()
+
+
+class _FusedRNNLoss(torch.autograd.Function):
+    """Summed loss of the book's model from the compiled kernel, which computes the gradients of
+    every input in the same pass (``need_grad``: grad mode is on and a weight requires grad);
+    backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, X, Y, h0, table, W, head_weight, head_bias, relu, need_grad, kernel):
+        loss, last, *grads = kernel.rnn_lm_loss(X, Y, h0, table, W, head_weight, head_bias, relu, need_grad)
+        ctx.mark_non_differentiable(last)
+        ctx.grads = grads  # table, W, h0, head weight, head bias
+        return loss, last
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, grad_last):
+        grad_table, grad_W, grad_h0, grad_weight, grad_bias = (g * grad_loss for g in ctx.grads)
+        return None, None, grad_h0, grad_table, grad_W, grad_weight, grad_bias, None, None, None
+
+
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 def linear_cross_entropy(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,

@@ -1,0 +1,105 @@
+"""rnnkit's compiled CPU kernel for the book's model (rnnkit.kernels) against the PyTorch path."""
+
+import shutil
+
+import pytest
+import torch
+
+import rnnkit.kernels as kernels
+from rnnkit.models import build_model, linear_cross_entropy
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """The kernel; where it cannot be built the reason must be a missing C++ compiler."""
+    module = kernels.rnn_lm_kernel()
+    if module is None:
+        assert shutil.which("c++") is None and shutil.which("g++") is None, "a compiler is here but no kernel"
+    return module
+
+
+def pytorch_path_loss(model, X, Y, state):
+    """The same loss through the layer's forward and the fused output layer (no kernel)."""
+    outputs, last = model.hidden(X, state)
+    return linear_cross_entropy(outputs.reshape(-1, outputs.shape[-1]), model.head.weight, model.head.bias,
+                                Y.T.reshape(-1)), last
+
+
+@pytest.mark.parametrize("kind", ["rnn", "scratch"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("batch", [3, 301])  # one chunk; two uneven chunks (with 2 threads)
+def test_kernel_loss_gradients_and_state_equal_the_pytorch_path(kernel, kind, activation, batch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(1)
+        model = build_model(kind, 13, 16, activation=activation)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(10)
+        X, Y = torch.randint(0, 13, (2, batch, 11))
+        h0 = (torch.randn(batch, 16) * 0.5).requires_grad_()
+        state = h0 if kind == "scratch" else h0.unsqueeze(0)
+        assert (model._cpu_kernel(X) is not None) == (kernel is not None)
+        loss, last = model.loss(X, Y, state, reduction="sum")
+        grads = torch.autograd.grad(loss * 0.5, [*model.parameters(), h0])
+        ref, ref_last = pytorch_path_loss(model, X, Y, state)
+        ref_grads = torch.autograd.grad(ref * 0.5, [*model.parameters(), h0])
+        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(last, ref_last.detach())
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+        with torch.inference_mode():  # evaluation: the forward pass only, same numbers
+            eval_loss, _ = model.loss(X, Y, state.detach(), reduction="sum")
+        torch.testing.assert_close(eval_loss, ref.detach(), rtol=1e-5, atol=1e-3)
+        again, _ = model.loss(X, Y, state, reduction="sum")
+        assert torch.equal(again, loss)  # deterministic
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_kernel_applies_to_the_book_model_only(kernel):
+    if kernel is None:
+        return  # nothing to choose between: every model runs as PyTorch operations (checked by the fixture)
+    X = torch.zeros(4, 5, dtype=torch.int64)
+    assert build_model("rnn", 7, 8)._cpu_kernel(X) is kernel
+    assert build_model("scratch", 7, 8)._cpu_kernel(X) is kernel
+    for model in (build_model("lstm", 7, 8), build_model("gru", 7, 8), build_model("rnn", 7, 8, layers=2),
+                  build_model("rnn", 7, 8, embedding=4)):
+        assert model._cpu_kernel(X) is None
+    book = build_model("rnn", 7, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert book._cpu_kernel(X) is None
+    assert book._cpu_kernel(X.float()) is None
+
+
+def test_kernel_refuses_ids_out_of_range(kernel):
+    if kernel is None:
+        return  # the PyTorch path's own index errors apply (checked by the fixture)
+    model = build_model("rnn", 7, 8)
+    X = torch.full((2, 3), 7)
+    with pytest.raises(RuntimeError, match="outside"):
+        model.loss(X, torch.zeros_like(X))
+    with pytest.raises(RuntimeError, match="outside"):
+        model.loss(torch.zeros_like(X), X)
+
+
+def test_without_a_kernel_rnnkit_says_so_and_uses_pytorch(monkeypatch, tmp_path):
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(kernels, "SOURCE", broken)
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_kernel", None)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    with pytest.warns(RuntimeWarning, match="CPU kernel not built"):
+        assert kernels.rnn_lm_kernel() is None
+    torch.manual_seed(0)
+    model = build_model("rnn", 7, 8)
+    X, Y = torch.randint(0, 7, (2, 4, 5))
+    assert model._cpu_kernel(X) is None
+    loss, _ = model.loss(X, Y, reduction="sum")
+    ref, _ = pytorch_path_loss(model, X, Y, None)
+    torch.testing.assert_close(loss, ref)
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setenv("RNNKIT_NO_KERNEL", "1")
+    assert kernels.rnn_lm_kernel() is None  # switched off: no build, no warning
