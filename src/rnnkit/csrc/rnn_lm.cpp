@@ -64,9 +64,7 @@ std::vector<at::Tensor> rnn_lm_loss(at::Tensor X, at::Tensor Y, at::Tensor h0, a
   const int64_t* y = Y.data_ptr<int64_t>();
   const float* rows = table.data_ptr<float>();
 
-  const at::ThreadLocalState caller_state;  // grad mode, inference mode...: worker threads take the caller's
-  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-    at::ThreadLocalStateGuard same_state(caller_state);
+  auto run_chunks = [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       const int64_t b0 = B * c / chunks, b = B * (c + 1) / chunks - b0;
       at::Tensor Hs = at::empty({T + 1, b, H}, opts);  // Hs[t] = H_t of this chunk's rows
@@ -117,7 +115,16 @@ std::vector<at::Tensor> rnn_lm_loss(at::Tensor X, at::Tensor Y, at::Tensor h0, a
       grad_Wq[c] = dWq;
       grad_bq[c] = dbq;
     }
-  });
+  };
+  if (chunks == 1) {  // a small batch: one chunk, whose operations may use every thread themselves
+    run_chunks(0, 1);
+  } else {
+    const at::ThreadLocalState caller_state;  // grad mode, inference mode...: workers take the caller's
+    at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+      at::ThreadLocalStateGuard same_state(caller_state);
+      run_chunks(first, last);
+    });
+  }
 
   double total = 0.0;
   for (double l : loss) total += l;
