@@ -182,9 +182,9 @@ class RNNLM(nn.Module):
 
         The book's model on the CPU (a one-layer RNN with one-hot input) runs in rnnkit's
         compiled kernel when it is available (:mod:`rnnkit.kernels`); the same math otherwise."""
-        kernel = self._cpu_kernel(X)
-        if kernel is not None:
-            table, W, activation = self.rnn.one_hot_weights()
+        fast = self._cpu_kernel(X)
+        if fast is not None:
+            kernel, (table, W, activation) = fast
             recurrent = isinstance(self.rnn, Recurrent)  # nn.RNN's state is (1, B, H), RNNScratch's (B, H)
             if isinstance(state, (tuple, list)):
                 (state,) = state
@@ -201,17 +201,19 @@ class RNNLM(nn.Module):
                                          Y.T.reshape(-1))
         return (total / Y.numel() if reduction == "mean" else total), state
 
-    def _cpu_kernel(self, X: torch.Tensor):
-        """rnnkit's compiled kernel if it applies to this model and input, else None."""
+    def _cpu_kernel(self, X: torch.Tensor) -> tuple[object, tuple[torch.Tensor, torch.Tensor, str]] | None:
+        """(rnnkit's compiled kernel, the layer's one-hot weights) if the kernel applies, else None."""
         if (X.device.type != "cpu" or self.embedding is not None or X.dtype not in (torch.int64, torch.int32)
-                or self.head.weight.dtype != torch.float32 or _autocast_on_cpu()):
+                or self.head.weight.dtype != torch.float32 or _autocast_on_cpu()
+                or not hasattr(self.rnn, "one_hot_weights")):
             return None
-        weights = getattr(self.rnn, "one_hot_weights", None)
-        if weights is None or weights() is None:
+        weights = self.rnn.one_hot_weights()
+        if weights is None:
             return None
         from rnnkit.kernels import rnn_lm_kernel
 
-        return rnn_lm_kernel()
+        kernel = rnn_lm_kernel()
+        return None if kernel is None else (kernel, weights)
 
     def initial_logits(self) -> torch.Tensor:
         """Logits (V,) from a fresh (all-zero) hidden state: where generation with no prefix starts."""
