@@ -1,5 +1,6 @@
 """rnnkit's compiled CPU kernel for the book's model (rnnkit.kernels) against the PyTorch path."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -129,3 +130,20 @@ def test_kernel_gradients_repeat_bit_for_bit_across_processes(kernel, tmp_path):
     digests = {subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
                for _ in range(6)}
     assert len(digests) == 1 and len(next(iter(digests)).strip()) == 40
+
+
+def test_a_lock_left_by_a_killed_build_does_not_block(monkeypatch, tmp_path):
+    """PyTorch's build waits for its lock file; one left by a killed build is removed when stale."""
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_kernel", None)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("not C++ either\n")
+    monkeypatch.setattr(kernels, "SOURCE", broken)
+    build_dir = tmp_path / kernels.build_name()
+    build_dir.mkdir()
+    (build_dir / "lock").touch()
+    old = kernels.time.time() - 2 * kernels.STALE_LOCK_S
+    os.utime(build_dir / "lock", (old, old))
+    with pytest.warns(RuntimeWarning, match="CPU kernel not built"):
+        assert kernels.rnn_lm_kernel() is None  # got past the lock to the (failing) build

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -23,9 +24,16 @@ from types import ModuleType
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "rnn_lm.cpp"
+STALE_LOCK_S = 600  # a build takes about 30 s; a lock this old belongs to a build that died
 
 _kernel: ModuleType | None = None
 _tried = False
+
+
+def build_name() -> str:
+    """The compiled module's name: changes with the source, torch and Python (each needs a rebuild)."""
+    tag = hashlib.sha1(SOURCE.read_bytes() + torch.__version__.encode() + sys.version.encode()).hexdigest()
+    return f"rnnkit_rnn_lm_{tag[:12]}"
 
 
 def _build_directory(name: str) -> Path:
@@ -43,9 +51,7 @@ def rnn_lm_kernel() -> ModuleType | None:
     _tried = True
     if os.environ.get("RNNKIT_NO_KERNEL", "") not in ("", "0"):
         return None
-    source = SOURCE.read_bytes()
-    tag = hashlib.sha1(source + torch.__version__.encode() + sys.version.encode()).hexdigest()[:12]
-    name = f"rnnkit_rnn_lm_{tag}"
+    name = build_name()
     build_dir = _build_directory(name)
     try:
         from torch.utils.cpp_extension import load
@@ -54,6 +60,9 @@ def rnn_lm_kernel() -> ModuleType | None:
             print("rnnkit: compiling its CPU kernel for the book's model (once, about 30 s)...", file=sys.stderr,
                   flush=True)
         build_dir.mkdir(parents=True, exist_ok=True)
+        lock = build_dir / "lock"  # PyTorch waits forever on a lock left by a build that was killed
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink(missing_ok=True)
         path = os.environ.get("PATH", "")
         os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + path  # pip's ninja, in a venv
         try:
