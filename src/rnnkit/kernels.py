@@ -74,7 +74,7 @@ def rnn_lm_kernel() -> ModuleType | None:
     except Exception as exc:  # no compiler, no OpenMP, a read-only home...
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         warnings.warn(f"rnnkit: CPU kernel not built ({message[:200]}); training runs as PyTorch operations "
-                      "(same results, about half the speed for the book's model)", RuntimeWarning, stacklevel=2)
+                      "(the same math, about half the speed for the book's model)", RuntimeWarning, stacklevel=2)
         _kernel = None
     return _kernel
 
@@ -84,8 +84,7 @@ def _warm_up(kernel: ModuleType) -> None:
     runs chunks on several threads. Without it, in about 1 process in 8, the first calls made by
     two threads at once into the BLAS library gave results differing in the last bits (a race in
     its lazy start-up, it seems); after one single-threaded call every result repeats exactly."""
-    ids = torch.arange(6).remainder(3).view(2, 3)
-    weights = torch.linspace(-0.5, 0.5, 12).view(3, 4)
+    ids = torch.arange(6).remainder(3).view(2, 3)  # batch 2, 3 steps, vocabulary 3, hidden 4
+    table, W = torch.linspace(-0.5, 0.5, 12).view(3, 4), torch.linspace(-0.5, 0.5, 16).view(4, 4)
     for relu in (False, True):
-        kernel.rnn_lm_loss(ids, ids, torch.zeros(2, 4), weights, weights[:, :4].repeat(2, 1)[:4], weights,
-                           weights[:, 0].contiguous(), relu, True)
+        kernel.rnn_lm_loss(ids, ids, torch.zeros(2, 4), table, W, table, torch.zeros(3), relu, True)
