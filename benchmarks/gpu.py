@@ -15,6 +15,14 @@ Sections, each written to ``--out``/gpu.json as soon as it is done (a timeout ke
   4. generation: characters/s of the book model, greedy and sampled, on the GPU and the CPU.
 
     python benchmarks/gpu.py --data timemachine.txt --d2l DIR --out OUT
+    python benchmarks/gpu.py --dry-run --data ../shared/data/timemachine.txt --d2l DIR --out /tmp/g
+
+How the results in benchmarks/results/gpu_h100*.json were made: ``d2l/__init__.py`` and
+``d2l/torch.py`` of d2l 1.0.3 (from the reference venv) and timemachine.txt copied into an ignored
+folder ``.gpu-carry/`` that travels with the working tree; on the GPU machine (its own torch):
+``RNNKIT_DATA_DIR=$PWD/.gpu-carry PYTHONPATH=src python3 benchmarks/gpu.py --data
+.gpu-carry/timemachine.txt --d2l .gpu-carry --out $OUT``. What d2l imports only for plotting
+(IPython, matplotlib_inline, torchvision) is stubbed when missing.
 """
 
 from __future__ import annotations
