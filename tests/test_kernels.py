@@ -147,3 +147,21 @@ def test_a_lock_left_by_a_killed_build_does_not_block(monkeypatch, tmp_path):
     os.utime(build_dir / "lock", (old, old))
     with pytest.warns(RuntimeWarning, match="CPU kernel not built"):
         assert kernels.rnn_lm_kernel() is None  # got past the lock to the (failing) build
+
+
+def test_a_build_cut_short_by_ctrl_c_is_tried_again(monkeypatch):
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_kernel", None)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cpp_extension, "load", interrupted)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            kernels.rnn_lm_kernel()
+    assert len(calls) == 2 and not kernels._tried

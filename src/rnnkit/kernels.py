@@ -48,8 +48,8 @@ def rnn_lm_kernel() -> ModuleType | None:
     global _kernel, _tried
     if _tried:
         return _kernel
-    _tried = True
     if os.environ.get("RNNKIT_NO_KERNEL", "") not in ("", "0"):
+        _tried = True
         return None
     name = build_name()
     build_dir = _build_directory(name)
@@ -71,11 +71,12 @@ def rnn_lm_kernel() -> ModuleType | None:
         finally:
             os.environ["PATH"] = path
         _warm_up(_kernel)
+        _tried = True  # not before: a build cut short by Ctrl-C is tried again by the next call
     except Exception as exc:  # no compiler, no OpenMP, a read-only home...
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         warnings.warn(f"rnnkit: CPU kernel not built ({message[:200]}); training runs as PyTorch operations "
                       "(the same math, about half the speed for the book's model)", RuntimeWarning, stacklevel=2)
-        _kernel = None
+        _kernel, _tried = None, True
     return _kernel
 
 
