@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from rnnkit.models import build_model
-from rnnkit.train import clip_gradients, keep_freed_memory
+from rnnkit.train import compute_gradients, keep_freed_memory
 
 B, T, H, V = 1024, 32, 32, 28
 
@@ -89,10 +89,7 @@ def main() -> None:
     X, Y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
 
     def step():
-        loss, _ = model.loss(X, Y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(model.parameters(), 1.0)
+        compute_gradients(model, X, Y, 1.0)
         opt.step()
 
     for _ in range(5):

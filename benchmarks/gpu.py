@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -40,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import BOOK, Baseline, book_model, d2l_perplexity
 from rnnkit.generate import Sampling, generate
 from rnnkit.models import build_model
 from rnnkit.text import build_corpus
 from rnnkit.train import CapturedGradients, TrainConfig, Trainer, clip_gradients, perplexity, window_nll
 
-BOOK = dict(hidden=32, batch_size=1024, num_steps=32, epochs=100, lr=1.0, clip=1.0, seed=0)
 RESULTS: dict = {}
 DEVICE = "cuda"  # --dry-run: "cpu", tiny sizes, to check this script before spending GPU time
 
@@ -169,41 +168,15 @@ def book_d2l(d2l, data: str, impl: str) -> dict:
             dm = d2l.TimeMachine(batch_size=BOOK["batch_size"], num_steps=BOOK["num_steps"])
         finally:
             os.chdir(cwd)
-    V = len(dm.vocab)
-    if impl == "concise":
-        model = d2l.RNNLM(d2l.RNN(num_inputs=V, num_hiddens=BOOK["hidden"]), vocab_size=V, lr=BOOK["lr"])
-        model.predict("it has", 20, dm.vocab)
-    else:
-        model = d2l.RNNLMScratch(d2l.RNNScratch(num_inputs=V, num_hiddens=BOOK["hidden"]), vocab_size=V,
-                                 lr=BOOK["lr"])
+    model = book_model(d2l, dm.vocab, impl)
     trainer = d2l.Trainer(max_epochs=BOOK["epochs"], gradient_clip_val=BOOK["clip"], num_gpus=1)
     sync()
     t0 = time.perf_counter()
     trainer.fit(model, dm)
     sync()
     fit_s = time.perf_counter() - t0
-    device = next(model.parameters()).device
-    nll = n = 0.0
-    model.eval()
-    with torch.no_grad():
-        for X, Y in dm.val_dataloader():
-            X, Y = X.to(device), Y.to(device)
-            nll += model.loss(model(X), Y, averaged=False).double().sum().item()
-            n += Y.numel()
-    return {"fit_s": round(fit_s, 3), "val_ppl": round(math.exp(nll / n), 4), "device": str(device)}
-
-
-class Baseline(nn.Module):
-    """The obvious PyTorch character model (as in benchmarks/throughput.py)."""
-
-    def __init__(self, kind: str, vocab_size: int, hidden: int) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, hidden)
-        self.rnn = {"rnn": nn.RNN, "lstm": nn.LSTM}[kind](hidden, hidden, batch_first=True)
-        self.linear = nn.Linear(hidden, vocab_size)
-
-    def forward(self, X):
-        return self.linear(self.rnn(self.embedding(X))[0])
+    return {"fit_s": round(fit_s, 3), "val_ppl": round(d2l_perplexity(model, dm.val_dataloader()), 4),
+            "device": str(next(model.parameters()).device)}
 
 
 def time_steps(step, seconds: float, repeats: int) -> float:
@@ -243,7 +216,7 @@ def throughput_cell(kind: str, hidden: int, batch: int, steps: int, corpus: torc
 
         def step():
             with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
-                loss = F.cross_entropy(base(X).reshape(-1, V).float(), Y.reshape(-1))
+                loss = F.cross_entropy(base(X)[0].reshape(-1, V).float(), Y.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(base.parameters(), 1.0)

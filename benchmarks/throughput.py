@@ -30,27 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import Baseline
 from rnnkit.generate import Sampling, generate
 from rnnkit.models import build_model
 from rnnkit.text import build_corpus
-from rnnkit.train import TrainConfig, Trainer, clip_gradients, keep_freed_memory
+from rnnkit.train import TrainConfig, Trainer, compute_gradients, keep_freed_memory
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "timemachine.txt"
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-
-
-class Baseline(nn.Module):
-    """The obvious PyTorch character model."""
-
-    def __init__(self, kind: str, vocab_size: int, hidden: int) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, hidden)
-        self.rnn = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](hidden, hidden, batch_first=True)
-        self.linear = nn.Linear(hidden, vocab_size)
-
-    def forward(self, X, state=None):
-        out, state = self.rnn(self.embedding(X), state)
-        return self.linear(out), state
 
 
 def estimated_step_flops(kind: str, hidden: int, batch: int, steps: int, vocab: int) -> float:
@@ -79,10 +66,7 @@ def train_cell(kind, hidden, steps, batch, corpus, vocab_size, seconds, repeats)
     opt = torch.optim.SGD(ours.parameters(), lr=0.1)
 
     def ours_step():
-        loss, _ = ours.loss(X, Y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(ours.parameters(), 1.0)
+        compute_gradients(ours, X, Y, 1.0)
         opt.step()
 
     base = Baseline(kind, vocab_size, hidden)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -25,9 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+from common import BOOK, book_model, d2l_perplexity
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-BOOK = dict(hidden=32, batch_size=1024, num_steps=32, epochs=100, lr=1.0, clip=1.0, seed=0)
 
 
 def child_rnnkit(impl: str, epochs: int, data: str) -> dict:
@@ -57,30 +57,14 @@ def child_compat(impl: str, epochs: int, data: str) -> dict:
 
     torch.manual_seed(BOOK["seed"])
     data_module = d2l.TimeMachine(batch_size=BOOK["batch_size"], num_steps=BOOK["num_steps"])
-    V = len(data_module.vocab)
-    if impl == "concise":
-        model = d2l.RNNLM(d2l.RNN(num_inputs=V, num_hiddens=BOOK["hidden"]), vocab_size=V, lr=BOOK["lr"])
-        model.predict("it has", 20, data_module.vocab)
-    else:
-        model = d2l.RNNLMScratch(d2l.RNNScratch(num_inputs=V, num_hiddens=BOOK["hidden"]), vocab_size=V,
-                                 lr=BOOK["lr"])
+    model = book_model(d2l, data_module.vocab, impl)
     model.board.display = False
     trainer = d2l.Trainer(max_epochs=epochs, gradient_clip_val=BOOK["clip"], num_gpus=0)
     t0 = time.perf_counter()
     trainer.fit(model, data_module)
     fit_s = time.perf_counter() - t0
-
-    @torch.no_grad()
-    def ppl(loader):
-        model.eval()
-        nll = n = 0
-        for X, Y in loader:
-            nll += model.loss(model(X), Y, averaged=False).double().sum().item()
-            n += Y.numel()
-        return math.exp(nll / n)
-
-    return {"fit_s": round(fit_s, 3), "train_ppl": round(ppl(data_module.train_dataloader()), 4),
-            "val_ppl": round(ppl(data_module.val_dataloader()), 4),
+    return {"fit_s": round(fit_s, 3), "train_ppl": round(d2l_perplexity(model, data_module.train_dataloader()), 4),
+            "val_ppl": round(d2l_perplexity(model, data_module.val_dataloader()), 4),
             "predict": model.predict("it has", 20, data_module.vocab), "threads": torch.get_num_threads()}
 
 

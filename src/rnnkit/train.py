@@ -122,6 +122,19 @@ def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> torch
     return norm
 
 
+def compute_gradients(model: RNNLM, X: torch.Tensor, Y: torch.Tensor, clip: float,
+                      state: State = None) -> tuple[torch.Tensor, State]:
+    """The gradient half of a training step: the mean loss of predicting ``Y`` from ``X``, its
+    gradients in the parameters' ``.grad`` (replacing earlier ones), clipped to global norm ``clip``
+    (0: no clipping). Returns the detached loss and the final state; the optimizer step is the caller's."""
+    loss, state = model.loss(X, Y, state)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip > 0:
+        clip_gradients(model.parameters(), clip)
+    return loss.detach(), state
+
+
 def window_nll(model: RNNLM, batches: WindowBatches) -> tuple[float, int]:
     """Summed NLL (nats) and token count over every window, each from a fresh state (d2l's validation)."""
     total, count = 0.0, 0
@@ -297,16 +310,9 @@ class Trainer:
         for X, Y in self.data.train.epoch(epoch):
             if self.captured is not None:
                 loss = self.captured.step(X, Y)
-            else:
-                if self.data.train.stateful:
-                    loss, state = model.loss(X, Y, detach_state(state))
-                else:
-                    loss, _ = model.loss(X, Y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip > 0:
-                    clip_gradients(model.parameters(), clip)
-                loss = loss.detach()
+            else:  # the state is carried over (truncated BPTT) only where batches continue each other
+                loss, state = compute_gradients(model, X, Y, clip,
+                                                detach_state(state) if self.data.train.stateful else None)
             self.optimizer.step()
             total += loss * Y.numel()
             count += Y.numel()
