@@ -1,21 +1,72 @@
-"""Tests read The Time Machine from ../shared/data and never download."""
+"""The suite finds its corpora the way rnnkit does, once per session, and then never downloads.
+
+Order: ``$RNNKIT_DATA_DIR``; ``../shared/data`` beside the repository when it exists; rnnkit's
+cache (``$RNNKIT_CACHE_DIR`` or ``~/.cache/rnnkit``); otherwise rnnkit's own sha1-checked download
+into that cache (from ``$RNNKIT_MIRROR`` when set). Each test then sees the found files through
+``RNNKIT_DATA_DIR``, an empty cache of its own, and no network.
+"""
 
 import os
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TIMEMACHINE = SHARED_DATA / "timemachine.txt"
+SUITE_CORPORA = ("timemachine",)  # the built-in corpora the tests read
+
+
+@pytest.fixture(scope="session")
+def suite_corpora(tmp_path_factory) -> dict[str, dict]:
+    """For each corpus of :data:`SUITE_CORPORA`: ``{"path": Path, "source": where it was found,
+    "downloads": URLs fetched}``, ``source`` being ``RNNKIT_DATA_DIR``, ``../shared/data``, ``cache``
+    or ``download``."""
+    from rnnkit.text import CORPORA, cache_dir, find_corpus
+
+    found = {}
+    fetched: list[str] = []
+    real_urlopen = urllib.request.urlopen
+
+    def counting_urlopen(url, *args, **kwargs):
+        fetched.append(str(getattr(url, "full_url", url)))
+        return real_urlopen(url, *args, **kwargs)
+
+    for name in SUITE_CORPORA:
+        filename = CORPORA[name].filename
+        data_dir = os.environ.get("RNNKIT_DATA_DIR")
+        if data_dir and (Path(data_dir) / filename).is_file():
+            source = "RNNKIT_DATA_DIR"
+        elif (SHARED_DATA / filename).is_file():
+            source, data_dir = "../shared/data", str(SHARED_DATA)
+        else:
+            source, data_dir = ("cache" if (cache_dir() / filename).is_file() else "download"), None
+        saved = os.environ.pop("RNNKIT_DATA_DIR", None)
+        fetched.clear()
+        urllib.request.urlopen = counting_urlopen
+        try:
+            if data_dir:
+                os.environ["RNNKIT_DATA_DIR"] = data_dir
+            path = find_corpus(name, download=True)  # sha1-checked wherever it comes from
+        finally:
+            urllib.request.urlopen = real_urlopen
+            os.environ.pop("RNNKIT_DATA_DIR", None)
+            if saved is not None:
+                os.environ["RNNKIT_DATA_DIR"] = saved
+        found[name] = {"path": path, "source": source, "downloads": list(fetched)}
+    links = tmp_path_factory.mktemp("suite-data")
+    for name, info in found.items():
+        (links / CORPORA[name].filename).symlink_to(info["path"].resolve())
+    found["_dir"] = links
+    return found
 
 
 @pytest.fixture(autouse=True)
-def _offline_and_deterministic(monkeypatch, tmp_path_factory):
-    """Point rnnkit at the shared data, give it an empty cache, forbid downloads, fix threads."""
-    if "RNNKIT_DATA_DIR" not in os.environ:
-        monkeypatch.setenv("RNNKIT_DATA_DIR", str(SHARED_DATA))
+def _offline_and_deterministic(monkeypatch, tmp_path_factory, suite_corpora):
+    """Point rnnkit at the found corpora, give it an empty cache, forbid downloads, fix the seed."""
+    monkeypatch.setenv("RNNKIT_DATA_DIR", str(suite_corpora["_dir"]))
     monkeypatch.setenv("RNNKIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("RNNKIT_MIRROR", raising=False)
 
     def no_download(*args, **kwargs):
         raise OSError("tests never download")
@@ -25,5 +76,7 @@ def _offline_and_deterministic(monkeypatch, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tm_text() -> str:
-    return TIMEMACHINE.read_text()
+def tm_text(suite_corpora) -> str:
+    from rnnkit.text import read_text
+
+    return read_text(suite_corpora["timemachine"]["path"])

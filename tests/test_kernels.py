@@ -88,7 +88,7 @@ def test_kernel_refuses_ids_out_of_range(kernel):
         model.loss(torch.zeros_like(X), X)
 
 
-def test_without_a_kernel_rnnkit_says_so_and_uses_pytorch(monkeypatch, tmp_path):
+def test_without_a_kernel_rnnkit_says_so_and_uses_pytorch(monkeypatch, tmp_path, capsys):
     broken = tmp_path / "broken.cpp"
     broken.write_text("this is not C++\n")
     monkeypatch.setattr(kernels, "SOURCE", broken)
@@ -97,6 +97,8 @@ def test_without_a_kernel_rnnkit_says_so_and_uses_pytorch(monkeypatch, tmp_path)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     with pytest.warns(RuntimeWarning, match="CPU kernel not built"):
         assert kernels.rnn_lm_kernel() is None
+    said = capsys.readouterr().err
+    assert "compiling its CPU kernel" in said and "no build yet" in said  # every build says so, and why
     torch.manual_seed(0)
     model = build_model("rnn", 7, 8)
     X, Y = torch.randint(0, 7, (2, 4, 5))
@@ -165,3 +167,21 @@ def test_a_build_cut_short_by_ctrl_c_is_tried_again(monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             kernels.rnn_lm_kernel()
     assert len(calls) == 2 and not kernels._tried
+
+
+def test_a_kernel_build_is_not_timed_as_training(monkeypatch, tm_text):
+    """A build (here: a stand-in that takes 1.5 s) happens before the first epoch's clock starts."""
+    from rnnkit.train import TrainConfig, Trainer
+
+    calls = []
+
+    def slow_first_build():
+        if not calls:
+            kernels.time.sleep(1.5)
+        calls.append(1)
+        return None  # then train as PyTorch operations
+
+    monkeypatch.setattr(kernels, "rnn_lm_kernel", slow_first_build)
+    config = TrainConfig(hidden=8, batch_size=16, num_steps=8, num_train=64, num_val=16, epochs=1)
+    history = Trainer(config, text=tm_text[:5000]).fit()
+    assert calls and history[0].seconds < 1.0

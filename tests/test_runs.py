@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TIMEMACHINE
 from rnnkit import text
 from rnnkit.checkpoint import load_run, load_state, save_run
 from rnnkit.cli import main
@@ -189,10 +188,10 @@ def test_unpinned_corpus_is_recorded_at_first_use_then_verified(fake_book, capsy
         text.load_corpus_text("fake_book")
 
 
-def test_eval_on_another_book_counts_unknown_characters(tmp_path, fake_book, capsys):
+def test_eval_on_another_book_counts_unknown_characters(tmp_path, fake_book, capsys, suite_corpora):
     d2l_run, raw_run = tmp_path / "d2l", tmp_path / "raw"
-    assert main(["train", *SMALL, "--corpus", str(TIMEMACHINE), "--epochs", "1", "--out", str(d2l_run),
-                 "--quiet"]) == 0
+    timemachine = str(suite_corpora["timemachine"]["path"])
+    assert main(["train", *SMALL, "--corpus", timemachine, "--epochs", "1", "--out", str(d2l_run), "--quiet"]) == 0
     corpus = tmp_path / "lower.txt"
     corpus.write_text("the time machine, by h. g. wells. " * 300)
     assert main(["train", *SMALL, "--corpus", str(corpus), "--preprocess", "raw", "--epochs", "1",

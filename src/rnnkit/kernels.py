@@ -31,9 +31,11 @@ _tried = False
 
 
 def build_name() -> str:
-    """The compiled module's name: changes with the source, torch and Python (each needs a rebuild)."""
-    tag = hashlib.sha1(SOURCE.read_bytes() + torch.__version__.encode() + sys.version.encode()).hexdigest()
-    return f"rnnkit_rnn_lm_{tag[:12]}"
+    """The compiled module's name: changes with the source, the torch build (version and install
+    path: each virtual environment gets its own build instead of rebuilding another's) and Python."""
+    key = SOURCE.read_bytes() + torch.__version__.encode() + str(Path(torch.__file__).parent).encode() \
+        + sys.version.encode()
+    return f"rnnkit_rnn_lm_{hashlib.sha1(key).hexdigest()[:12]}"
 
 
 def _build_directory(name: str) -> Path:
@@ -43,8 +45,18 @@ def _build_directory(name: str) -> Path:
     return Path(base) / name
 
 
+def _built_library(build_dir: Path, name: str) -> tuple[Path, float] | None:
+    """(path, mtime) of the compiled library in ``build_dir``, or None."""
+    for path in build_dir.glob(f"{name}*.so"):
+        return path, path.stat().st_mtime
+    return None
+
+
 def rnn_lm_kernel() -> ModuleType | None:
-    """The compiled module (``rnn_lm_loss``), or None where it cannot be built or is switched off."""
+    """The compiled module (``rnn_lm_loss``), or None where it cannot be built or is switched off.
+
+    Every build says so on stderr, with its reason, before it starts (or, where the compiler
+    decided on its own that the library was out of date, once it is done) and how long it took."""
     global _kernel, _tried
     if _tried:
         return _kernel
@@ -56,20 +68,30 @@ def rnn_lm_kernel() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
-        if not any(build_dir.glob(f"{name}*.so")):
-            print("rnnkit: compiling its CPU kernel for the book's model (once, about 30 s)...", file=sys.stderr,
-                  flush=True)
+        before = _built_library(build_dir, name)
+        if before is None:
+            print(f"rnnkit: compiling its CPU kernel for the book's model (once per environment, about 30 s): "
+                  f"no build yet for this source, torch {torch.__version__} at {Path(torch.__file__).parent} "
+                  f"and Python {sys.version.split()[0]} in {build_dir}", file=sys.stderr, flush=True)
         build_dir.mkdir(parents=True, exist_ok=True)
         lock = build_dir / "lock"  # PyTorch waits forever on a lock left by a build that was killed
         if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
             lock.unlink(missing_ok=True)
         path = os.environ.get("PATH", "")
         os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + path  # pip's ninja, in a venv
+        started = time.perf_counter()
         try:
             _kernel = load(name, [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
                            build_directory=str(build_dir), verbose=False)
         finally:
             os.environ["PATH"] = path
+        after = _built_library(build_dir, name)
+        if before is None:
+            print(f"rnnkit: CPU kernel compiled in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        elif after is not None and after[1] != before[1]:
+            print(f"rnnkit: recompiled its CPU kernel in {time.perf_counter() - started:.0f} s (the build in "
+                  f"{build_dir} was out of date: its compiler command or headers changed)", file=sys.stderr,
+                  flush=True)
         _warm_up(_kernel)
         _tried = True  # not before: a build cut short by Ctrl-C is tried again by the next call
     except Exception as exc:  # no compiler, no OpenMP, a read-only home...

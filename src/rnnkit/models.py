@@ -201,6 +201,12 @@ class RNNLM(nn.Module):
                                          Y.T.reshape(-1))
         return (total / Y.numel() if reduction == "mean" else total), state
 
+    def prepare_kernel(self) -> bool:
+        """Load (building it if needed) the compiled kernel now if this model uses it, so that a build
+        is not timed as training. Returns whether the kernel applies to this model on its device."""
+        probe = torch.zeros(1, 1, dtype=torch.int64, device=self.head.weight.device)
+        return self._cpu_kernel(probe) is not None
+
     def _cpu_kernel(self, X: torch.Tensor) -> tuple[object, tuple[torch.Tensor, torch.Tensor, str]] | None:
         """(rnnkit's compiled kernel, the layer's one-hot weights) if the kernel applies, else None."""
         if (X.device.type != "cpu" or self.embedding is not None or X.dtype not in (torch.int64, torch.int32)

@@ -2,7 +2,9 @@
 
 A corpus is found in this order: an explicit path; ``$RNNKIT_DATA_DIR/<file>``; the user cache
 (``$RNNKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``); a download
-into that cache, checked against the entry's sha1 before it is renamed into place.
+into that cache, checked against the entry's sha1 before it is renamed into place. The download
+comes from the entry's own address, or from ``$RNNKIT_MIRROR/<file>`` when that base URL is set
+(behind a firewall, in an air-gapped cluster, or a local ``python -m http.server``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnkit.errors import RnnkitError
+from rnnkit.files import TEMP_SUFFIX, UMASK, atomic_write
 
 D2L_DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
 
@@ -73,6 +76,12 @@ def cache_dir() -> Path:
     return Path(base) / "rnnkit"
 
 
+def download_url(entry: CorpusEntry) -> str:
+    """Where a built-in corpus is downloaded from: ``$RNNKIT_MIRROR/<file>`` if set, else its own URL."""
+    mirror = os.environ.get("RNNKIT_MIRROR", "").strip()
+    return f"{mirror.rstrip('/')}/{entry.filename}" if mirror else entry.url
+
+
 def _pins_path() -> Path:
     return cache_dir() / "pins.json"
 
@@ -95,9 +104,7 @@ def _record_pin(entry: CorpusEntry, sha1: str) -> None:
     pins[entry.name] = sha1
     try:
         _pins_path().parent.mkdir(parents=True, exist_ok=True)
-        tmp = _pins_path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(pins, indent=1) + "\n")
-        os.replace(tmp, _pins_path())
+        atomic_write(_pins_path(), (json.dumps(pins, indent=1) + "\n").encode())
     except OSError:
         pass  # a read-only cache: the corpus still works, unpinned
 
@@ -114,11 +121,13 @@ def _download(entry: CorpusEntry, dest: Path) -> None:
     """Fetch ``entry`` to ``dest`` via a temp file; rename only once the sha1 matches."""
     from tqdm import tqdm
 
+    url = download_url(entry)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=TEMP_SUFFIX)
+    os.fchmod(fd, 0o666 & ~UMASK)
     try:
         digest = hashlib.sha1()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=30) as resp:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {entry.name}") as bar:
                 for block in iter(lambda: resp.read(1 << 16), b""):
@@ -130,7 +139,7 @@ def _download(entry: CorpusEntry, dest: Path) -> None:
         expected = expected_sha1(entry)
         if expected is not None and digest.hexdigest() != expected:
             raise RnnkitError(
-                f"download of {entry.url} has sha1 {digest.hexdigest()}, expected {expected}; "
+                f"download of {url} has sha1 {digest.hexdigest()}, expected {expected}; "
                 "nothing was saved"
             )
         os.replace(tmp, dest)
@@ -166,13 +175,14 @@ def find_corpus(name_or_path: str | os.PathLike, download: bool = True) -> Path:
             _download(entry, candidate)
             return candidate
         except OSError as exc:  # URLError is an OSError
-            reason = f"download from {entry.url} failed ({exc})"
+            reason = f"download from {download_url(entry)} failed ({exc})"
     else:
         reason = "downloading is off"
     raise RnnkitError(
         f"corpus '{entry.name}' not found: looked in {' and '.join(looked)}; {reason}. "
         f"Put a copy of {entry.filename} ({entry.url}) in a folder and set "
-        f"RNNKIT_DATA_DIR to it, or pass the file's path instead of '{entry.name}'."
+        f"RNNKIT_DATA_DIR to it, set RNNKIT_MIRROR to a base URL that serves it, "
+        f"or pass the file's path instead of '{entry.name}'."
     )
 
 

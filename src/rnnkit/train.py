@@ -333,6 +333,7 @@ class Trainer:
         """Train from the current epoch to ``config.epochs``. After every epoch, :attr:`snapshot`
         holds the state to resume from, so an interrupt mid-epoch loses only that epoch."""
         self.snapshot = self.state_dict()
+        self.model.prepare_kernel()  # a kernel build happens here, not inside epoch 1's timing
         for epoch in range(len(self.history), self.config.epochs):
             t0 = time.perf_counter()
             loss_sum, count = self.train_epoch(epoch, on_batch)
