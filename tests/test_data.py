@@ -34,37 +34,91 @@ def test_shuffle_depends_only_on_seed_and_epoch():
     assert not torch.equal(first[0], next(iter(a.epoch(6)))[0])
 
 
-def test_sequential_batches_continue_each_other():
-    corpus = torch.arange(10_000)
-    data = split_corpus(corpus, "sequential", 4, 35, val_fraction=0.1)
-    batches = list(data.train)
-    lane = (9000 - 1) // 4
-    assert len(batches) == lane // 35
-    for (X, Y), (X2, _) in zip(batches, batches[1:], strict=False):
-        assert torch.equal(X2[:, 0], Y[:, -1]) and torch.equal(X2[:, 0], X[:, -1] + 1)
-    assert torch.equal(batches[0][0][:, 0], torch.arange(4) * lane)
-    assert torch.equal(data.val_text, torch.arange(9000, 10_000))
+# Transcriptions of d2l's samplers (d2l 0.17 / Dive into Deep Learning §8.3, the ones the 0.x
+# notebook's training loop uses), with their two random draws, the offset and the shuffle, passed in.
+def d2l_seq_data_iter_random(corpus, batch_size, num_steps, offset, shuffle):
+    corpus = corpus[offset:]  # d2l: corpus[random.randint(0, num_steps - 1):]
+    num_subseqs = (len(corpus) - 1) // num_steps
+    initial_indices = list(range(0, num_subseqs * num_steps, num_steps))
+    initial_indices = shuffle(initial_indices)  # d2l: random.shuffle(initial_indices)
+
+    def data(pos):
+        return corpus[pos: pos + num_steps]
+
+    num_batches = num_subseqs // batch_size
+    for i in range(0, batch_size * num_batches, batch_size):
+        initial_indices_per_batch = initial_indices[i: i + batch_size]
+        X = [data(j) for j in initial_indices_per_batch]
+        Y = [data(j + 1) for j in initial_indices_per_batch]
+        yield torch.tensor(X), torch.tensor(Y)
 
 
-def test_random_sampling_nonoverlapping_windows():
-    corpus = torch.arange(1001)
-    data = split_corpus(corpus, "random", 8, 10, val_fraction=0.0, seed=1)
-    batches = list(data.train.epoch(0))
-    assert len(batches) == (1000 // 10) // 8  # whole batches only, as d2l 0.x
-    starts = torch.cat([X[:, 0] for X, _ in batches]).tolist()
-    assert all(s % 10 == 0 for s in starts) and len(set(starts)) == len(starts)
+def d2l_seq_data_iter_sequential(corpus, batch_size, num_steps, offset):
+    # d2l: offset = random.randint(0, num_steps)
+    num_tokens = ((len(corpus) - offset - 1) // batch_size) * batch_size
+    Xs = torch.tensor(corpus[offset: offset + num_tokens])
+    Ys = torch.tensor(corpus[offset + 1: offset + 1 + num_tokens])
+    Xs, Ys = Xs.reshape(batch_size, -1), Ys.reshape(batch_size, -1)
+    num_batches = Xs.shape[1] // num_steps
+    for i in range(0, num_steps * num_batches, num_steps):
+        X = Xs[:, i: i + num_steps]
+        Y = Ys[:, i: i + num_steps]
+        yield X, Y
 
 
-def test_fraction_split_holds_out_the_tail_and_covers_the_rest_once():
+@pytest.mark.parametrize("length, batch_size, num_steps", [(10_000, 4, 35), (1001, 3, 7), (500, 32, 5)])
+def test_sequential_split_is_d2ls_seq_data_iter_sequential(length, batch_size, num_steps):
+    corpus = (torch.arange(length) * 7919) % 1009  # distinct enough that any shift shows
+    data = split_corpus(corpus, "sequential", batch_size, num_steps, val_fraction=0.0, seed=2)
+    offsets = set()
+    for epoch in range(12):
+        offset = data.train.epoch_offset(epoch)
+        assert 0 <= offset <= num_steps
+        offsets.add(offset)
+        ours = list(data.train.epoch(epoch))
+        theirs = list(d2l_seq_data_iter_sequential(corpus.tolist(), batch_size, num_steps, offset))
+        assert len(ours) == len(theirs) > 0
+        for (X, Y), (X_ref, Y_ref) in zip(ours, theirs, strict=True):
+            assert torch.equal(X, X_ref) and torch.equal(Y, Y_ref)
+        for (_, Y), (X2, _) in zip(ours, ours[1:], strict=False):  # batch k+1 continues batch k
+            assert torch.equal(X2[:, 0], Y[:, -1])
+    assert len(offsets) > 1  # a new offset every epoch
+
+
+@pytest.mark.parametrize("length, batch_size, num_steps", [(1001, 8, 10), (5000, 16, 35), (200, 2, 9)])
+def test_random_split_is_d2ls_seq_data_iter_random(length, batch_size, num_steps):
+    corpus = (torch.arange(length) * 7919) % 1009
+    data = split_corpus(corpus, "random", batch_size, num_steps, val_fraction=0.0, seed=1)
+    offsets = set()
+    for epoch in range(12):
+        starts = data.train.epoch_starts(epoch).tolist()
+        offset = min(starts) % num_steps
+        offsets.add(offset)
+        assert offset < num_steps and all((s - offset) % num_steps == 0 for s in starts)
+        # d2l's order of its window starts (relative to corpus[offset:]) is ours, shifted back
+        rank = {s - offset: k for k, s in enumerate(starts)}
+        theirs = list(d2l_seq_data_iter_random(corpus.tolist(), batch_size, num_steps, offset,
+                                               shuffle=lambda indices, rank=rank: sorted(indices, key=rank.get)))
+        ours = list(data.train.epoch(epoch))
+        assert len(ours) == len(theirs) == ((length - offset - 1) // num_steps) // batch_size
+        for (X, Y), (X_ref, Y_ref) in zip(ours, theirs, strict=True):
+            assert torch.equal(X, X_ref) and torch.equal(Y, Y_ref)
+    assert len(offsets) > 1
+
+
+def test_fraction_split_holds_out_the_tail_and_reads_every_token_every_epoch():
     corpus = torch.arange(1000)
-    data = split_corpus(corpus, "fraction", 16, 5, val_fraction=0.2)
+    data = split_corpus(corpus, "fraction", 16, 7, val_fraction=0.2)
     assert torch.equal(data.val_text, torch.arange(800, 1000))
     offsets = set()
-    for epoch in range(6):
-        X = torch.cat([X for X, Y in data.train.epoch(epoch)])
-        assert X.max().item() < 800 and torch.equal(X.flatten().sort().values, X.flatten().unique())
-        assert len(X.flatten()) >= 800 - 2 * 5  # every token but those before the offset and at the end
-        offsets.add(X[:, 0].min().item())
+    for epoch in range(10):
+        batches = list(data.train.epoch(epoch))
+        X = torch.cat([X for X, _ in batches])
+        Y = torch.cat([Y for _, Y in batches])
+        assert set(X.flatten().tolist()) == set(range(799)) and set(Y.flatten().tolist()) == set(range(1, 800))
+        counts = torch.bincount(Y.flatten(), minlength=800)
+        assert counts[1:].max() <= 2 and (counts[1:] == 2).sum() < 2 * 7  # twice only at the two ends
+        offsets.add(sorted(X[:, 0].tolist())[1] % 7)
     assert len(offsets) > 1  # the windows start at a different offset from epoch to epoch
 
 

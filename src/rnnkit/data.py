@@ -4,11 +4,15 @@ Four ways to cut a corpus, selected by ``split``:
 
 - ``d2l``: d2l 1.0's ``TimeMachine``: overlapping windows ``corpus[i:i+num_steps+1]``; the first
   ``num_train`` for training (shuffled every epoch), the next ``num_val`` for validation.
-- ``random``: d2l 0.x ``data_iter_random``: non-overlapping windows at random positions.
-- ``sequential``: d2l 0.x ``data_iter_consecutive``: the corpus as ``batch_size`` parallel lanes, read
-  left to right so that batch ``k+1`` continues batch ``k`` (the trainer carries the state over).
+- ``random``: d2l's ``seq_data_iter_random``: each epoch drops a random ``offset`` in
+  ``[0, num_steps - 1]`` tokens from the front, cuts the rest into non-overlapping windows and
+  shuffles them; full batches only.
+- ``sequential``: d2l's ``seq_data_iter_sequential``: each epoch drops a random ``offset`` in
+  ``[0, num_steps]``, lays the rest out as ``batch_size`` parallel lanes and reads them left to
+  right, so that batch ``k+1`` continues batch ``k`` (the trainer carries the state over).
 - ``fraction``: the first ``1 - val_fraction`` of the corpus cut into consecutive windows from a
-  random offset each epoch (every token once per epoch), shuffled.
+  random offset each epoch, shuffled; one window more at each end where the offset or the length
+  leaves tokens over, so every token is read every epoch (those few at the ends twice).
 
 All but ``d2l`` hold out the last ``val_fraction`` of the corpus as one contiguous validation text.
 """
@@ -27,7 +31,7 @@ SPLITS = ("d2l", "random", "sequential", "fraction")
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A generator that depends only on (seed, epoch), so a resumed run shuffles identically."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (1 << 63))
 
 
 class WindowBatches:
@@ -39,11 +43,13 @@ class WindowBatches:
     stateful = False
 
     def __init__(self, corpus: torch.Tensor, starts: torch.Tensor, batch_size: int, num_steps: int,
-                 shuffle: bool, drop_last: bool = False, seed: int = 0, random_offset: bool = False) -> None:
+                 shuffle: bool, drop_last: bool = False, seed: int = 0, random_offset: bool = False,
+                 cover_ends: bool = False) -> None:
         self.corpus, self.starts = corpus, starts.to(corpus.device)
         self.batch_size, self.num_steps = batch_size, num_steps
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.random_offset = random_offset  # shift all starts by one random amount < num_steps per epoch
+        self.cover_ends = cover_ends  # add windows at the two ends so that no token is left out
         self.offsets = torch.arange(num_steps + 1, device=corpus.device)
 
     @property
@@ -61,16 +67,26 @@ class WindowBatches:
     def __len__(self) -> int:
         return self._num_batches(self.num_windows)
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch_starts(self, epoch: int = 0) -> torch.Tensor:
+        """The window starts of an epoch, in the order they are read (a function of seed and epoch)."""
         starts = self.starts
         generator = epoch_generator(self.seed, epoch)
-        if self.random_offset:
+        if self.random_offset:  # d2l: corpus[random.randint(0, num_steps - 1):]
             offset = int(torch.randint(self.num_steps, (), generator=generator))
             starts = starts + offset
             starts = starts[starts + self.num_steps < len(self.corpus)]
+            if self.cover_ends:
+                last = len(self.corpus) - 1 - self.num_steps  # the window that ends at the last token
+                head = [0] if offset > 0 else []
+                tail = [last] if len(starts) == 0 or int(starts[-1]) < last else []
+                starts = torch.cat([starts.new_tensor(head), starts, starts.new_tensor(tail)])
         if self.shuffle:
             perm = torch.randperm(len(starts), generator=generator)
             starts = starts[perm.to(starts.device)]
+        return starts
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        starts = self.epoch_starts(epoch)
         for k in range(self._num_batches(len(starts))):
             window = self.corpus[starts[k * self.batch_size:(k + 1) * self.batch_size, None] + self.offsets]
             yield window[:, :-1], window[:, 1:]
@@ -105,24 +121,34 @@ class TensorBatches:
 
 
 class SequentialBatches:
-    """d2l 0.x sequential partitioning: ``batch_size`` contiguous lanes, consecutive column blocks."""
+    """d2l's ``seq_data_iter_sequential``: each epoch starts at a random offset in ``[0, num_steps]``;
+    the rest is ``batch_size`` contiguous lanes read in consecutive column blocks."""
 
     stateful = True
 
-    def __init__(self, corpus: torch.Tensor, batch_size: int, num_steps: int) -> None:
-        lane = (len(corpus) - 1) // batch_size
-        self.X = corpus[: batch_size * lane].reshape(batch_size, lane)
-        self.Y = corpus[1: batch_size * lane + 1].reshape(batch_size, lane)
-        self.batch_size, self.num_steps = batch_size, num_steps
-        self.num_windows = batch_size * (lane // num_steps)
+    def __init__(self, corpus: torch.Tensor, batch_size: int, num_steps: int, seed: int = 0) -> None:
+        self.corpus, self.batch_size, self.num_steps, self.seed = corpus, batch_size, num_steps, seed
+        self.num_windows = batch_size * len(self)
 
     def __len__(self) -> int:
-        return self.X.shape[1] // self.num_steps
+        """Batches in an epoch at offset 0 (an epoch at a larger offset may have one fewer)."""
+        return self._num_batches(0)
+
+    def _num_batches(self, offset: int) -> int:
+        return (len(self.corpus) - offset - 1) // self.batch_size // self.num_steps
+
+    def epoch_offset(self, epoch: int = 0) -> int:
+        """d2l's ``random.randint(0, num_steps)``, from (seed, epoch)."""
+        return int(torch.randint(self.num_steps + 1, (), generator=epoch_generator(self.seed, epoch)))
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for k in range(len(self)):
+        offset = self.epoch_offset(epoch)
+        num_tokens = (len(self.corpus) - offset - 1) // self.batch_size * self.batch_size
+        X = self.corpus[offset:offset + num_tokens].reshape(self.batch_size, -1)
+        Y = self.corpus[offset + 1:offset + 1 + num_tokens].reshape(self.batch_size, -1)
+        for k in range(self._num_batches(offset)):
             cols = slice(k * self.num_steps, (k + 1) * self.num_steps)
-            yield self.X[:, cols], self.Y[:, cols]
+            yield X[:, cols], Y[:, cols]
 
     __iter__ = epoch
 
@@ -170,16 +196,20 @@ def split_corpus(corpus: torch.Tensor, split: str, batch_size: int, num_steps: i
         raise RnnkitError(f"training part has {len(train_text)} tokens, shorter than one window of {num_steps + 1}")
     val_text = val_text if len(val_text) >= 2 else None
     if split == "sequential":
-        if (len(train_text) - 1) // batch_size < num_steps:
-            raise RnnkitError(f"corpus too short for {batch_size} lanes of {num_steps} steps; lower --batch-size")
-        return DataSplit(SequentialBatches(train_text, batch_size, num_steps), None, val_text)
+        if (len(train_text) - num_steps - 1) // batch_size < num_steps:  # even at the largest offset
+            raise RnnkitError(f"training part ({len(train_text)} tokens) is too short for {batch_size} lanes of "
+                              f"{num_steps} steps after an offset of up to {num_steps}; lower --batch-size")
+        return DataSplit(SequentialBatches(train_text, batch_size, num_steps, seed), None, val_text)
     if split == "random":
-        num_examples = (len(train_text) - 1) // num_steps
-        if num_examples < batch_size:
-            raise RnnkitError(f"corpus has {num_examples} windows, fewer than one batch of {batch_size}")
-        starts = torch.arange(num_examples) * num_steps
-        train = WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, drop_last=True, seed=seed)
+        if (len(train_text) - num_steps) // num_steps < batch_size:  # windows at the largest offset
+            raise RnnkitError(f"training part has {(len(train_text) - num_steps) // num_steps} windows of "
+                              f"{num_steps} steps after an offset of up to {num_steps - 1}, fewer than one batch "
+                              f"of {batch_size}")
+        starts = torch.arange(0, len(train_text) - num_steps, num_steps)  # offset 0; shifted every epoch
+        train = WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, drop_last=True, seed=seed,
+                              random_offset=True)
         return DataSplit(train, None, val_text)
     starts = torch.arange(0, len(train_text) - num_steps, num_steps)  # fraction
-    train = WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, seed=seed, random_offset=True)
+    train = WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, seed=seed, random_offset=True,
+                          cover_ends=True)
     return DataSplit(train, None, val_text)
