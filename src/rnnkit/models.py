@@ -229,20 +229,43 @@ class RNNLM(nn.Module):
 class _FusedRNNLoss(torch.autograd.Function):
     """Summed loss of the book's model from the compiled kernel, which computes the gradients of
     every input in the same pass (``need_grad``: grad mode is on and a weight requires grad);
-    backward only scales them."""
+    backward only scales them.
+
+    The final state is differentiable too: where a later computation uses it (a caller who
+    backpropagates through several calls, carrying the state), backward recomputes the step with
+    the same math as PyTorch operations and autograd, which gives both gradients exactly."""
 
     @staticmethod
     def forward(ctx, X, Y, h0, table, W, head_weight, head_bias, relu, need_grad, kernel):
         loss, last, *grads = kernel.rnn_lm_loss(X, Y, h0, table, W, head_weight, head_bias, relu, need_grad)
-        ctx.mark_non_differentiable(last)
+        ctx.set_materialize_grads(False)  # an unused final state gets no gradient: the fast path
         ctx.grads = grads  # table, W, h0, head weight, head bias
+        ctx.relu = relu
+        ctx.save_for_backward(X, Y, h0, table, W, head_weight, head_bias)
         return loss, last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, grad_last):
-        grad_table, grad_W, grad_h0, grad_weight, grad_bias = (g * grad_loss for g in ctx.grads)
+        if grad_last is None:
+            grad_table, grad_W, grad_h0, grad_weight, grad_bias = (g * grad_loss for g in ctx.grads)
+        else:
+            grad_table, grad_W, grad_h0, grad_weight, grad_bias = _recomputed_gradients(ctx, grad_loss, grad_last)
         return None, None, grad_h0, grad_table, grad_W, grad_weight, grad_bias, None, None, None
+
+
+def _recomputed_gradients(ctx, grad_loss, grad_last) -> list[torch.Tensor]:
+    """Gradients of (loss, final state) for :class:`_FusedRNNLoss`, recomputed with autograd."""
+    X, Y, *inputs = ctx.saved_tensors
+    h0, table, W, head_weight, head_bias = leaves = [t.detach().requires_grad_() for t in inputs]
+    with torch.enable_grad():
+        outputs, last = recurrence(X.T, table, W, "relu" if ctx.relu else "tanh", h0)
+        loss = linear_cross_entropy(outputs.reshape(-1, outputs.shape[-1]), head_weight, head_bias, Y.T.reshape(-1))
+        grad_loss = torch.zeros_like(loss) if grad_loss is None else grad_loss
+        grads = torch.autograd.grad((loss, last), leaves, (grad_loss, grad_last), allow_unused=True)
+    grad_h0, grad_table, grad_W, grad_weight, grad_bias = (
+        torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves, strict=True))
+    return [grad_table, grad_W, grad_h0, grad_weight, grad_bias]
 
 
 def _autocast_on_cpu() -> bool:
