@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from rnnkit.checkpoint import load_run, save_run
+from rnnkit.checkpoint import checkpoint_path, load_run, save_run
 from rnnkit.errors import RnnkitError
 from rnnkit.models import build_model
 from rnnkit.text import Vocab
@@ -23,20 +23,20 @@ def test_round_trip(run):
     path, model, vocab, config = run
     loaded, vocab2, config2, meta = load_run(path)
     assert config2 == config and vocab2.idx_to_token == vocab.idx_to_token and vocab2.unk_token is None
-    assert meta["epoch"] == 4 and meta["format_version"] == 1
+    assert meta["epoch"] == 4 and meta["format_version"] == 2
     for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
 
 
 def test_truncated_weights(run):
-    path = run[0] / "model.safetensors"
+    path = checkpoint_path(run[0])
     path.write_bytes(path.read_bytes()[:-50])
     with pytest.raises(RnnkitError, match="truncated or corrupt"):
         load_run(run[0])
 
 
 def test_pickle_renamed_to_safetensors(run):
-    torch.save(run[1].state_dict(), run[0] / "model.safetensors")
+    torch.save(run[1].state_dict(), checkpoint_path(run[0]))
     with pytest.raises(RnnkitError, match="never unpickles"):
         load_run(run[0])
 
@@ -85,7 +85,7 @@ def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pic
 def test_loaded_tensors_are_owned_and_aligned(run):
     from rnnkit.checkpoint import read_tensors
 
-    tensors, _ = read_tensors(run[0] / "model.safetensors")
+    tensors, _ = read_tensors(checkpoint_path(run[0]))
     for t in tensors.values():
         assert t.data_ptr() % 64 == 0  # not views into the file's bytes
         t.add_(1)  # writable

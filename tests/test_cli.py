@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from rnnkit.checkpoint import checkpoint_path
 from rnnkit.cli import main
 
 TINY = ["--hidden", "16", "--batch-size", "64", "--num-steps", "8", "--num-train", "512", "--num-val", "128"]
@@ -15,7 +16,7 @@ def test_train_generate_eval_round_trip(tmp_path, capsys):
     assert main(["train", "--epochs", "2", *TINY, "--out", str(out), "--sample-chars", "10"]) == 0
     printed = capsys.readouterr().out
     assert "epoch    2" in printed and "sample: time traveller" in printed
-    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "metrics.jsonl"}
+    assert {p.name for p in out.iterdir()} >= {checkpoint_path(out).name, "config.json", "metrics.jsonl"}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all({"epoch", "train_loss", "train_ppl", "val_ppl", "seconds"} <= r.keys() for r in rows)

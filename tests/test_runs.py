@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from rnnkit import text
-from rnnkit.checkpoint import load_run, load_state, save_run
+from rnnkit.checkpoint import checkpoint_path, load_run, load_state, save_run
 from rnnkit.cli import main
 from rnnkit.errors import RnnkitError
 from rnnkit.train import TrainConfig, Trainer
@@ -23,7 +23,7 @@ SMALL = ["--hidden", "24", "--batch-size", "128", "--num-steps", "16", "--num-tr
 
 
 def weights(run_dir):
-    return load_file(str(run_dir / "model.safetensors"))
+    return load_file(str(checkpoint_path(run_dir)))
 
 
 def assert_bitwise_equal(a, b):
@@ -82,12 +82,12 @@ def test_resume_with_more_epochs_equals_one_longer_run(tmp_path, capsys):
 def test_existing_run_is_not_overwritten_without_force(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
-    before = (out / "model.safetensors").read_bytes()
+    before = checkpoint_path(out).read_bytes()
     assert main(["train", *SMALL, "--epochs", "1", "--seed", "3", "--out", str(out)]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert (out / "model.safetensors").read_bytes() == before
+    assert checkpoint_path(out).read_bytes() == before
     assert main(["train", *SMALL, "--epochs", "1", "--seed", "3", "--out", str(out), "--force", "--quiet"]) == 0
-    assert (out / "model.safetensors").read_bytes() != before
+    assert checkpoint_path(out).read_bytes() != before
 
 
 @pytest.fixture()
@@ -107,7 +107,7 @@ def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, 
         t.model.head.bias.add_(1)
 
     real_fsync = os.fsync
-    for fail_at in (1, 3):  # the disk fills at the first file (state) or at the third (weights)
+    for fail_at in (1, 2, 4):  # the disk fills at the state file, the weights, or the new config.json
         calls = []
 
         def full(fd, fail_at=fail_at, calls=calls):
@@ -125,11 +125,80 @@ def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, 
     assert meta["epoch"] == 1
 
 
+def _save_killed_at(run_dir, trainer, epoch, kill_at):
+    """Fork; the child saves a checkpoint of ``epoch`` and dies (``os._exit``, as under SIGKILL:
+    no cleanup runs) just before its ``kill_at``-th filesystem operation of the save (creating a
+    temp file, writing, fsync, rename, unlink), or half-way through it if that is a write.
+    Returns the number of operations the child performed (all of them if it was not killed)."""
+    import tempfile
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_end)
+        signal.alarm(30)  # never hang the suite
+        real_write, count = os.write, [0]
+
+        def counted(name, real):
+            def operation(*args, **kwargs):
+                count[0] += 1
+                real_write(write_end, b".")
+                if count[0] == kill_at:
+                    if name == "write":
+                        real(args[0], bytes(args[1][:len(args[1]) // 2]))
+                    os._exit(137)
+                return real(*args, **kwargs)
+            return operation
+
+        for module, name in ((os, "write"), (os, "fsync"), (os, "replace"), (os, "unlink"), (tempfile, "mkstemp")):
+            setattr(module, name, counted(name, getattr(module, name)))
+        try:
+            save_run(run_dir, trainer.model, trainer.vocab, trainer.config, epoch, trainer.state_dict())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    done = b""
+    while chunk := os.read(read_end, 4096):
+        done += chunk
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 137), status
+    return len(done)
+
+
+def test_a_kill_at_any_point_of_a_save_leaves_a_run_that_loads_and_resumes(tmp_path, small_trainer, tm_text):
+    """Fault injection: kill the saving process before each filesystem operation of a save in turn
+    (and half-way through each write). Every time, the run directory must load as the previous
+    checkpoint or the new one, resume, and the next save must clean up what the killed one left."""
+    t = small_trainer
+    save_run(tmp_path / "count", t.model, t.vocab, t.config, 1, t.state_dict())
+    total = _save_killed_at(tmp_path / "count", t, 2, kill_at=10**9)
+    # 4 files (state, weights, config.json, metrics.jsonl) x (temp file, write, fsync, rename),
+    # fsyncs of the directory, removal of the previous checkpoint's 2 files
+    assert total >= 4 * 4 + 2
+    for kill_at in range(1, total + 1):
+        run = tmp_path / f"kill{kill_at}"
+        save_run(run, t.model, t.vocab, t.config, 1, t.state_dict())
+        _save_killed_at(run, t, 2, kill_at)
+        model, vocab, config, meta = load_run(run)
+        state = load_state(run, meta)
+        assert meta["epoch"] in (1, 2) and state["epoch"] == len(t.history)
+        config.epochs = len(t.history) + 1  # resume: one more epoch, then save again
+        resumed = Trainer(config, text=tm_text, vocab=vocab)
+        resumed.load_state_dict(state)
+        resumed.fit()
+        save_run(run, resumed.model, vocab, config, config.epochs, resumed.state_dict())
+        meta = load_run(run)[3]
+        assert meta["epoch"] == config.epochs
+        names = {p.name for p in run.iterdir()}
+        assert names == {"config.json", "metrics.jsonl", *meta["files"].values()}, (kill_at, names)
+
+
 def test_mixed_checkpoint_files_are_refused(tmp_path, small_trainer):
     t = small_trainer
     save_run(tmp_path / "a", t.model, t.vocab, t.config, 1, t.state_dict())
     save_run(tmp_path / "b", t.model, t.vocab, t.config, 1, t.state_dict())
-    (tmp_path / "a" / "state.safetensors").write_bytes((tmp_path / "b" / "state.safetensors").read_bytes())
+    checkpoint_path(tmp_path / "a", "state").write_bytes(checkpoint_path(tmp_path / "b", "state").read_bytes())
     meta = json.loads((tmp_path / "a" / "config.json").read_text())
     with pytest.raises(RnnkitError, match="interrupted"):
         load_state(tmp_path / "a", meta)
@@ -221,7 +290,7 @@ def test_curves_and_plot_command(tmp_path, capsys, monkeypatch):
     assert main(["plot", str(a), "--out", str(tmp_path / "x.png")]) == 2
     assert "pip install 'rnnkit[plot]'" in capsys.readouterr().err
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(tmp_path / "c"), "--quiet"]) == 0
-    assert "curves.png not drawn" in capsys.readouterr().err and (tmp_path / "c" / "model.safetensors").exists()
+    assert "curves.png not drawn" in capsys.readouterr().err and checkpoint_path(tmp_path / "c").exists()
 
 
 def test_empty_prefix_generates_from_a_fresh_state(tmp_path, capsys):

@@ -1,13 +1,17 @@
 """Run directories and checkpoints.
 
-A run directory holds ``model.safetensors`` (weights), ``state.safetensors`` (optimizer, RNG
-states, completed epochs and their history: what ``--resume`` needs), ``config.json`` (config,
-vocabulary, format and rnnkit versions) and ``metrics.jsonl``.
+A run directory holds ``config.json`` (config, vocabulary, format and rnnkit versions, and the
+names of the checkpoint's files), the checkpoint's weights ``model-<id>.safetensors``, its
+training state ``state-<id>.safetensors`` (optimizer, RNG states, completed epochs and their
+history: what ``--resume`` needs), ``metrics.jsonl`` and ``curves.png``.
 
-A save writes every file to a temp file in the same folder (flush + fsync) and renames them only
-when all are written, so a crash or a full disk leaves the previous checkpoint intact; all files of
-one save carry the same checkpoint id, and loading refuses a mixture. Loading never unpickles:
-tensors are read with safetensors, the rest is JSON, and a pickle or ``torch.save`` file is refused.
+A save writes the new checkpoint's files under new names (each through a temp file, fsynced), and
+then replaces ``config.json``, which names them, with one rename: the commit point. At every
+instant the directory therefore loads as the previous checkpoint or the new one; the previous
+checkpoint's files and temp files of killed saves are removed afterwards. Loading never
+unpickles: tensors are read with safetensors, the rest is JSON, and a pickle or ``torch.save``
+file is refused. Runs written by format 1 (``model.safetensors`` and ``state.safetensors``
+renamed one by one) still load.
 """
 
 from __future__ import annotations
@@ -15,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import tempfile
-import threading
+import re
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -29,66 +31,18 @@ from safetensors.torch import save as save_safetensors
 
 from rnnkit import __version__
 from rnnkit.errors import RnnkitError
+from rnnkit.files import atomic_write, fsync_directory, remove_temp_files, write_temp
 from rnnkit.models import RNNLM, build_model
 from rnnkit.text import Vocab
 from rnnkit.train import TrainConfig
 
 FORMAT = "rnnkit-run"
-FORMAT_VERSION = 1
-MODEL_FILE, STATE_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "state.safetensors", "config.json", \
-    "metrics.jsonl"
+FORMAT_VERSION = 2
+CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
+LEGACY_FILES = {"model": "model.safetensors", "state": "state.safetensors"}  # format 1
+CHECKPOINT_FILE = re.compile(r"(model|state)-[0-9]+-[0-9a-f]{12}\.safetensors")
 
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
-    write_files({Path(path): data})
-
-
-def write_files(files: dict[Path, bytes]) -> None:
-    """Replace several files as one: first every new version goes to a temp file beside it (flush,
-    fsync), and only when all are on disk are they renamed over the old ones, in the given order.
-    A failure while writing (a full disk) leaves every old file as it was; Ctrl-C is held back
-    until the renames are done."""
-    temps: dict[Path, str] = {}
-    try:
-        for path, data in files.items():
-            fd, temps[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        with _sigint_deferred():
-            for path, tmp in temps.items():
-                os.replace(tmp, path)
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    for directory in {path.parent for path in files}:  # make the renames themselves durable
-        try:
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
-
-
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Hold a SIGINT that arrives inside the block and deliver it after (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            raise KeyboardInterrupt
+__all__ = ["atomic_write", "save_run", "load_run", "load_state", "read_config", "checkpoint_files", "checkpoint_path"]
 
 
 def pack(obj) -> tuple[dict[str, torch.Tensor], str]:
@@ -132,22 +86,25 @@ def metrics_lines(history: list[dict]) -> bytes:
 
 
 def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: TrainConfig, epoch: int,
-             state: dict | None = None) -> None:
-    """Write a checkpoint: training state (if given), weights, metrics, then the config naming them.
+             state: dict | None = None, corpus_sha1: str | None = None) -> None:
+    """Write a checkpoint (module doc): weights and training state (if given) under new names, then
+    ``config.json`` naming them, then remove what the previous checkpoint and killed saves left.
 
-    With ``state`` (a :meth:`Trainer.state_dict`, possibly of an earlier epoch than the live
-    model), the weights written are the state's."""
+    With ``state`` (a :meth:`Trainer.state_dict`, possibly of an earlier epoch than the live model)
+    the weights written are the state's. ``corpus_sha1`` (of the training text) lets a resume check
+    that it reads the same corpus."""
     run_dir = Path(run_dir)
     checkpoint = f"{epoch}-{uuid.uuid4().hex[:12]}"
     meta = {"format": FORMAT, "checkpoint": checkpoint}
-    files: dict[Path, bytes] = {}
+    names = {"model": f"model-{checkpoint}.safetensors"}
+    payload: dict[str, bytes] = {}
     if state is not None:
         tensors, skeleton = pack(state)
-        files[run_dir / STATE_FILE] = save_safetensors(tensors, metadata={**meta, "state": skeleton})
-        files[run_dir / METRICS_FILE] = metrics_lines(state["history"])
+        names["state"] = f"state-{checkpoint}.safetensors"
+        payload[names["state"]] = save_safetensors(tensors, metadata={**meta, "state": skeleton})
     weights = state["model"] if state is not None else model.state_dict()
     weights = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-    files[run_dir / MODEL_FILE] = save_safetensors(weights, metadata=meta)
+    payload[names["model"]] = save_safetensors(weights, metadata=meta)
     config_json = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -155,16 +112,58 @@ def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: Tra
         "checkpoint": checkpoint,
         "epoch": epoch,
         "has_state": state is not None,
+        "files": names,
+        "corpus_sha1": corpus_sha1,
         "config": asdict(config),
         "vocab": {"idx_to_token": vocab.idx_to_token, "unk_token": vocab.unk_token},
     }
-    files[run_dir / CONFIG_FILE] = (json.dumps(config_json, indent=1, ensure_ascii=False) + "\n").encode()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_files(files)  # config.json last: it names the checkpoint the other files belong to
+        for name, data in payload.items():
+            os.replace(write_temp(run_dir / name, data), run_dir / name)
+        fsync_directory(run_dir)  # the new files are durable before config.json names them
+        atomic_write(run_dir / CONFIG_FILE,  # the commit point
+                     (json.dumps(config_json, indent=1, ensure_ascii=False) + "\n").encode())
+        if state is not None:
+            atomic_write(run_dir / METRICS_FILE, metrics_lines(state["history"]))
     except OSError as exc:
         raise RnnkitError(f"cannot save checkpoint in {run_dir}: {exc.strerror or exc}; "
                           "the previous checkpoint, if any, is unchanged") from None
+    finally:
+        remove_leftovers(run_dir)
+
+
+def checkpoint_files(meta: dict) -> dict[str, str]:
+    """File names of the checkpoint a parsed ``config.json`` describes: ``{"model": .., "state": ..}``."""
+    files = meta.get("files", LEGACY_FILES if meta.get("format_version") == 1 else None)
+    if not isinstance(files, dict) or not all(isinstance(v, str) and "/" not in v for v in files.values()):
+        raise RnnkitError(f"{CONFIG_FILE}: names no checkpoint files")
+    return files
+
+
+def checkpoint_path(run_dir: str | os.PathLike, kind: str = "model") -> Path:
+    """Path of the current checkpoint's ``model`` (weights) or ``state`` file in a run directory."""
+    files = checkpoint_files(read_config(run_dir))
+    if kind not in files:
+        raise RnnkitError(f"{run_dir}: the checkpoint has no {kind} file")
+    return Path(run_dir) / files[kind]
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Remove checkpoint files that ``config.json`` does not name (a previous checkpoint, a save
+    killed before its commit) and temp files of killed writes. Call with the run directory's lock
+    held (the CLI takes it for the whole run)."""
+    if not run_dir.is_dir():
+        return
+    try:
+        keep = set(checkpoint_files(read_config(run_dir)).values())
+    except RnnkitError:
+        return  # no readable config: nothing can be known to be unreferenced
+    for path in run_dir.iterdir():
+        if CHECKPOINT_FILE.fullmatch(path.name) and path.name not in keep:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    remove_temp_files(run_dir)
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:
@@ -196,6 +195,8 @@ def read_tensors(path: str | os.PathLike, checkpoint: str | None = None) -> tupl
         data = path.read_bytes()
     except FileNotFoundError:
         raise RnnkitError(f"{path}: missing") from None
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise RnnkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
     looks_like_safetensors = len(data) >= 10 and data[8:9] == b"{"  # u64 header length, then a JSON header
     if not looks_like_safetensors and (data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"):
         raise RnnkitError(f"{path}: is a pickle / torch.save file, not safetensors; rnnkit never unpickles")
@@ -224,7 +225,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         raise RnnkitError(f"{run_dir / CONFIG_FILE}: incomplete config ({exc})") from None
     model = build_model(config.model, len(vocab), config.hidden, config.layers, config.dropout,
                         config.embedding, config.activation)
-    tensors, _ = read_tensors(run_dir / MODEL_FILE, meta.get("checkpoint"))
+    tensors, _ = read_tensors(run_dir / checkpoint_files(meta)["model"], meta.get("checkpoint"))
     expected = model.state_dict()
     problems = sorted(set(expected) ^ set(tensors))
     problems += [f"{k}: {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
@@ -239,8 +240,9 @@ def load_state(run_dir: str | os.PathLike, meta: dict) -> dict:
     """The training state saved with the checkpoint that ``meta`` (its config.json) describes."""
     if not meta.get("has_state"):
         raise RnnkitError(f"{run_dir}: this checkpoint has no training state to resume from")
-    tensors, metadata = read_tensors(Path(run_dir) / STATE_FILE, meta.get("checkpoint"))
+    path = Path(run_dir) / checkpoint_files(meta).get("state", "")
+    tensors, metadata = read_tensors(path, meta.get("checkpoint"))
     try:
         return unpack(tensors, metadata["state"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise RnnkitError(f"{Path(run_dir) / STATE_FILE}: corrupt training state ({exc})") from None
+        raise RnnkitError(f"{path}: corrupt training state ({exc})") from None

@@ -1,16 +1,19 @@
 """The ``rnnkit`` command: ``train``, ``generate``, ``eval``, ``plot``, ``corpora``.
 
 Bad input (files, corpora, settings, prefixes, run directories) ends with a one-line
-``rnnkit: error: ...`` on stderr and exit status 2. Ctrl-C during training saves the state of the
-last completed epoch, says how to resume, and exits 130.
+``rnnkit: error: ...`` on stderr and exit status 2; a training run that diverges (NaN or infinite
+loss) keeps its last good epoch and exits 3. Ctrl-C, SIGTERM or SIGHUP during training saves the
+state of the last completed epoch, says how to resume, and exits 130, 143 or 129 (128 + signal).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (or --resume one)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.train_parser = t  # see given_train_options
     t.add_argument("--corpus", default=d.corpus, help="built-in corpus name (rnnkit corpora) or a text file")
     t.add_argument("--encoding", default=d.encoding, help="text encoding of the corpus file")
     t.add_argument("--strip-gutenberg", action="store_true", help="drop a Project Gutenberg header and footer")
@@ -67,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run where it stopped (--epochs may raise "
                    "its epoch count; other settings come from the run)")
     t.add_argument("--save-every", type=int, default=10, help="checkpoint every N epochs (0: at the end only)")
+    t.add_argument("--save-minutes", type=float, default=10.0,
+                   help="also checkpoint at the end of any epoch that finds the last save at least this many "
+                        "minutes old (0: off)")
     t.add_argument("--sample-every", type=int, default=10, help="print samples every N epochs (0: never)")
     t.add_argument("--sample-prefix", action="append", dest="sample_prefixes", metavar="TEXT",
                    help=f"prefix for the periodic samples (repeatable; default: {SAMPLE_PREFIXES})")
@@ -146,34 +153,90 @@ class Progress:
             return predict(self.trainer.model, self.trainer.vocab, prefix, num_chars)
 
 
-def _explicit_train_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
-    """Names of the ``train`` options given on the command line (values differing from defaults)."""
-    defaults = vars(parser.parse_args(["train"]))
-    return {k for k, v in vars(args).items() if defaults.get(k) != v}
+def given_train_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Names of the ``train`` options given on the command line, whatever their values: ``argv`` is
+    parsed again with every default replaced by a sentinel (argparse's SUPPRESS), so that an option
+    given with its default value (``--epochs 100``) counts as given."""
+    actions = parser.train_parser._actions
+    defaults = [action.default for action in actions]
+    for action in actions:
+        action.default = argparse.SUPPRESS
+    try:
+        given = vars(parser.parse_args(argv))
+    finally:
+        for action, default in zip(actions, defaults, strict=True):
+            action.default = default
+    return set(given) - {"command"}
 
 
-def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from rnnkit.checkpoint import CONFIG_FILE, METRICS_FILE, atomic_write, load_run, load_state, metrics_lines, save_run
+class Stop(KeyboardInterrupt):
+    """SIGTERM or SIGHUP during training: handled like Ctrl-C (save, say how to resume), then the
+    process exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals_as_interrupts():
+    """SIGTERM (docker stop, systemd, Kubernetes, Slurm preemption) and SIGHUP raise :class:`Stop`
+    in the main thread for the duration of the block."""
+    def stop(signum, frame):
+        raise Stop(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ignore SIGINT, SIGTERM and SIGHUP while the final save of an interrupted run is written."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
+    from rnnkit.checkpoint import CONFIG_FILE, METRICS_FILE, load_run, load_state, metrics_lines, save_run
+    from rnnkit.errors import TrainingDiverged
+    from rnnkit.files import DirectoryLock, atomic_write
     from rnnkit.text import CORPORA
-    from rnnkit.train import TrainConfig, Trainer
+    from rnnkit.train import TrainConfig, Trainer, keep_freed_memory
 
     for name in ("save_every", "sample_every", "sample_chars"):
         if getattr(args, name) < 0:
             raise RnnkitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not (args.save_minutes >= 0 and math.isfinite(args.save_minutes)):
+        raise RnnkitError(f"--save-minutes must be >= 0, got {args.save_minutes}")
+    out = Path(args.resume or args.out)
+    if out.exists() and not out.is_dir():
+        raise RnnkitError(f"{'--resume' if args.resume else '--out'} {out}: exists and is not a directory")
     if args.resume:
-        allowed = {"resume", "epochs", "quiet", "save_every", "sample_every", "sample_prefixes", "sample_chars",
-                   "device", "cuda_graphs"}
-        clash = sorted(_explicit_train_args(parser, args) - allowed)
+        allowed = {"resume", "epochs", "quiet", "save_every", "save_minutes", "sample_every", "sample_prefixes",
+                   "sample_chars", "device", "cuda_graphs"}
+        clash = sorted(given - allowed)
         if clash:
             raise RnnkitError(f"--resume continues a run with its saved settings; remove {', '.join(clash)} "
                               "(only --epochs and display options may change)")
-        out = Path(args.resume)
+        lock = DirectoryLock(out).acquire() if out.is_dir() else None  # before reading: no save in between
         model, vocab, config, meta = load_run(out)
         state = load_state(out, meta)
-        if "epochs" in _explicit_train_args(parser, args):
+        if "epochs" in given:
             config.epochs = args.epochs
         config.device, config.cuda_graphs = args.device, args.cuda_graphs
         trainer = Trainer(config, vocab=vocab)
+        if meta.get("corpus_sha1") and meta["corpus_sha1"] != trainer.corpus_sha1:
+            raise RnnkitError(f"{config.corpus} is not the text this run was trained on (text sha1 now "
+                              f"{trainer.corpus_sha1}, at training sha1 {meta['corpus_sha1']}); put the original "
+                              "back or start a new run")
         trainer.load_state_dict(state)
         if len(trainer.history) >= config.epochs:
             print(f"{out}: already trained for {len(trainer.history)} epochs; pass a larger --epochs to continue")
@@ -183,12 +246,23 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         if config.corpus not in CORPORA and Path(config.corpus).exists():
             config.corpus = str(Path(config.corpus).resolve())  # --resume works from any directory
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise RnnkitError(f"--out {out}: exists and is not a directory")
-        if (out / CONFIG_FILE).exists() and not args.force:
-            raise RnnkitError(f"--out {out} already holds a run; --resume {out} continues it, --force overwrites it")
-        trainer = Trainer(config)
+        config.validate()
+        created = not out.exists()
+        lock = DirectoryLock(out).acquire()  # also finds an --out that cannot be written, before training
+        try:
+            if (out / CONFIG_FILE).exists() and not args.force:
+                raise RnnkitError(f"--out {out} already holds a run; --resume {out} continues it, "
+                                  "--force overwrites it")
+            trainer = Trainer(config)
+        except BaseException:
+            lock.release()
+            if created:  # leave no empty run directory behind a refused start
+                (out / DirectoryLock.NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
+    if trainer.device.type == "cpu":
+        keep_freed_memory()
     if not args.quiet:
         print(f"corpus {config.corpus}: {len(trainer.corpus)} tokens, vocab {len(trainer.vocab)}, "
               f"{len(trainer.data.train)} batches/epoch; model {config.model} hidden {config.hidden} "
@@ -196,34 +270,46 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
               f"{' (CUDA graphs)' if trainer.captured is not None else ''}", flush=True)
     progress = Progress(trainer, args)
     curves = Curves(out)
+    last_save = time.monotonic()
 
     def save(state: dict) -> None:
-        save_run(out, trainer.model, trainer.vocab, config, state["epoch"], state)
+        nonlocal last_save
+        save_run(out, trainer.model, trainer.vocab, config, state["epoch"], state, trainer.corpus_sha1)
+        last_save = time.monotonic()
 
     def on_epoch(stats) -> None:
         progress.on_epoch(stats)
-        if args.save_every and stats.epoch % args.save_every == 0:
+        overdue = args.save_minutes and time.monotonic() - last_save >= 60 * args.save_minutes
+        if (args.save_every and stats.epoch % args.save_every == 0) or overdue:
             save(trainer.snapshot)
         else:  # metrics.jsonl follows every epoch; the checkpoint every --save-every
-            out.mkdir(parents=True, exist_ok=True)
             atomic_write(out / METRICS_FILE, metrics_lines([asdict(h) for h in trainer.history]))
         curves.update(trainer.history)
 
     try:
-        history = trainer.fit(on_epoch, progress.on_batch)
-    except KeyboardInterrupt:
-        if progress.bar is not None:
-            progress.bar.close()
-        save(trainer.snapshot)
         try:
-            curves.update(trainer.history, force=True)
-        except Exception as exc:  # noqa: BLE001 - the plot may have been cut mid-draw; the run is saved
-            print(f"rnnkit: note: curves.png not redrawn ({exc})", file=sys.stderr)
-        done = trainer.snapshot["epoch"]
-        print(f"\ninterrupted: saved the run after {done} completed epoch(s) in {out}; "
-              f"continue with: rnnkit train --resume {out}", file=sys.stderr)
-        return 130
-    save(trainer.snapshot)
+            with stop_signals_as_interrupts():
+                history = trainer.fit(on_epoch, progress.on_batch)
+        except (KeyboardInterrupt, TrainingDiverged) as exc:
+            if progress.bar is not None:
+                progress.bar.close()
+            with signals_held():
+                save(trainer.snapshot)
+            try:
+                curves.update(trainer.history, force=True)
+            except Exception as plot_error:  # noqa: BLE001 - the plot may have been cut mid-draw; the run is saved
+                print(f"rnnkit: note: curves.png not redrawn ({plot_error})", file=sys.stderr)
+            done = trainer.snapshot["epoch"]
+            if isinstance(exc, TrainingDiverged):
+                raise TrainingDiverged(f"{exc}; the run is saved as of epoch {done} in {out}") from None
+            how = f"signal {signal.Signals(exc.signum).name}" if isinstance(exc, Stop) else "interrupted"
+            print(f"\n{how}: saved the run after {done} completed epoch(s) in {out}; "
+                  f"continue with: rnnkit train --resume {out}", file=sys.stderr)
+            return 128 + exc.signum if isinstance(exc, Stop) else 130
+        save(trainer.snapshot)
+    finally:
+        if lock is not None:
+            lock.release()
     curves.update(history, force=True)
     if history:
         last = history[-1]
@@ -263,12 +349,17 @@ class Curves:
 def cmd_generate(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import load_run
     from rnnkit.generate import Sampling, generate
+    from rnnkit.text import preprocess
 
-    model, vocab, _, _ = load_run(args.run_dir)
+    model, vocab, config, _ = load_run(args.run_dir)
+    prefix = preprocess(args.prefix, config.preprocess)  # the prefix is read as the training text was
+    if prefix != args.prefix:
+        print(f"rnnkit: note: prefix preprocessed as the training text was (--preprocess {config.preprocess}): "
+              f"{args.prefix!r} -> {prefix!r}", file=sys.stderr)
     sampling = Sampling(args.greedy, args.temperature, args.top_k, args.top_p, args.alpha)
-    stream = generate(model, vocab, args.prefix, args.num_chars, sampling, args.seed)
+    stream = generate(model, vocab, prefix, args.num_chars, sampling, args.seed)
     first = next(stream, "")  # errors (unknown prefix, bad settings) surface before anything prints
-    sys.stdout.write(args.prefix + first)
+    sys.stdout.write(prefix + first)
     for token in stream:
         sys.stdout.write(token)
         sys.stdout.flush()
@@ -320,12 +411,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_corpora(args: argparse.Namespace) -> int:
-    from rnnkit.text import CORPORA, cache_dir, recorded_pins
+    from rnnkit.text import CORPORA, cache_dir, local_copies, recorded_pins
 
     pins = recorded_pins()
     print(f"cache: {cache_dir()}")
     for entry in CORPORA.values():
-        local = [p for p in _local_copies(entry) if p.is_file()]
+        local = [p for p in local_copies(entry) if p.is_file()]
         size = f"{local[0].stat().st_size:,} bytes" if local else "not cached"
         if entry.sha1:
             sha = f"sha1 {entry.sha1} (pinned)"
@@ -338,13 +429,6 @@ def cmd_corpora(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_copies(entry) -> list[Path]:
-    from rnnkit.text import cache_dir
-
-    paths = [Path(os.environ["RNNKIT_DATA_DIR"]) / entry.filename] if os.environ.get("RNNKIT_DATA_DIR") else []
-    return paths + [cache_dir() / entry.filename]
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"rnnkit: warning: {message}", file=sys.stderr)
 
@@ -353,14 +437,15 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         parser = build_parser()  # imports torch: inside the try, so that Ctrl-C here is handled too
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = parser.parse_args(argv)
         if args.command == "train":
-            return cmd_train(args, parser)
+            return cmd_train(args, given_train_options(parser, argv))
         commands = {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot, "corpora": cmd_corpora}
         return commands[args.command](args)
     except RnnkitError as exc:
         print(f"rnnkit: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -372,13 +457,13 @@ def console() -> None:
     """The ``rnnkit`` command's entry point: :func:`main`'s status becomes the exit status.
 
     After Ctrl-C, CPython may still end the process *by* SIGINT (status -2) even though the
-    interrupt was handled and the run saved; leave through ``os._exit(130)`` then, so that the
-    status is the documented 130."""
+    interrupt was handled and the run saved; leave through ``os._exit`` then, so that the status
+    is the documented 128 + signal number."""
     status = main()
-    if status == 130:
+    if status >= 128:  # ended by a signal it handled
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(status)
     sys.exit(status)
 
 

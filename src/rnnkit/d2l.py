@@ -27,8 +27,8 @@ from torch.nn import functional as F
 
 from rnnkit import models
 from rnnkit.data import TensorBatches
-from rnnkit.generate import Sampling, generate_ids
-from rnnkit.text import Vocab, find_corpus, preprocess, read_text, tokenize
+from rnnkit.generate import Sampling, generate_ids, model_step
+from rnnkit.text import D2L_DATA_URL, Vocab, find_corpus, preprocess, read_text, tokenize
 from rnnkit.train import clip_gradients as _clip_gradients
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "gpu", "num_gpus", "swapaxes", "try_all_gpus", "try_gpu",
 ]
 
-DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
+DATA_URL = D2L_DATA_URL
 
 # Tensor aliases of d2l/torch.py
 ones, zeros, tensor, arange = torch.ones, torch.zeros, torch.tensor, torch.arange
@@ -453,11 +453,11 @@ class RNNLMScratch(Classifier):
         if not prefix:
             raise ValueError("prefix must not be empty")
 
-        def step(ids, state):
-            X = torch.tensor([list(ids)], device=device)
+        def forward(X, state):  # the book's model, as rnnkit's step function wants it: time-major logits
             rnn_outputs, state = self.rnn(self.one_hot(X), state)
-            return self.output_layer(rnn_outputs)[0, -1], state
+            return self.output_layer(rnn_outputs).transpose(0, 1), state
 
+        step = model_step(forward, device)
         prefix_ids = [vocab[c] for c in prefix]
         with torch.no_grad():
             new = list(generate_ids(step, prefix_ids, num_preds, None, Sampling(greedy=True)))

@@ -1,5 +1,13 @@
-"""The one exception type for bad user input: the CLI prints it on one line and exits 2."""
+"""rnnkit's exceptions: the CLI prints them on one line and exits with their ``exit_status``."""
 
 
 class RnnkitError(ValueError):
-    """Bad input (file, corpus, prefix, checkpoint, setting) that the user can fix."""
+    """Bad input (file, corpus, prefix, checkpoint, setting) that the user can fix: exit status 2."""
+
+    exit_status = 2
+
+
+class TrainingDiverged(RnnkitError):
+    """The training loss became NaN or infinite: exit status 3 (the last good epoch is kept)."""
+
+    exit_status = 3

@@ -18,6 +18,7 @@ from rnnkit.errors import RnnkitError
 from rnnkit.models import RNNLM, State, evaluating
 from rnnkit.text import Vocab
 
+MIN_SCALE = 1e-3  # temperature and alpha are kept in [1e-3, 1e3]: beyond, sampling is greedy or uniform anyway
 StepFn = Callable[[Sequence[int], State], tuple[torch.Tensor, State]]
 
 
@@ -37,10 +38,10 @@ class Sampling:
     alpha: float = 1.0
 
     def validate(self) -> None:
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise RnnkitError(f"temperature must be > 0, got {self.temperature}")
-        if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise RnnkitError(f"alpha must be > 0, got {self.alpha}")
+        for name in ("temperature", "alpha"):  # 1e-310 would turn every logit into +-inf
+            value = getattr(self, name)
+            if not (MIN_SCALE <= value <= 1 / MIN_SCALE):
+                raise RnnkitError(f"{name} must be between {MIN_SCALE:g} and {1 / MIN_SCALE:g}, got {value}")
         if self.top_k < 0:
             raise RnnkitError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -53,6 +54,9 @@ class Sampling:
             kth = torch.topk(logits, self.top_k).values[-1]
             logits = logits.masked_fill(logits < kth, -math.inf)
         probs = torch.softmax(logits, dim=-1)
+        if not torch.isfinite(probs).all():
+            raise RnnkitError("the model's output is not a probability distribution (NaN or infinite values: "
+                              "its weights are not finite, or --temperature/--alpha are extreme)")
         if self.top_p < 1:
             sorted_probs, order = torch.sort(probs, descending=True)
             before = torch.cumsum(sorted_probs, 0) - sorted_probs  # mass of strictly more likely tokens
@@ -63,8 +67,16 @@ class Sampling:
 
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> int:
         if self.greedy:
+            if torch.isnan(logits).any():
+                raise RnnkitError("the model's output is NaN (its weights are not finite)")
             return int(logits.argmax())
         return int(torch.multinomial(self.probabilities(logits).cpu(), 1, generator=generator))
+
+
+def check_seed(seed: int | None) -> None:
+    """Seeds are integers in [0, 2^63) (what ``torch.Generator.manual_seed`` takes without overflow)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 63):
+        raise RnnkitError(f"seed must be an integer between 0 and 2^63 - 1, got {seed!r}")
 
 
 def encode_prefix(vocab: Vocab, prefix: Sequence[str]) -> list[int]:
@@ -84,6 +96,7 @@ def generate_ids(step: StepFn, prefix_ids: Sequence[int], num_preds: int, initia
     """Yield ``num_preds`` token indices. ``step(ids, state) -> (logits of the last id (V,), state)``;
     ``initial_logits`` are used when the prefix is empty (a fresh state)."""
     sampling.validate()
+    check_seed(seed)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     state: State = None
     logits = initial_logits
@@ -96,13 +109,14 @@ def generate_ids(step: StepFn, prefix_ids: Sequence[int], num_preds: int, initia
             logits, state = step([token], state)
 
 
-def model_step(model: RNNLM) -> StepFn:
-    """The step function of an :class:`RNNLM`, on the device of its parameters."""
-    device = next(model.parameters()).device
+def model_step(forward: Callable[[torch.Tensor, State], tuple[torch.Tensor, State]],
+               device: torch.device | str | None) -> StepFn:
+    """The step function of a model whose ``forward(X (1, T) int64, state)`` returns
+    ``(logits (T, 1, V), state)`` (an :class:`RNNLM`; the d2l layer adapts the book's models)."""
 
     def step(ids: Sequence[int], state: State) -> tuple[torch.Tensor, State]:
         X = torch.tensor([list(ids)], dtype=torch.int64, device=device)
-        logits, state = model(X, state)
+        logits, state = forward(X, state)
         return logits[-1, 0], state
 
     return step
@@ -116,7 +130,8 @@ def generate(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: 
     sampling = sampling or Sampling(greedy=True)
     prefix_ids = encode_prefix(vocab, prefix)
     with evaluating(model):
-        for token in generate_ids(model_step(model), prefix_ids, num_preds, model.initial_logits(), sampling, seed):
+        step = model_step(model, next(model.parameters()).device)
+        for token in generate_ids(step, prefix_ids, num_preds, model.initial_logits(), sampling, seed):
             yield vocab.idx_to_token[token]
 
 

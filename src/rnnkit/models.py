@@ -330,6 +330,25 @@ def detach_state(state: State) -> State:
     return state.detach()
 
 
+GATES = {"rnn": 1, "scratch": 1, "gru": 3, "lstm": 4}
+
+
+def parameter_count(kind: str, vocab_size: int, hidden: int, layers: int = 1, embedding: int = 0) -> int:
+    """Parameters of :func:`build_model`'s model, computed without building it."""
+    gates, num_inputs = GATES[kind], embedding or vocab_size
+    return (gates * hidden * (num_inputs + hidden + 2) + (layers - 1) * gates * hidden * (2 * hidden + 2)
+            + hidden * vocab_size + vocab_size + vocab_size * embedding)
+
+
+def check_parameter_count(kind: str, vocab_size: int, hidden: int, layers: int = 1, embedding: int = 0) -> int:
+    """The model's parameter count; an error above :data:`MAX_PARAMETERS` (a typo, not a model)."""
+    count = parameter_count(kind, vocab_size, hidden, layers, embedding)
+    if count > MAX_PARAMETERS:
+        raise RnnkitError(f"model would have {count:,} parameters ({count * 4 / 2**30:.1f} GiB); "
+                          f"the limit is {MAX_PARAMETERS:,}: lower --hidden, --layers or --embedding")
+    return count
+
+
 def build_model(kind: str, vocab_size: int, hidden: int, layers: int = 1, dropout: float = 0.0,
                 embedding: int = 0, activation: str = "tanh") -> RNNLM:
     """The model a run's config describes (``embedding=0`` means one-hot input)."""
@@ -341,12 +360,7 @@ def build_model(kind: str, vocab_size: int, hidden: int, layers: int = 1, dropou
     if not 0 <= dropout < 1:
         raise RnnkitError(f"dropout must be in [0, 1), got {dropout}")
     num_inputs = embedding or vocab_size
-    gates = {"rnn": 1, "scratch": 1, "gru": 3, "lstm": 4}[kind]
-    count = (gates * hidden * (num_inputs + hidden + 2) + (layers - 1) * gates * hidden * (2 * hidden + 2)
-             + hidden * vocab_size + vocab_size + vocab_size * embedding)
-    if count > MAX_PARAMETERS:
-        raise RnnkitError(f"model would have {count:,} parameters ({count * 4 / 2**30:.1f} GiB); "
-                          f"the limit is {MAX_PARAMETERS:,}: lower --hidden, --layers or --embedding")
+    check_parameter_count(kind, vocab_size, hidden, layers, embedding)
     if kind == "scratch":
         if layers != 1 or dropout:
             raise RnnkitError("--model scratch has one layer and no dropout; use rnn/gru/lstm for more")

@@ -28,14 +28,28 @@ def _pyplot():
     return pyplot
 
 
+METRIC_KEYS = ("epoch", "train_loss", "train_ppl")  # what every row must have to be plotted
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl``, each checked to be an object with numeric
+    ``epoch``, ``train_loss`` and ``train_ppl`` (``val_ppl`` may be null)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise RnnkitError(f"{run_dir}: no metrics.jsonl (not a run directory, or no epoch finished yet)")
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RnnkitError(f"{path}: corrupt ({exc})") from None
+    except OSError as exc:
+        raise RnnkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    for number, row in enumerate(rows, 1):
+        numeric = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        if not (isinstance(row, dict) and all(numeric(row.get(k)) for k in METRIC_KEYS)
+                and (row.get("val_ppl") is None or numeric(row["val_ppl"]))):
+            raise RnnkitError(f"{path}: line {number} is not a metrics row (an object with numeric "
+                              f"{', '.join(METRIC_KEYS)}): {json.dumps(row)[:80]}")
+    return rows
 
 
 def render_curves(runs: list[tuple[str, list[dict]]]) -> bytes:

@@ -9,11 +9,13 @@ comes from the entry's own address, or from ``$RNNKIT_MIRROR/<file>`` when that 
 
 from __future__ import annotations
 
+import codecs
 import collections
 import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -150,6 +152,12 @@ def _download(entry: CorpusEntry, dest: Path) -> None:
             os.unlink(tmp)
 
 
+def local_copies(entry: CorpusEntry) -> list[Path]:
+    """Where a built-in corpus is looked for, in order: ``$RNNKIT_DATA_DIR``, then the cache."""
+    data_dir = os.environ.get("RNNKIT_DATA_DIR")
+    return ([Path(data_dir) / entry.filename] if data_dir else []) + [cache_dir() / entry.filename]
+
+
 def find_corpus(name_or_path: str | os.PathLike, download: bool = True) -> Path:
     """Return a local path for a built-in corpus name or a text file path (see module doc)."""
     text = str(name_or_path)
@@ -158,18 +166,13 @@ def find_corpus(name_or_path: str | os.PathLike, download: bool = True) -> Path:
         if not path.exists():
             known = ", ".join(sorted(CORPORA))
             raise RnnkitError(f"{text}: no such file, and not a built-in corpus ({known})")
-        return path
+        return path  # read_text refuses what is not a regular file
     entry = CORPORA[text]
-    looked = []
-    if os.environ.get("RNNKIT_DATA_DIR"):
-        candidate = Path(os.environ["RNNKIT_DATA_DIR"]) / entry.filename
-        looked.append(str(candidate))
+    looked = local_copies(entry)
+    for candidate in looked:
         if candidate.is_file():
             return _checked(candidate, entry)
-    candidate = cache_dir() / entry.filename
-    looked.append(str(candidate))
-    if candidate.is_file():
-        return _checked(candidate, entry)
+    candidate = looked[-1]  # the cache
     if download:
         try:
             _download(entry, candidate)
@@ -179,7 +182,7 @@ def find_corpus(name_or_path: str | os.PathLike, download: bool = True) -> Path:
     else:
         reason = "downloading is off"
     raise RnnkitError(
-        f"corpus '{entry.name}' not found: looked in {' and '.join(looked)}; {reason}. "
+        f"corpus '{entry.name}' not found: looked in {' and '.join(map(str, looked))}; {reason}. "
         f"Put a copy of {entry.filename} ({entry.url}) in a folder and set "
         f"RNNKIT_DATA_DIR to it, set RNNKIT_MIRROR to a base URL that serves it, "
         f"or pass the file's path instead of '{entry.name}'."
@@ -200,29 +203,42 @@ _BINARY_MAGIC = (b"\x89PNG", b"PK\x03\x04", b"\x80\x02", b"\x80\x04", b"\x7fELF"
 
 
 def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
-    """Read a whole text file, refusing empty, binary and wrongly-encoded files with a clear error."""
+    """Read a whole text file, refusing what is not a regular file (a directory, a FIFO, a device
+    such as /dev/zero), empty, binary and wrongly-encoded files with a clear error."""
     path = Path(path)
-    if path.is_dir():
-        raise RnnkitError(f"{path}: is a directory, not a text file")
     try:
-        data = path.read_bytes()
+        mode = path.stat().st_mode
     except FileNotFoundError:
         raise RnnkitError(f"{path}: no such file") from None
     except OSError as exc:
         raise RnnkitError(f"{path}: cannot read ({exc.strerror})") from None
-    if not data.strip():
-        raise RnnkitError(f"{path}: file is empty")
-    if data.startswith(_BINARY_MAGIC) or b"\x00" in data[:1 << 16]:
+    if stat.S_ISDIR(mode):
+        raise RnnkitError(f"{path}: is a directory, not a text file")
+    if not stat.S_ISREG(mode):
+        raise RnnkitError(f"{path}: not a regular file (a FIFO, socket or device); give a text file")
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise RnnkitError(f"unknown encoding '{encoding}'") from None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RnnkitError(f"{path}: cannot read ({exc.strerror})") from None
+    wide = codec.startswith(("utf-16", "utf-32"))  # their text is full of NUL bytes: look after decoding
+    if data.startswith(_BINARY_MAGIC) or (not wide and b"\x00" in data[:1 << 16]):
         raise RnnkitError(f"{path}: not a text file (binary data)")
     try:
-        return data.decode(encoding)
+        text = data.decode(encoding)
     except UnicodeDecodeError as exc:
         raise RnnkitError(
             f"{path}: not valid {encoding} (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
             "if it is in another encoding, pass it with --encoding (e.g. --encoding latin-1)"
         ) from None
-    except LookupError:
-        raise RnnkitError(f"unknown encoding '{encoding}'") from None
+    if not text.strip():
+        raise RnnkitError(f"{path}: file is empty")
+    if "\x00" in text[:1 << 16]:
+        raise RnnkitError(f"{path}: not a text file (binary data)")
+    return text
 
 
 _GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.M | re.I)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
+import hashlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
@@ -12,10 +15,21 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from rnnkit.data import DataSplit, WindowBatches, check_sizes, split_corpus
-from rnnkit.errors import RnnkitError
-from rnnkit.models import RNNLM, State, build_model, detach_state, evaluating
-from rnnkit.text import Vocab, build_corpus, load_corpus_text
+from rnnkit.data import SPLITS, DataSplit, WindowBatches, check_sizes, split_corpus
+from rnnkit.errors import RnnkitError, TrainingDiverged
+from rnnkit.models import (
+    ACTIVATIONS,
+    GATES,
+    MODEL_KINDS,
+    RNNLM,
+    State,
+    build_model,
+    check_parameter_count,
+    detach_state,
+    evaluating,
+    parameter_count,
+)
+from rnnkit.text import PREPROCESS_MODES, Vocab, build_corpus, load_corpus_text
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 CUDA_GRAPHS = ("auto", "on", "off")
@@ -53,24 +67,61 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        """A config from a parsed ``config.json`` (every field's type checked)."""
+        if not isinstance(values, dict):
+            raise RnnkitError(f"config must be a JSON object, got {type(values).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise RnnkitError(f"config has unknown keys: {sorted(unknown)}")
-        return cls(**values)
+        config = cls(**values)
+        config.check_types()
+        return config
+
+    def check_types(self) -> None:
+        """Every field has its declared type (an int is accepted for a float; a bool is not a number)."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), f.type
+            if kind == "float":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            elif kind == "int":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, {"str": str, "bool": bool}[kind])
+            if not ok:
+                raise RnnkitError(f"config field {f.name} must be of type {kind}, got {value!r}")
 
     def validate(self) -> None:
+        """Types and ranges of every field, and the combinations that cannot work."""
+        self.check_types()
         check_sizes(self.batch_size, self.num_steps)
-        if self.optimizer not in OPTIMIZERS:
-            raise RnnkitError(f"unknown optimizer '{self.optimizer}' (choose from {', '.join(OPTIMIZERS)})")
-        if not self.epochs >= 0:
-            raise RnnkitError(f"epochs must be >= 0, got {self.epochs}")
+        choices = {"optimizer": OPTIMIZERS, "cuda_graphs": CUDA_GRAPHS, "model": MODEL_KINDS, "split": SPLITS,
+                   "activation": ACTIVATIONS, "preprocess": PREPROCESS_MODES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise RnnkitError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        ranges = {  # name: (low, high, what)
+            "epochs": (0, 10**9, "an epoch count"), "num_train": (1, 10**12, "a window count"),
+            "num_val": (0, 10**12, "a window count"), "seed": (0, (1 << 63) - 1, "a seed"),
+            "hidden": (1, 1_000_000, "a size"), "layers": (1, 1000, "a layer count"),
+            "embedding": (0, 1_000_000, "a size (0: one-hot)"),
+        }
+        for name, (low, high, what) in ranges.items():
+            if not low <= getattr(self, name) <= high:
+                raise RnnkitError(f"{name} must be {what} between {low} and {high}, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise RnnkitError(f"lr must be a positive number, got {self.lr}")
-        if not self.clip >= 0:
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise RnnkitError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (self.clip >= 0 and math.isfinite(self.clip)):
             raise RnnkitError(f"clip must be >= 0 (0 = off), got {self.clip}")
-        if self.cuda_graphs not in CUDA_GRAPHS:
-            raise RnnkitError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPHS)}, got {self.cuda_graphs!r}")
+        if not 0 <= self.dropout < 1:
+            raise RnnkitError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.val_fraction < 1:
+            raise RnnkitError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.dropout and self.layers < 2:
+            raise RnnkitError("dropout acts between recurrent layers: it needs --layers 2 or more "
+                              f"(got --layers {self.layers} --dropout {self.dropout})")
         if self.cuda_graphs == "on" and not self.graphs_possible():
             raise RnnkitError("--cuda-graphs on needs a split without carried state (not sequential) and no dropout")
 
@@ -80,14 +131,22 @@ class TrainConfig:
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; a named device must exist here."""
     if name != "auto":
         try:
             device = torch.device(name)
-        except RuntimeError:
-            raise RnnkitError(f"unknown device '{name}'") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RnnkitError("device cuda requested but CUDA is not available")
+        except (RuntimeError, TypeError):
+            raise RnnkitError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N or mps)") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RnnkitError("device cuda requested but CUDA is not available")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise RnnkitError(f"device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        elif device.type == "mps":
+            if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+                raise RnnkitError("device mps requested but Apple's MPS is not available here")
+        elif device.type != "cpu":
+            raise RnnkitError(f"device '{name}' cannot train a model (auto, cpu, cuda, cuda:N or mps)")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -102,7 +161,8 @@ def keep_freed_memory() -> None:
     Training allocates and frees the same few multi-megabyte buffers every step; by default glibc
     serves them with fresh ``mmap`` pages and hands them back on ``free``, so every step pays
     thousands of page faults (measured: ~7000 per epoch of the book's model, 10-20% of its time).
-    No effect on other platforms or allocators.
+    No effect on other platforms or allocators. Process-wide, so rnnkit's command calls it and the
+    library does not: call it yourself before training in a process of your own.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -159,9 +219,14 @@ def stream_nll(model: RNNLM, tokens: torch.Tensor, chunk: int = 1024) -> tuple[f
     return total, count
 
 
+def safe_exp(x: float) -> float:
+    """exp(x), ``inf`` where it overflows (a diverged loss) instead of raising OverflowError."""
+    return math.inf if x >= 709.0 else math.exp(x)  # NaN stays NaN
+
+
 def perplexity(nll: float, count: int) -> float:
-    """exp(mean token cross-entropy)."""
-    return math.exp(nll / count) if count else float("nan")
+    """exp(mean token cross-entropy); ``inf`` where that overflows, NaN for no tokens."""
+    return safe_exp(nll / count) if count else float("nan")
 
 
 def bits_per_token(nll: float, count: int) -> float:
@@ -245,24 +310,29 @@ class Trainer:
 
     ``fit()`` returns the history (one :class:`EpochStats` per epoch); ``on_epoch`` is called after
     each epoch with the stats (used by the CLI to print, log and save).
+
+    The trainer has a random number generator state of its own (seeded with ``config.seed``): model
+    initialisation and dropout draw from it, and the caller's global torch RNG is the same before
+    and after ``Trainer(...)`` and ``fit()``.
     """
 
     def __init__(self, config: TrainConfig, text: str | None = None, vocab: Vocab | None = None) -> None:
         config.validate()
         self.config = config
         self.device = select_device(config.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
         if text is None:
             text = load_corpus_text(config.corpus, config.encoding, config.strip_gutenberg or None)
+        self.corpus_sha1 = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()  # of the text read
         ids, self.vocab = build_corpus(text, config.preprocess, vocab=vocab)
         self.corpus = torch.tensor(ids, dtype=torch.int64, device=self.device)
         self.data: DataSplit = split_corpus(
             self.corpus, config.split, config.batch_size, config.num_steps, num_train=config.num_train,
             num_val=config.num_val, val_fraction=config.val_fraction, seed=config.seed)
-        torch.manual_seed(config.seed)
-        self.model = build_model(config.model, len(self.vocab), config.hidden, config.layers, config.dropout,
-                                 config.embedding, config.activation).to(self.device)
+        check_parameter_count(config.model, len(self.vocab), config.hidden, config.layers, config.embedding)
+        check_memory(config, len(self.vocab), self.device)
+        with self._rng(seed=config.seed):
+            self.model = build_model(config.model, len(self.vocab), config.hidden, config.layers, config.dropout,
+                                     config.embedding, config.activation).to(self.device)
         self.optimizer = make_optimizer(config, self.model)
         self.captured: CapturedGradients | None = None
         if config.cuda_graphs == "on" and self.device.type != "cuda":
@@ -273,28 +343,45 @@ class Trainer:
         self.train_seconds = 0.0
         self.snapshot: dict | None = None  # state after the last completed epoch (see fit)
 
+    @contextlib.contextmanager
+    def _rng(self, seed: int | None = None):
+        """Run the block with the trainer's own RNG state as torch's global one (seeded with ``seed``
+        the first time), then give the caller's state back."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if seed is not None:
+                torch.manual_seed(seed)
+            else:
+                torch.set_rng_state(self._rng_states["torch"])
+                if "cuda" in self._rng_states and devices:
+                    torch.cuda.set_rng_state(self._rng_states["cuda"], self.device)
+            try:
+                yield
+            finally:
+                self._rng_states = {"torch": torch.get_rng_state()}
+                if devices:
+                    self._rng_states["cuda"] = torch.cuda.get_rng_state(self.device)
+
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where training is: weights, optimizer, RNG
         states, completed epochs and their history. Tensors are copies."""
         state = {
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": {k: v.clone() for k, v in self._rng_states.items()},
             "epoch": len(self.history),
             "history": [asdict(h) for h in self.history],
             "train_seconds": self.train_seconds,
         }
-        if self.device.type == "cuda":
-            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s output (the next :meth:`fit` continues from there)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
+        self._rng_states = {"torch": state["rng"]["torch"].clone()}
         if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+            self._rng_states["cuda"] = state["rng"]["cuda"].clone()
         self.history = [EpochStats(**h) for h in state["history"]]
         self.train_seconds = state["train_seconds"]
 
@@ -331,23 +418,73 @@ class Trainer:
     def fit(self, on_epoch: Callable[[EpochStats], None] | None = None,
             on_batch: Callable[[int, torch.Tensor], None] | None = None) -> list[EpochStats]:
         """Train from the current epoch to ``config.epochs``. After every epoch, :attr:`snapshot`
-        holds the state to resume from, so an interrupt mid-epoch loses only that epoch."""
+        holds the state to resume from, so an interrupt mid-epoch loses only that epoch.
+
+        Raises :class:`TrainingDiverged` when an epoch's training loss is NaN or so large that its
+        perplexity overflows (above ~709 nats per token); the snapshot then still holds the last
+        good epoch."""
         self.snapshot = self.state_dict()
         self.model.prepare_kernel()  # a kernel build happens here, not inside epoch 1's timing
-        for epoch in range(len(self.history), self.config.epochs):
-            t0 = time.perf_counter()
-            loss_sum, count = self.train_epoch(epoch, on_batch)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - t0
-            self.train_seconds += elapsed
-            val_nll, val_count = self.evaluate_val()
-            train_loss = loss_sum / count
-            stats = EpochStats(epoch + 1, train_loss, math.exp(train_loss), perplexity(val_nll, val_count),
-                               bits_per_token(val_nll, val_count), round(self.train_seconds, 4),
-                               round(count / elapsed, 1))
-            self.history.append(stats)
-            self.snapshot = self.state_dict()
-            if on_epoch is not None:
-                on_epoch(stats)
+        with self._rng():
+            for epoch in range(len(self.history), self.config.epochs):
+                t0 = time.perf_counter()
+                loss_sum, count = self.train_epoch(epoch, on_batch)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - t0
+                if count == 0:
+                    raise RnnkitError("the training data gave no batch this epoch; lower --batch-size or --num-steps")
+                train_loss = loss_sum / count
+                if safe_exp(train_loss) == math.inf or math.isnan(train_loss):  # inf perplexity, or NaN
+                    raise TrainingDiverged(
+                        f"training diverged in epoch {epoch + 1}: the training loss is {train_loss:.6g} nats per "
+                        f"token (perplexity beyond float range); clip the gradients (--clip 1) or lower the "
+                        f"learning rate (--lr {self.config.lr:g} now)")
+                self.train_seconds += elapsed
+                val_nll, val_count = self.evaluate_val()
+                stats = EpochStats(epoch + 1, train_loss, safe_exp(train_loss), perplexity(val_nll, val_count),
+                                   bits_per_token(val_nll, val_count), round(self.train_seconds, 4),
+                                   round(count / elapsed, 1))
+                self.history.append(stats)
+                self.snapshot = self.state_dict()
+                if on_epoch is not None:
+                    on_epoch(stats)
         return self.history
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (None where unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_needed(config: TrainConfig, vocab_size: int) -> dict[str, int]:
+    """Bytes a run needs, roughly, by what for: weights, their gradients, optimizer state and the
+    snapshot kept to resume from (float32), and the activations of one training step."""
+    params = parameter_count(config.model, vocab_size, config.hidden, config.layers, config.embedding)
+    slots = 2 if config.optimizer in ("adam", "adamw") else 0
+    gates = GATES[config.model]
+    positions = config.batch_size * config.num_steps
+    activations = positions * (config.hidden * config.layers * (2 * gates + 2) + 2 * vocab_size) * 4
+    return {"weights and gradients": 2 * params * 4, "optimizer state and snapshot": (1 + 2 * slots) * params * 4,
+            "activations of one step": activations}
+
+
+def check_memory(config: TrainConfig, vocab_size: int, device: torch.device) -> None:
+    """Refuse a run that cannot fit in this machine's free memory, before allocating anything."""
+    available = available_memory(device)
+    needed = memory_needed(config, vocab_size)
+    if available is not None and sum(needed.values()) > available:
+        parts = ", ".join(f"{what} {size / 2**30:.1f} GiB" for what, size in needed.items())
+        raise RnnkitError(f"this run needs about {sum(needed.values()) / 2**30:.1f} GiB ({parts}) but {device} has "
+                          f"{available / 2**30:.1f} GiB free; lower --hidden, --layers, --batch-size or --num-steps")
