@@ -28,7 +28,9 @@ def rnnkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def digest(run: Path) -> str:
-    return hashlib.sha1(b"".join(p.read_bytes() for p in sorted(run.iterdir()) if p.is_file())).hexdigest()
+    """sha1 of a run's files (not its lock file, which every attempt to write there takes)."""
+    return hashlib.sha1(b"".join(p.read_bytes() for p in sorted(run.iterdir())
+                                 if p.is_file() and p.name != ".lock")).hexdigest()
 
 
 def main() -> None:
@@ -55,9 +57,36 @@ def main() -> None:
             edit(run)
             return str(run)
 
+        def weights(run: Path) -> Path:
+            return run / json.loads((run / "config.json").read_text())["files"]["model"]
+
         def truncate(run: Path) -> None:
-            data = (run / "model.safetensors").read_bytes()
-            (run / "model.safetensors").write_bytes(data[: len(data) // 2])
+            data = weights(run).read_bytes()
+            weights(run).write_bytes(data[: len(data) // 2])
+
+        def field(name: str, value):
+            def edit(run: Path) -> None:
+                meta = json.loads((run / "config.json").read_text())
+                meta["config"][name] = value
+                (run / "config.json").write_text(json.dumps(meta))
+            return edit
+
+        def nan_weights(run: Path) -> None:
+            import torch
+            from safetensors.torch import load_file, save_file
+
+            meta = json.loads((run / "config.json").read_text())
+            tensors = {k: torch.full_like(v, float("nan")) for k, v in load_file(str(weights(run))).items()}
+            save_file(tensors, str(weights(run)), metadata={"format": "rnnkit-run", "checkpoint": meta["checkpoint"]})
+
+        def weights_dir(run: Path) -> None:
+            weights(run).unlink()
+            weights(run).mkdir()
+
+        def metrics(line: str):
+            def edit(run: Path) -> None:
+                (run / "metrics.jsonl").write_text(line + "\n")
+            return edit
 
         def hidden_edit(run: Path) -> None:
             meta = json.loads((run / "config.json").read_text())
@@ -67,8 +96,10 @@ def main() -> None:
         def pickled(run: Path) -> None:
             import torch
 
-            torch.save({"w": torch.zeros(3)}, run / "model.safetensors")
+            torch.save({"w": torch.zeros(3)}, weights(run))
 
+        os.mkfifo(d / "fifo")
+        fifo = str(d / "fifo")
         png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
         cases = [
             ("empty file", ["train", "--corpus", file("empty.txt", b""), "--out", str(good), "--force"]),
@@ -90,7 +121,38 @@ def main() -> None:
             ("not a run directory", ["generate", str(d)]),
             ("truncated checkpoint", ["generate", broken_run("truncated", truncate)]),
             ("config edited to another hidden size", ["eval", broken_run("edited", hidden_edit)]),
-            ("torch.save pickle renamed model.safetensors", ["generate", broken_run("pickle", pickled)]),
+            ("torch.save pickle renamed to the weights file", ["generate", broken_run("pickle", pickled)]),
+            ("a FIFO as --corpus", ["train", "--corpus", fifo, "--out", str(d / "new")]),
+            ("/dev/zero as --corpus", ["train", "--corpus", "/dev/zero", "--out", str(d / "new")]),
+            ("train --seed 20000000000000 (valid: trains)", ["train", *TINY, "--epochs", "1", "--seed",
+                                                             "20000000000000", "--out", str(d / "seeded"), "--quiet"]),
+            ("train --seed 2^64", ["train", *TINY, "--seed", str(2**64), "--out", str(d / "new")]),
+            ("generate --seed 1e20", ["generate", str(good), "--seed", "1e20"]),
+            ("generate --seed 10^20", ["generate", str(good), "--seed", str(10**20)]),
+            ("--weight-decay -1", ["train", *TINY, "--weight-decay", "-1", "--out", str(d / "new")]),
+            ('config.json "dropout": "0.1"', ["eval", broken_run("wrongtype", field("dropout", "0.1"))]),
+            ("--device mps", ["train", *TINY, "--device", "mps", "--out", str(d / "new")]),
+            ("--device meta", ["train", *TINY, "--device", "meta", "--out", str(d / "new")]),
+            ("generate --temperature 1e-310", ["generate", str(good), "--temperature", "1e-310"]),
+            ("model with NaN weights", ["generate", broken_run("nan", nan_weights), "-n", "5"]),
+            ("--hidden 40000 (memory check)", ["train", "--hidden", "40000", "--out", str(d / "new")]),
+            ("9-character corpus, --split fraction --val-fraction 0", ["train", "--corpus",
+             file("nine.txt", b"abcdefghi"), "--split", "fraction", "--val-fraction", "0", "--out", str(d / "new")]),
+            ("weights file is a directory", ["generate", broken_run("wdir", weights_dir)]),
+            ("metrics.jsonl line {}", ["plot", broken_run("m1", metrics("{}")), "--out", str(d / "p.png")]),
+            ("metrics.jsonl line 5", ["plot", broken_run("m2", metrics("5")), "--out", str(d / "p.png")]),
+            ("UTF-16 file with --encoding utf-16 (valid: trains)", ["train", *TINY, "--epochs", "1", "--corpus",
+             file("wide.txt", ("the time machine by h g wells " * 40).encode("utf-16")), "--encoding", "utf-16",
+             "--out", str(d / "wide"), "--quiet"]),
+            ("--model lstm --dropout 0.2 (one layer)", ["train", "--model", "lstm", "--dropout", "0.2",
+                                                        "--out", str(d / "new")]),
+            ("--out afile/sub", ["train", *TINY, "--out", str(Path(file("afile", b"x")) / "sub")]),
+            ("--lr 1e6 --clip 0 (diverges)", ["train", *TINY, "--lr", "1e6", "--clip", "0", "--epochs", "5",
+                                              "--out", str(d / "diverged"), "--quiet"]),
+            ("generate 'Time Traveller' (d2l model: lower-cased)", ["generate", str(good), "--prefix",
+                                                                    "Time Traveller", "-n", "10", "--greedy"]),
+            ("--resume --epochs 100 (the default value) after 2 epochs", ["train", "--resume",
+             broken_run("more", lambda run: None), "--epochs", "100", "--quiet"]),
         ]
         print("| input | what rnnkit prints | exit status |")
         print("| --- | --- | --- |")
@@ -99,6 +161,33 @@ def main() -> None:
             shown = (proc.stderr.strip() or proc.stdout.strip()).replace("\n", " / ").replace(str(d), "TMP")
             assert "Traceback" not in proc.stderr, proc.stderr
             print(f"| {name} | `{shown[:230]}` | {proc.returncode} |")
+
+        from rnnkit.files import DirectoryLock
+
+        with DirectoryLock(d / "busy"):
+            proc = rnnkit("train", *TINY, "--out", str(d / "busy"), cwd=d)
+        print(f"| --out held by another process | `{proc.stderr.strip().replace(str(d), 'TMP')}` | {proc.returncode} |")
+        book = d / "book.txt"
+        book.write_text("the quick brown fox jumps over the lazy dog " * 40)
+        assert rnnkit("train", *TINY, "--corpus", str(book), "--epochs", "1", "--out", str(d / "bk"),
+                      cwd=d).returncode == 0
+        book.write_text("the quick brown fox jumps over the lazy cat " * 40)
+        proc = rnnkit("train", "--resume", str(d / "bk"), "--epochs", "2", cwd=d)
+        print(f"| --resume after the corpus changed | `{proc.stderr.strip().replace(str(d), 'TMP')[:230]}` | "
+              f"{proc.returncode} |")
+
+        # signals mid-epoch, then --resume
+        for signum, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGHUP")):
+            run = d / name
+            proc = subprocess.Popen([sys.executable, "-m", "rnnkit.cli", "train", *TINY, "--epochs", "2000",
+                                     "--out", str(run)], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            for line in proc.stdout:
+                if line.startswith("epoch    5"):
+                    proc.send_signal(signum)
+                    break
+            _, err = proc.communicate()
+            print(f"| {name} mid-training | `{err.strip().replace(str(d), 'TMP')}` | {proc.returncode} |")
 
         # Ctrl-C mid-epoch, then --resume
         run = d / "interrupted"

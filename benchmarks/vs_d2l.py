@@ -34,8 +34,9 @@ def child_rnnkit(impl: str, epochs: int, data: str) -> dict:
     """Train with rnnkit's own Trainer; report like the reference runner."""
     import torch
 
-    from rnnkit.train import TrainConfig, Trainer, perplexity, window_nll
+    from rnnkit.train import TrainConfig, Trainer, keep_freed_memory, perplexity, window_nll
 
+    keep_freed_memory()  # as `rnnkit train` does (process-wide, so the library leaves it to the caller)
     config = TrainConfig(model="rnn" if impl == "concise" else "scratch", epochs=epochs, device="cpu",
                          corpus=data, **{k: v for k, v in BOOK.items() if k != "epochs"})
     trainer = Trainer(config)
