@@ -243,3 +243,12 @@ def test_the_trainer_leaves_the_callers_random_state_alone(tm_text):
                                   num_train=64, num_val=16, epochs=1), text=tm_text[:3000])
     trainer.fit()
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_huge_seeds_train_and_shuffle_without_overflow(tm_text):
+    from rnnkit.data import epoch_generator
+
+    assert torch.randperm(5, generator=epoch_generator((1 << 63) - 1, 7)).sort().values.tolist() == list(range(5))
+    config = TrainConfig(hidden=8, batch_size=16, num_steps=8, num_train=64, num_val=16, epochs=1,
+                         seed=20000000000000)
+    assert len(Trainer(config, text=tm_text[:3000]).fit()) == 1
