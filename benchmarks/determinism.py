@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -21,13 +22,38 @@ import time
 CHILD = """
 import hashlib, sys, tempfile, torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 from rnnkit.checkpoint import checkpoint_path
 from rnnkit.cli import main
-kind, out = sys.argv[1], tempfile.mkdtemp()
+
+
+class Trace(TorchDispatchMode):
+    # Every ATen operation the main thread runs, with the sha1 of its floating-point outputs.
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        digest = hashlib.sha1()
+        for o in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(o, torch.Tensor) and o.dtype.is_floating_point:
+                digest.update(o.detach().contiguous().numpy().tobytes())
+        self.lines.append(f"{func} {digest.hexdigest()[:16]}")
+        return out
+
+
+kind, trace_file, out = sys.argv[1], sys.argv[2], tempfile.mkdtemp()
 layers = "2" if kind in ("gru", "lstm") else "1"
-status = main(["train", "--model", kind, "--hidden", "64", "--layers", layers, "--batch-size", "128",
-               "--num-steps", "16", "--num-train", "4096", "--num-val", "256", "--epochs", "3",
-               "--optimizer", "adam", "--lr", "0.01", "--seed", "0", "--out", out, "--quiet"])
+args = ["train", "--model", kind, "--hidden", "64", "--layers", layers, "--batch-size", "128",
+        "--num-steps", "16", "--num-train", "4096", "--num-val", "256", "--epochs", "3",
+        "--optimizer", "adam", "--lr", "0.01", "--seed", "0", "--out", out, "--quiet"]
+if trace_file != "-":
+    with Trace() as trace:
+        status = main(args)
+    open(trace_file, "w").write("\\n".join(trace.lines))
+else:
+    status = main(args)
 assert status == 0, status
 weights = load_file(str(checkpoint_path(out)))
 print(torch.get_num_threads(), hashlib.sha1(b"".join(weights[k].numpy().tobytes() for k in sorted(weights)))
@@ -43,24 +69,45 @@ def cpu_model() -> str:
         return platform.processor()
 
 
+def first_difference(majority: str, minority: str) -> dict:
+    """The first operation whose output digest differs between two traces."""
+    a, b = open(majority).read().splitlines(), open(minority).read().splitlines()
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return {"operation_index": index, "majority": x, "minority": y, "previous": a[max(0, index - 3):index]}
+    return {"operation_index": None, "lengths": [len(a), len(b)]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=40)
     parser.add_argument("--kinds", nargs="+", default=["rnn", "scratch", "gru", "lstm"])
+    parser.add_argument("--trace-dir", help="record every operation's output digest per process here, and name "
+                                            "the first operation where a minority result departs from the majority")
     args = parser.parse_args()
     results = {}
     for kind in args.kinds:
         started = time.perf_counter()
         digests = collections.Counter()
         threads = set()
-        for _ in range(args.processes):
-            out = subprocess.run([sys.executable, "-c", CHILD, kind], capture_output=True, text=True, check=True)
+        traces = {}
+        for i in range(args.processes):
+            trace = f"{args.trace_dir}/{kind}-{i}.txt" if args.trace_dir else "-"
+            # a trace sees the operations of the main thread only, and would deadlock on the compiled kernel's
+            # worker threads (they run ATen operations while the main thread holds the GIL): trace without it
+            env = {**os.environ, "RNNKIT_NO_KERNEL": "1"} if args.trace_dir else None
+            out = subprocess.run([sys.executable, "-c", CHILD, kind, trace], capture_output=True, text=True,
+                                 check=True, env=env)
             count, digest = out.stdout.splitlines()[-1].split()
             threads.add(int(count))
             digests[digest] += 1
+            traces.setdefault(digest, trace)
         results[kind] = {"processes": args.processes, "distinct_results": len(digests),
                          "counts": sorted(digests.values(), reverse=True), "threads": sorted(threads),
                          "seconds": round(time.perf_counter() - started, 1)}
+        if args.trace_dir and len(digests) > 1:
+            results[kind]["first_difference"] = first_difference(traces[digests.most_common()[0][0]],
+                                                                 traces[digests.most_common()[-1][0]])
         print(json.dumps({kind: results[kind]}), file=sys.stderr, flush=True)
     import torch
 
