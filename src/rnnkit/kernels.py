@@ -31,10 +31,11 @@ _tried = False
 
 
 def build_name() -> str:
-    """The compiled module's name: changes with the source, the torch build (version and install
-    path: each virtual environment gets its own build instead of rebuilding another's) and Python."""
-    key = SOURCE.read_bytes() + torch.__version__.encode() + str(Path(torch.__file__).parent).encode() \
-        + sys.version.encode()
+    """The compiled module's name: changes with the source (its bytes and its path: the compile
+    command names it, so two checkouts sharing one build folder would rebuild each other's), the
+    torch build (version and install path: each virtual environment gets its own) and Python."""
+    key = SOURCE.read_bytes() + str(SOURCE.resolve()).encode() + torch.__version__.encode() \
+        + str(Path(torch.__file__).parent).encode() + sys.version.encode()
     return f"rnnkit_rnn_lm_{hashlib.sha1(key).hexdigest()[:12]}"
 
 
