@@ -14,7 +14,7 @@ import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SUITE_CORPORA = ("timemachine",)  # the built-in corpora the tests read
+SUITE_CORPORA = ("timemachine", "tinyshakespeare")  # the built-in corpora the tests read
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,7 @@ def test_mirror_without_the_file_says_where_it_looked(online, monkeypatch, tmp_p
 
 
 def test_suite_found_its_corpora_checked_and_without_a_needless_download(suite_corpora):
-    for name in ("timemachine",):
+    for name in ("timemachine", "tinyshakespeare"):
         info = suite_corpora[name]
         assert sha1_of(info["path"]) == CORPORA[name].sha1
         if STARTED_WITH_DATA_DIR and (Path(STARTED_WITH_DATA_DIR) / CORPORA[name].filename).is_file():

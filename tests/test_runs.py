@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -105,11 +106,12 @@ def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, 
         t.model.head.bias.add_(1)
 
     real_fsync = os.fsync
-    for fail_at in (1, 2, 4):  # the disk fills at the state file, the weights, or the new config.json
+    for fail_at in (1, 2, 3, 4):  # the disk fills at the state file, the weights, the best weights, config.json
         calls = []
 
         def full(fd, fail_at=fail_at, calls=calls):
-            calls.append(fd)
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # count the files' fsyncs, not the directory's
+                calls.append(fd)
             if len(calls) == fail_at:
                 raise OSError(errno.ENOSPC, "No space left on device")
             real_fsync(fd)
@@ -189,7 +191,7 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_run_that_loads_and_resumes(tmp_p
         meta = load_run(run)[3]
         assert meta["epoch"] == config.epochs
         names = {p.name for p in run.iterdir()}
-        assert names == {"config.json", "metrics.jsonl", *meta["files"].values()}, (kill_at, names)
+        assert names == {"config.json", "metrics.jsonl", "evals.jsonl", *meta["files"].values()}, (kill_at, names)
 
 
 def test_mixed_checkpoint_files_are_refused(tmp_path, small_trainer):

@@ -38,9 +38,9 @@ from rnnkit.train import TrainConfig
 
 FORMAT = "rnnkit-run"
 FORMAT_VERSION = 2
-CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
+CONFIG_FILE, METRICS_FILE, EVALS_FILE = "config.json", "metrics.jsonl", "evals.jsonl"
 LEGACY_FILES = {"model": "model.safetensors", "state": "state.safetensors"}  # format 1
-CHECKPOINT_FILE = re.compile(r"(model|state)-[0-9]+-[0-9a-f]{12}\.safetensors")
+CHECKPOINT_FILE = re.compile(r"(model|state|best)-[0-9]+-[0-9a-f]{12}\.safetensors")
 
 __all__ = ["atomic_write", "save_run", "load_run", "load_state", "read_config", "checkpoint_files", "checkpoint_path"]
 
@@ -105,6 +105,12 @@ def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: Tra
     weights = state["model"] if state is not None else model.state_dict()
     weights = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
     payload[names["model"]] = save_safetensors(weights, metadata=meta)
+    best = state.get("best") if state is not None else None
+    if best is not None:  # the weights of the lowest validation loss so far
+        names["best"] = f"best-{checkpoint}.safetensors"
+        best_weights = {k: v.detach().to("cpu").contiguous() for k, v in best["model"].items()}
+        payload[names["best"]] = save_safetensors(best_weights, metadata={**meta, "step": str(best["step"]),
+                                                                          "val_loss": repr(best["val_loss"])})
     config_json = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -113,6 +119,8 @@ def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: Tra
         "epoch": epoch,
         "has_state": state is not None,
         "files": names,
+        "best": None if best is None else {k: best[k] for k in ("step", "epoch", "val_loss")},
+        "finished": state.get("finished") if state is not None else None,
         "corpus_sha1": corpus_sha1,
         "config": asdict(config),
         "vocab": {"idx_to_token": vocab.idx_to_token, "unk_token": vocab.unk_token},
@@ -125,12 +133,19 @@ def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: Tra
         atomic_write(run_dir / CONFIG_FILE,  # the commit point
                      (json.dumps(config_json, indent=1, ensure_ascii=False) + "\n").encode())
         if state is not None:
-            atomic_write(run_dir / METRICS_FILE, metrics_lines(state["history"]))
+            write_metrics(run_dir, state["history"], state.get("evals", []))
     except OSError as exc:
         raise RnnkitError(f"cannot save checkpoint in {run_dir}: {exc.strerror or exc}; "
                           "the previous checkpoint, if any, is unchanged") from None
     finally:
         remove_leftovers(run_dir)
+
+
+def write_metrics(run_dir: Path, history: list[dict], evals: list[dict]) -> None:
+    """``metrics.jsonl`` (one row per epoch) and ``evals.jsonl`` (one row per validation)."""
+    atomic_write(run_dir / METRICS_FILE, metrics_lines(history))
+    if evals:
+        atomic_write(run_dir / EVALS_FILE, metrics_lines(evals))
 
 
 def checkpoint_files(meta: dict) -> dict[str, str]:
@@ -214,8 +229,12 @@ def read_tensors(path: str | os.PathLike, checkpoint: str | None = None) -> tupl
     return tensors, metadata
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[RNNLM, Vocab, TrainConfig, dict]:
-    """Rebuild (model, vocab, config, meta) from a run directory, checking weights against config."""
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
+             checkpoint: str = "last") -> tuple[RNNLM, Vocab, TrainConfig, dict]:
+    """Rebuild (model, vocab, config, meta) from a run directory, checking weights against config.
+
+    ``checkpoint``: ``last`` (the weights at the end of training, what ``--resume`` continues) or
+    ``best`` (those of the lowest validation loss, kept where the run evaluated)."""
     run_dir = Path(run_dir)
     meta = read_config(run_dir)
     try:
@@ -225,7 +244,12 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         raise RnnkitError(f"{run_dir / CONFIG_FILE}: incomplete config ({exc})") from None
     model = build_model(config.model, len(vocab), config.hidden, config.layers, config.dropout,
                         config.embedding, config.activation)
-    tensors, _ = read_tensors(run_dir / checkpoint_files(meta)["model"], meta.get("checkpoint"))
+    files = checkpoint_files(meta)
+    if checkpoint not in ("last", "best"):
+        raise RnnkitError(f"checkpoint must be last or best, got {checkpoint!r}")
+    if checkpoint == "best" and "best" not in files:
+        raise RnnkitError(f"{run_dir}: this run kept no best checkpoint (it has no validation data)")
+    tensors, _ = read_tensors(run_dir / files["model" if checkpoint == "last" else "best"], meta.get("checkpoint"))
     expected = model.state_dict()
     problems = sorted(set(expected) ^ set(tensors))
     problems += [f"{k}: {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rnnkit import __version__
     from rnnkit.data import SPLITS
     from rnnkit.models import MODEL_KINDS
-    from rnnkit.train import CUDA_GRAPHS, OPTIMIZERS, TrainConfig
+    from rnnkit.train import CUDA_GRAPHS, OPTIMIZERS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="rnnkit", description="Character-level RNN language models.")
@@ -66,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cuda-graphs", default=d.cuda_graphs, choices=CUDA_GRAPHS,
                    help="on a CUDA device, replay each training step as a captured CUDA graph (auto: whenever "
                         "the run allows it: not --split sequential, no dropout)")
+    t.add_argument("--time-budget", type=duration, default=d.time_budget, metavar="DURATION",
+                   help="train for this wall-clock time (e.g. 90s, 3m, 1h; evaluations included) instead of "
+                        "--epochs; 0: off")
+    t.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
+                   help="learning rate over the run (after --warmup): constant, or cosine/linear decay to "
+                        "--min-lr-ratio x --lr")
+    t.add_argument("--warmup", type=float, default=d.warmup, help="fraction of the run with a linear lr warmup")
+    t.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="where the lr decay ends, x --lr")
+    t.add_argument("--eval-every", type=int, default=d.eval_every, metavar="STEPS",
+                   help="validate every N training steps (0: at each epoch's end; with --time-budget about ten "
+                        "times per budget)")
+    t.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after this many evaluations without a better validation loss (0: never)")
     t.add_argument("--out", default="runs/tm", help="run directory to write")
     t.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run where it stopped (--epochs may raise "
@@ -90,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--alpha", type=float, default=1.0, help="sample from q ∝ p^alpha (alpha > 1 sharpens)")
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--checkpoint", choices=["best", "last"], default=None,
+                   help="the weights of the lowest validation loss, or the last ones (default: best where kept)")
 
     e = sub.add_parser("eval", help="perplexity and bits per character of a run on a corpus")
     e.add_argument("run_dir")
@@ -97,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--encoding", default=None)
     e.add_argument("--strip-gutenberg", action="store_true", help="drop a Project Gutenberg header and footer")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--checkpoint", choices=["best", "last"], default=None,
+                   help="the weights of the lowest validation loss, or the last ones (default: best where kept)")
 
     p = sub.add_parser("plot", help="overlay the training curves of runs into one PNG")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -104,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("corpora", help="list the built-in corpora")
     return parser
+
+
+def duration(text: str) -> float:
+    """Seconds of a duration such as ``90``, ``90s``, ``3m``, ``1.5h`` (argparse type)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90s, 3m, 1h)")
+    return float(match.group(1)) * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
 
 
 class Progress:
@@ -144,6 +171,16 @@ class Progress:
         if every and stats.epoch % every == 0 and stats.epoch < self.trainer.config.epochs:
             for prefix in self.prefixes:
                 print("  -", self.sample(prefix, self.args.sample_chars))
+
+    def on_eval(self, point) -> None:
+        """Within-epoch validations (--eval-every, --time-budget): one line each."""
+        if self.args.quiet or not (self.trainer.config.eval_every or self.trainer.config.time_budget):
+            return
+        if self.bar is not None:
+            self.bar.clear()
+        best = self.trainer.best is not None and self.trainer.best["step"] == point.step
+        print(f"step {point.step:7d}  {point.seconds:7.1f}s  train loss {point.train_loss:.4f}  "
+              f"val loss {point.val_loss:.4f}  lr {point.lr:.2e}{'  (best)' if best else ''}", flush=True)
 
     def sample(self, prefix: str, num_chars: int) -> str:
         from rnnkit.generate import predict
@@ -205,15 +242,17 @@ def signals_held():
 
 
 def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
-    from rnnkit.checkpoint import CONFIG_FILE, METRICS_FILE, load_run, load_state, metrics_lines, save_run
+    from rnnkit.checkpoint import CONFIG_FILE, load_run, load_state, save_run, write_metrics
     from rnnkit.errors import TrainingDiverged
-    from rnnkit.files import DirectoryLock, atomic_write
+    from rnnkit.files import DirectoryLock
     from rnnkit.text import CORPORA
     from rnnkit.train import TrainConfig, Trainer, keep_freed_memory
 
     for name in ("save_every", "sample_every", "sample_chars"):
         if getattr(args, name) < 0:
             raise RnnkitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if "time_budget" in given and not args.time_budget > 0:
+        raise RnnkitError(f"--time-budget must be a positive duration (e.g. 90s, 3m, 1h), got {args.time_budget:g}")
     if not (args.save_minutes >= 0 and math.isfinite(args.save_minutes)):
         raise RnnkitError(f"--save-minutes must be >= 0, got {args.save_minutes}")
     out = Path(args.resume or args.out)
@@ -238,7 +277,10 @@ def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
                               f"{trainer.corpus_sha1}, at training sha1 {meta['corpus_sha1']}); put the original "
                               "back or start a new run")
         trainer.load_state_dict(state)
-        if len(trainer.history) >= config.epochs:
+        if trainer.finished:
+            print(f"{out}: already finished ({trainer.finished})")
+            return 0
+        if len(trainer.history) >= config.epochs and not config.time_budget:
             print(f"{out}: already trained for {len(trainer.history)} epochs; pass a larger --epochs to continue")
             return 0
         print(f"resuming {out} at epoch {len(trainer.history) + 1} of {config.epochs}", flush=True)
@@ -283,13 +325,13 @@ def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
         if (args.save_every and stats.epoch % args.save_every == 0) or overdue:
             save(trainer.snapshot)
         else:  # metrics.jsonl follows every epoch; the checkpoint every --save-every
-            atomic_write(out / METRICS_FILE, metrics_lines([asdict(h) for h in trainer.history]))
+            write_metrics(out, [asdict(h) for h in trainer.history], [asdict(e) for e in trainer.evals])
         curves.update(trainer.history)
 
     try:
         try:
             with stop_signals_as_interrupts():
-                history = trainer.fit(on_epoch, progress.on_batch)
+                history = trainer.fit(on_epoch, progress.on_batch, progress.on_eval)
         except (KeyboardInterrupt, TrainingDiverged) as exc:
             if progress.bar is not None:
                 progress.bar.close()
@@ -315,6 +357,11 @@ def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
         last = history[-1]
         print(f"done: val ppl {last.val_ppl:.3f}, val bpc {last.val_bpc:.3f}, {last.seconds:.1f}s training; "
               f"saved in {out}")
+        if trainer.finished:
+            print(f"stopped early: {trainer.finished}")
+        if trainer.best is not None:
+            print(f"best: val loss {trainer.best['val_loss']:.4f} nats/char at step {trainer.best['step']} "
+                  f"(epoch {trainer.best['epoch']:g}); generate and eval use it unless --checkpoint last")
     for prefix in progress.prefixes[-1:]:
         print("sample:", progress.sample(prefix, max(args.sample_chars, 100)))
     return 0
@@ -346,19 +393,39 @@ class Curves:
         self.last = time.monotonic()
 
 
+def load_chosen_checkpoint(run_dir: str, choice: str | None):
+    """``load_run`` of the best checkpoint where the run kept one (unless ``choice`` says otherwise),
+    and a note saying which one is used (printed once the command has succeeded so far, so that an
+    error stays one line)."""
+    from rnnkit.checkpoint import load_run, read_config
+
+    meta = read_config(run_dir)
+    best = meta.get("best")
+    choice = choice or ("best" if best else "last")
+    loaded = load_run(run_dir, checkpoint=choice)
+    note = ""
+    if choice == "best":
+        note = (f"rnnkit: using the best checkpoint (step {best['step']}, val loss {best['val_loss']:.4f}); "
+                "--checkpoint last for the final weights")
+    elif best:
+        note = f"rnnkit: using the last checkpoint (epoch {meta['epoch']})"
+    return loaded, note
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from rnnkit.checkpoint import load_run
     from rnnkit.generate import Sampling, generate
     from rnnkit.text import preprocess
 
-    model, vocab, config, _ = load_run(args.run_dir)
+    (model, vocab, config, _), note = load_chosen_checkpoint(args.run_dir, args.checkpoint)
     prefix = preprocess(args.prefix, config.preprocess)  # the prefix is read as the training text was
-    if prefix != args.prefix:
-        print(f"rnnkit: note: prefix preprocessed as the training text was (--preprocess {config.preprocess}): "
-              f"{args.prefix!r} -> {prefix!r}", file=sys.stderr)
     sampling = Sampling(args.greedy, args.temperature, args.top_k, args.top_p, args.alpha)
     stream = generate(model, vocab, prefix, args.num_chars, sampling, args.seed)
     first = next(stream, "")  # errors (unknown prefix, bad settings) surface before anything prints
+    if note:
+        print(note, file=sys.stderr)
+    if prefix != args.prefix:
+        print(f"rnnkit: note: prefix preprocessed as the training text was (--preprocess {config.preprocess}): "
+              f"{args.prefix!r} -> {prefix!r}", file=sys.stderr)
     sys.stdout.write(prefix + first)
     for token in stream:
         sys.stdout.write(token)
@@ -370,11 +437,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from rnnkit.checkpoint import load_run
     from rnnkit.text import load_corpus_text, preprocess, tokenize
     from rnnkit.train import bits_per_token, perplexity, stream_nll
 
-    model, vocab, config, _ = load_run(args.run_dir)
+    (model, vocab, config, _), note = load_chosen_checkpoint(args.run_dir, args.checkpoint)
     corpus = args.corpus or config.corpus
     strip = args.strip_gutenberg or (config.strip_gutenberg if args.corpus is None else False) or None
     text = load_corpus_text(corpus, args.encoding or config.encoding, strip)
@@ -389,6 +455,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise RnnkitError(f"{corpus}: fewer than 2 tokens the model knows; nothing to evaluate")
     ids = torch.tensor(vocab[tokens], dtype=torch.int64)
     nll, count = stream_nll(model, ids)
+    if note:
+        print(note, file=sys.stderr)
     result = {"ppl": perplexity(nll, count), "bpc": bits_per_token(nll, count), "tokens": count,
               "corpus": str(corpus), "unknown_chars": "".join(unknown), "skipped": skipped}
     if args.json:

@@ -56,6 +56,13 @@ CORPORA: dict[str, CorpusEntry] = {
         "090b5e7e70c295757f55df93cb0a180b9691891a",
         "H. G. Wells, The Time Machine (the file d2l downloads)",
     ),
+    "tinyshakespeare": CorpusEntry(
+        "tinyshakespeare",
+        "tinyshakespeare.txt",
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        "04486597058d11dcc2c556b1d0433891eb639d2e",
+        "Tiny Shakespeare (karpathy/char-rnn's data/tinyshakespeare/input.txt; nanoGPT's shakespeare_char)",
+    ),
     "war_of_the_worlds": CorpusEntry(
         "war_of_the_worlds", "war_of_the_worlds.txt", GUTENBERG_URL.format(36), None,
         "H. G. Wells, The War of the Worlds (Project Gutenberg #36)", gutenberg=True),

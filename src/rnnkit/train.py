@@ -32,6 +32,7 @@ from rnnkit.models import (
 from rnnkit.text import PREPROCESS_MODES, Vocab, build_corpus, load_corpus_text
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "linear")
 CUDA_GRAPHS = ("auto", "on", "off")
 EVAL_BATCH_TOKENS = 1 << 18  # evaluation needs no gradients: fewer, larger batches are faster
 
@@ -64,6 +65,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto: cuda, then mps, then cpu
     cuda_graphs: str = "auto"  # on a CUDA device, replay training steps as CUDA graphs: auto | on | off
+    time_budget: float = 0.0  # seconds of wall-clock training (evaluations included); 0: train for `epochs`
+    schedule: str = "constant"  # learning rate over the run: constant | cosine | linear (after warmup)
+    warmup: float = 0.0  # fraction of the run (of the time budget, or of all steps) with a linear warmup
+    min_lr_ratio: float = 0.1  # where cosine / linear decay ends, as a fraction of lr
+    eval_every: int = 0  # evaluate every N training steps (0: at each epoch's end; time budgets: ~every 5%)
+    patience: int = 0  # stop after this many evaluations without a better validation loss (0: never)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -96,7 +103,7 @@ class TrainConfig:
         self.check_types()
         check_sizes(self.batch_size, self.num_steps)
         choices = {"optimizer": OPTIMIZERS, "cuda_graphs": CUDA_GRAPHS, "model": MODEL_KINDS, "split": SPLITS,
-                   "activation": ACTIVATIONS, "preprocess": PREPROCESS_MODES}
+                   "activation": ACTIVATIONS, "preprocess": PREPROCESS_MODES, "schedule": SCHEDULES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise RnnkitError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -104,7 +111,8 @@ class TrainConfig:
             "epochs": (0, 10**9, "an epoch count"), "num_train": (1, 10**12, "a window count"),
             "num_val": (0, 10**12, "a window count"), "seed": (0, (1 << 63) - 1, "a seed"),
             "hidden": (1, 1_000_000, "a size"), "layers": (1, 1000, "a layer count"),
-            "embedding": (0, 1_000_000, "a size (0: one-hot)"),
+            "embedding": (0, 1_000_000, "a size (0: one-hot)"), "eval_every": (0, 10**12, "a step count"),
+            "patience": (0, 10**9, "an evaluation count"),
         }
         for name, (low, high, what) in ranges.items():
             if not low <= getattr(self, name) <= high:
@@ -119,6 +127,12 @@ class TrainConfig:
             raise RnnkitError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.val_fraction < 1:
             raise RnnkitError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not (0 <= self.time_budget <= 10 * 365 * 86400):
+            raise RnnkitError(f"time_budget must be between 0 (off) and ten years of seconds, got {self.time_budget}")
+        if not 0 <= self.warmup < 1:
+            raise RnnkitError(f"warmup must be a fraction of the run in [0, 1), got {self.warmup}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise RnnkitError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.dropout and self.layers < 2:
             raise RnnkitError("dropout acts between recurrent layers: it needs --layers 2 or more "
                               f"(got --layers {self.layers} --dropout {self.dropout})")
@@ -235,11 +249,29 @@ def bits_per_token(nll: float, count: int) -> float:
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD and Adam as the book (weight decay on every parameter); AdamW decays the weight matrices
+    only, not biases (as nanoGPT and most character-model recipes do)."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+
+
+def lr_factor(config: TrainConfig, progress: float) -> float:
+    """The learning rate's multiplier at ``progress`` in [0, 1] of the run: a linear warmup over the
+    first ``warmup`` of it, then constant, or a cosine or linear decay to ``min_lr_ratio``."""
+    progress = min(max(progress, 0.0), 1.0)
+    if config.warmup and progress < config.warmup:
+        return (progress + 1e-3) / (config.warmup + 1e-3)
+    if config.schedule == "constant":
+        return 1.0
+    rest = (progress - config.warmup) / (1 - config.warmup)
+    shape = 0.5 * (1 + math.cos(math.pi * rest)) if config.schedule == "cosine" else 1 - rest
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * shape
 
 
 class CapturedGradients:
@@ -293,6 +325,20 @@ class CapturedGradients:
 
 
 @dataclass
+class EvalPoint:
+    """One line of ``evals.jsonl``: a validation at a training step (at epoch ends, every
+    ``eval_every`` steps, at intervals of a time budget, and at its end)."""
+
+    step: int
+    epoch: float  # epochs done, fractional
+    seconds: float  # wall-clock seconds since training started (evaluations included)
+    train_loss: float  # mean training loss since the previous evaluation
+    val_loss: float  # nats per token
+    val_bpc: float
+    lr: float
+
+
+@dataclass
 class EpochStats:
     """One line of ``metrics.jsonl``."""
 
@@ -342,6 +388,16 @@ class Trainer:
         self.history: list[EpochStats] = []
         self.train_seconds = 0.0
         self.snapshot: dict | None = None  # state after the last completed epoch (see fit)
+        self.step = 0  # optimizer steps taken
+        self.evals: list[EvalPoint] = []
+        self.best: dict | None = None  # {"step", "epoch", "val_loss", "model": weights} of the best evaluation
+        self.finished: str | None = None  # why a run stopped before its epochs: time budget, patience
+        self.wall_seconds = 0.0  # wall-clock seconds of fit() so far, evaluations included
+        self._since_eval = [0.0, 0]  # training loss sum and tokens since the last evaluation
+        self._bad_evals = 0  # evaluations since the best one
+        self._last_eval_wall = 0.0
+        self._eval_seconds = 0.0  # evaluation time inside the current epoch (not training time)
+        self._wall_t0 = 0.0
 
     @contextlib.contextmanager
     def _rng(self, seed: int | None = None):
@@ -372,6 +428,12 @@ class Trainer:
             "epoch": len(self.history),
             "history": [asdict(h) for h in self.history],
             "train_seconds": self.train_seconds,
+            "step": self.step,
+            "evals": [asdict(e) for e in self.evals],
+            "best": None if self.best is None else {**self.best, "model": dict(self.best["model"])},
+            "finished": self.finished,
+            "wall_seconds": self.wall_seconds,
+            "bad_evals": self._bad_evals,
         }
         return state
 
@@ -384,28 +446,101 @@ class Trainer:
             self._rng_states["cuda"] = state["rng"]["cuda"].clone()
         self.history = [EpochStats(**h) for h in state["history"]]
         self.train_seconds = state["train_seconds"]
+        self.step = state.get("step", 0)
+        self.evals = [EvalPoint(**e) for e in state.get("evals", [])]
+        self.best = state.get("best")
+        self.finished = state.get("finished")
+        self.wall_seconds = state.get("wall_seconds", 0.0)
+        self._bad_evals = state.get("bad_evals", 0)
 
     def train_epoch(self, epoch: int, on_batch: Callable[[int, torch.Tensor], None] | None = None
                     ) -> tuple[float, int]:
-        """One pass over the training batches; returns (summed loss in nats, token count).
-        ``on_batch(tokens, loss)`` is called after each step (e.g. to move a progress bar)."""
+        """One pass over the training batches (cut short when the run must stop: time budget,
+        patience); returns (summed loss in nats, token count). ``on_batch(tokens, loss)`` is called
+        after each step (e.g. to move a progress bar). Evaluations due within the epoch run here."""
         model, clip = self.model, self.config.clip
         model.train()
         state: State = None
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
-        for X, Y in self.data.train.epoch(epoch):
+        num_batches = max(len(self.data.train), 1)
+        for k, (X, Y) in enumerate(self.data.train.epoch(epoch)):
+            self._set_lr()
             if self.captured is not None:
                 loss = self.captured.step(X, Y)
             else:  # the state is carried over (truncated BPTT) only where batches continue each other
                 loss, state = compute_gradients(model, X, Y, clip,
                                                 detach_state(state) if self.data.train.stateful else None)
             self.optimizer.step()
+            self.step += 1
             total += loss * Y.numel()
             count += Y.numel()
+            self._since_eval[0] += float(loss) * Y.numel() if self._evaluates_within_epochs() else 0.0
+            self._since_eval[1] += Y.numel()
             if on_batch is not None:
                 on_batch(Y.numel(), loss)
+            if self._evaluates_within_epochs() and self._evaluation_due():
+                self.evaluate_point(epoch + (k + 1) / num_batches)
+                model.train()
+            if self._must_stop():
+                break
         return total.item(), count
+
+    def _evaluates_within_epochs(self) -> bool:
+        return bool(self.config.eval_every or self.config.time_budget)
+
+    def _elapsed(self) -> float:
+        """Wall-clock seconds of training so far, across resumes."""
+        return time.perf_counter() - self._wall_t0
+
+    def progress(self) -> float:
+        """How far the run is, in [0, 1]: of its time budget, or of all its steps."""
+        if self.config.time_budget:
+            return self._elapsed() / self.config.time_budget
+        return self.step / max(self.config.epochs * len(self.data.train), 1)
+
+    def _set_lr(self) -> None:
+        if self.config.schedule == "constant" and not self.config.warmup:
+            return
+        lr = self.config.lr * lr_factor(self.config, self.progress())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _evaluation_due(self) -> bool:
+        if self.config.eval_every:
+            return self.step % self.config.eval_every == 0
+        return self._elapsed() - self._last_eval_wall >= self.config.time_budget / 10  # ~10 per budget
+
+    def _must_stop(self) -> bool:
+        if self.config.time_budget and self._elapsed() >= self.config.time_budget:
+            self.finished = f"time budget of {self.config.time_budget:g} s spent"
+        elif self.config.patience and self._bad_evals >= self.config.patience:
+            self.finished = f"no better validation loss in {self.config.patience} evaluations"
+        return self.finished is not None
+
+    def evaluate_point(self, epoch: float, val: tuple[float, int] | None = None) -> EvalPoint | None:
+        """Validate now (or record ``val``, an already computed (nll, count)), keep the best weights,
+        count evaluations without improvement. None where there is no validation data."""
+        started = time.perf_counter()
+        val_nll, val_count = self.evaluate_val() if val is None else val
+        self._eval_seconds += time.perf_counter() - started
+        if not val_count:
+            return None
+        loss_sum, tokens = self._since_eval
+        point = EvalPoint(self.step, round(epoch, 4), round(self._elapsed(), 3),
+                          loss_sum / tokens if tokens and loss_sum else float("nan"), val_nll / val_count,
+                          bits_per_token(val_nll, val_count), self.optimizer.param_groups[0]["lr"])
+        self.evals.append(point)
+        self._since_eval, self._last_eval_wall = [0.0, 0], self._elapsed()
+        if getattr(self, "on_eval", None) is not None:
+            self.on_eval(point)
+        if self.best is None or point.val_loss < self.best["val_loss"]:
+            self.best = {"step": point.step, "epoch": point.epoch, "val_loss": point.val_loss,
+                         "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+            self._bad_evals = 0
+        else:
+            self._bad_evals += 1
+        return point
 
     def evaluate_val(self) -> tuple[float, int]:
         """Summed NLL and count on the validation data (windows for ``d2l``, else the held-out text)."""
@@ -416,7 +551,8 @@ class Trainer:
         return 0.0, 0
 
     def fit(self, on_epoch: Callable[[EpochStats], None] | None = None,
-            on_batch: Callable[[int, torch.Tensor], None] | None = None) -> list[EpochStats]:
+            on_batch: Callable[[int, torch.Tensor], None] | None = None,
+            on_eval: Callable[[EvalPoint], None] | None = None) -> list[EpochStats]:
         """Train from the current epoch to ``config.epochs``. After every epoch, :attr:`snapshot`
         holds the state to resume from, so an interrupt mid-epoch loses only that epoch.
 
@@ -425,13 +561,22 @@ class Trainer:
         good epoch."""
         self.snapshot = self.state_dict()
         self.model.prepare_kernel()  # a kernel build happens here, not inside epoch 1's timing
+        self.on_eval = on_eval
+        if self.config.time_budget and not self.finished:
+            self._check_budget()
+        self._wall_t0 = time.perf_counter() - self.wall_seconds
+        self._last_eval_wall = self.wall_seconds
+        last_epoch = 10**9 if self.config.time_budget else self.config.epochs
         with self._rng():
-            for epoch in range(len(self.history), self.config.epochs):
+            for epoch in range(len(self.history), last_epoch):
+                if self.finished:
+                    break
                 t0 = time.perf_counter()
+                self._eval_seconds = 0.0
                 loss_sum, count = self.train_epoch(epoch, on_batch)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
-                elapsed = time.perf_counter() - t0
+                elapsed = time.perf_counter() - t0 - self._eval_seconds
                 if count == 0:
                     raise RnnkitError("the training data gave no batch this epoch; lower --batch-size or --num-steps")
                 train_loss = loss_sum / count
@@ -442,6 +587,12 @@ class Trainer:
                         f"learning rate (--lr {self.config.lr:g} now)")
                 self.train_seconds += elapsed
                 val_nll, val_count = self.evaluate_val()
+                if not self._evaluates_within_epochs():
+                    self._since_eval = [loss_sum, count]
+                if not (self.evals and self.evals[-1].step == self.step):  # not just evaluated at this step
+                    self.evaluate_point(epoch + 1 if not self.finished else self.evals_epoch(epoch, count),
+                                        (val_nll, val_count))
+                self.wall_seconds = self._elapsed()
                 stats = EpochStats(epoch + 1, train_loss, safe_exp(train_loss), perplexity(val_nll, val_count),
                                    bits_per_token(val_nll, val_count), round(self.train_seconds, 4),
                                    round(count / elapsed, 1))
@@ -450,6 +601,21 @@ class Trainer:
                 if on_epoch is not None:
                     on_epoch(stats)
         return self.history
+
+    def _check_budget(self) -> None:
+        """A time budget must leave room for training and about ten validations: measure one."""
+        started = time.perf_counter()
+        self.evaluate_val()
+        minimum = max(5.0, 20 * (time.perf_counter() - started))
+        if self.config.time_budget < minimum:
+            raise RnnkitError(f"a time budget of {self.config.time_budget:g} s is too short for this run: one "
+                              f"validation takes {time.perf_counter() - started:.2f} s here, so give at least "
+                              f"{math.ceil(minimum)} s")
+
+    def evals_epoch(self, epoch: int, tokens: int) -> float:
+        """Fractional epochs done when epoch ``epoch`` stopped after ``tokens`` training tokens."""
+        per_epoch = max(self.data.train.num_windows * self.config.num_steps, 1)
+        return epoch + min(tokens / per_epoch, 1.0)
 
 
 def available_memory(device: torch.device) -> int | None:

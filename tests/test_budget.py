@@ -1,0 +1,159 @@
+"""Time budgets, learning-rate schedules, step evaluations, the best checkpoint and early stopping."""
+
+import argparse
+import json
+import math
+import time
+
+import pytest
+import torch
+
+from rnnkit.checkpoint import load_run, read_config
+from rnnkit.cli import duration, main
+from rnnkit.errors import RnnkitError
+from rnnkit.text import CORPORA, find_corpus, sha1_of
+from rnnkit.train import TrainConfig, Trainer, lr_factor, make_optimizer
+
+SMALL = dict(hidden=16, batch_size=16, num_steps=16, split="fraction", preprocess="raw", optimizer="adam", lr=3e-3)
+
+
+def test_durations():
+    assert [duration(t) for t in ("90", "90s", "3m", "1.5h", "0.5min")] == [90, 90, 180, 5400, 30]
+    for bad in ("", "3 minutes", "-5s", "1e3", "m"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            duration(bad)
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    config = TrainConfig(schedule="cosine", warmup=0.1, min_lr_ratio=0.1)
+    points = [lr_factor(config, p) for p in (0.0, 0.05, 0.1, 0.55, 1.0)]
+    assert points[0] < 0.02 and 0.4 < points[1] < 0.6 and points[2] == pytest.approx(1.0)
+    assert points[3] == pytest.approx(0.1 + 0.9 * 0.5) and points[4] == pytest.approx(0.1)
+    linear = TrainConfig(schedule="linear", min_lr_ratio=0.0)
+    assert [lr_factor(linear, p) for p in (0, 0.25, 1)] == pytest.approx([1, 0.75, 0])
+    assert lr_factor(TrainConfig(), 0.7) == 1.0  # the book's constant rate
+
+
+def test_adamw_decays_matrices_only():
+    from rnnkit.models import build_model
+
+    model = build_model("lstm", 10, 8, layers=2)
+    optimizer = make_optimizer(TrainConfig(optimizer="adamw", weight_decay=0.1), model)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_a_time_budget_stops_on_time_with_evaluations_and_the_best_weights(tm_text):
+    config = TrainConfig(**SMALL, time_budget=6.0, schedule="cosine", warmup=0.05)
+    trainer = Trainer(config, text=tm_text[:60000])
+    trainer.model.prepare_kernel()  # a kernel build, if one is due, is not part of the budget
+    started = time.perf_counter()
+    trainer.fit()
+    took = time.perf_counter() - started
+    assert 6.0 <= trainer.evals[-1].seconds < 6.0 + 1.0 and took < 6.0 + 3.0 and "time budget" in trainer.finished
+    assert len(trainer.evals) >= 8  # about ten per budget, and one at the end
+    assert [e.step for e in trainer.evals] == sorted(e.step for e in trainer.evals)
+    assert trainer.evals[-1].lr < config.lr * 0.2  # the cosine ran over the budget, down to its floor
+    best = min(trainer.evals, key=lambda e: e.val_loss)
+    assert trainer.best["step"] == best.step and trainer.best["val_loss"] == best.val_loss
+    assert trainer.evals[-1].val_loss < trainer.evals[0].val_loss  # it learned
+
+
+def test_eval_every_and_patience(tm_text):
+    config = TrainConfig(**SMALL, epochs=50, eval_every=5, patience=2, val_fraction=0.3)
+    trainer = Trainer(config, text=tm_text[:4000])
+    trainer.fit()
+    steps = {e.step for e in trainer.evals}
+    assert set(range(5, trainer.step + 1, 5)) <= steps  # and the epoch ends' evaluations beside them
+    assert "no better validation loss in 2 evaluations" in trainer.finished and len(trainer.history) < 50
+    losses = [e.val_loss for e in trainer.evals]
+    assert min(losses[-2:]) >= min(losses)  # it stopped because the last two were no better
+
+
+def test_best_checkpoint_is_kept_used_by_generate_and_eval_and_either_can_be_picked(tmp_path, capsys):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("the cat sat on the mat. " * 150)
+    run = tmp_path / "run"
+    assert main(["train", "--corpus", str(corpus), "--preprocess", "raw", "--split", "fraction", "--hidden", "32",
+                 "--batch-size", "8", "--num-steps", "16", "--optimizer", "adam", "--lr", "0.01", "--epochs", "6",
+                 "--eval-every", "10", "--sample-every", "0", "--out", str(run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    meta = read_config(run)
+    evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
+    best = min(evals, key=lambda e: e["val_loss"])
+    assert meta["best"]["step"] == best["step"] and "best: val loss" in out
+    best_model = load_run(run, checkpoint="best")[0]
+    last_model = load_run(run)[0]
+    assert any(not torch.equal(a, b) for a, b in zip(best_model.state_dict().values(),
+                                                     last_model.state_dict().values(), strict=True)) \
+        or best["step"] == evals[-1]["step"]
+    assert main(["eval", str(run), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "using the best checkpoint" in captured.err
+    assert main(["eval", str(run), "--json", "--checkpoint", "last"]) == 0
+    assert "using the last checkpoint" in capsys.readouterr().err
+    assert main(["generate", str(run), "--prefix", "the ", "-n", "5", "--seed", "0"]) == 0
+    assert "using the best checkpoint" in capsys.readouterr().err
+
+
+def test_a_finished_budget_run_is_not_resumed(tmp_path, capsys):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("the cat sat on the mat. " * 200)
+    run = tmp_path / "run"
+    args = ["train", "--corpus", str(corpus), "--preprocess", "raw", "--split", "fraction", "--hidden", "16",
+            "--batch-size", "8", "--num-steps", "16", "--time-budget", "5s", "--sample-every", "0",
+            "--out", str(run), "--quiet"]
+    assert main(args) == 0
+    assert "time budget of 5 s spent" in read_config(run)["finished"]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "already finished (time budget" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("budget, message", [("0", "positive duration"), ("0.5s", "too short")])
+def test_bad_budgets(tmp_path, capsys, budget, message):
+    status = main(["train", "--time-budget", budget, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_a_budget_that_is_not_a_duration_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--time-budget", "soon"])
+    assert exit_info.value.code == 2 and "not a duration" in capsys.readouterr().err
+
+
+def test_tiny_shakespeare_is_a_pinned_built_in_corpus():
+    entry = CORPORA["tinyshakespeare"]
+    assert entry.sha1 == "04486597058d11dcc2c556b1d0433891eb639d2e" and entry.url.endswith("input.txt")
+    path = find_corpus("tinyshakespeare", download=False)
+    assert sha1_of(path) == entry.sha1 and path.stat().st_size == 1_115_394
+
+
+def test_schedules_are_deterministic_and_resume_exactly(tm_text):
+    config = TrainConfig(**SMALL, epochs=4, schedule="cosine", warmup=0.1, eval_every=7)
+    a = Trainer(config, text=tm_text[:20000])
+    a.fit()
+    b = Trainer(TrainConfig(**SMALL, epochs=4, schedule="cosine", warmup=0.1, eval_every=7), text=tm_text[:20000])
+
+    def interrupt(stats):
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        b.fit(interrupt)
+    c = Trainer(TrainConfig(**SMALL, epochs=4, schedule="cosine", warmup=0.1, eval_every=7), text=tm_text[:20000])
+    c.load_state_dict(b.snapshot)
+    c.fit()
+    for x, y in zip(a.model.parameters(), c.model.parameters(), strict=True):
+        assert torch.equal(x, y)
+    assert math.isclose(a.evals[-1].val_loss, c.evals[-1].val_loss)
+
+
+def test_time_budget_config_is_checked():
+    with pytest.raises(RnnkitError, match="time_budget"):
+        TrainConfig(time_budget=-1.0).validate()
+    with pytest.raises(RnnkitError, match="warmup"):
+        TrainConfig(warmup=1.0).validate()
