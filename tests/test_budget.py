@@ -157,3 +157,36 @@ def test_time_budget_config_is_checked():
         TrainConfig(time_budget=-1.0).validate()
     with pytest.raises(RnnkitError, match="warmup"):
         TrainConfig(warmup=1.0).validate()
+
+
+def test_sizing_picks_the_widest_model_the_budget_can_train(monkeypatch):
+    import rnnkit.sizing as sizing
+    from rnnkit.models import parameter_count
+
+    speeds = {128: 60_000, 256: 40_000, 384: 25_000, 512: 15_000, 768: 8_000, 1024: 4_000}
+    monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: speeds[width])
+    config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=150)
+    # 512 wide: 15k tok/s x 150 s = 2.25M tokens >= 2 x 1.2M parameters? no; 384: 3.75M >= 2 x 0.7M: yes
+    assert parameter_count("lstm", 65, 512) * 2 > 15_000 * 150 and config.hidden == 384
+    assert config.model == "lstm" and config.optimizer == "adamw" and config.schedule == "cosine"
+    assert report["tokens_per_s"][512] == 15_000 and 768 not in report["tokens_per_s"]
+    big, _ = sizing.choose_config(TrainConfig(), 2_000_000, 65, budget_s=3600)
+    assert big.hidden == 1024
+    small, _ = sizing.choose_config(TrainConfig(), 60_000, 65, budget_s=3600)  # a small text caps the width
+    assert parameter_count("lstm", 65, small.hidden) <= 4 * 60_000 < parameter_count("lstm", 65, small.hidden * 2)
+    with pytest.raises(RnnkitError, match="sizing a model needs at least"):
+        sizing.choose_config(TrainConfig(), 500, 20, budget_s=60)
+
+
+def test_zero_configuration_budget_run_sizes_itself(tmp_path, capsys):
+    corpus = tmp_path / "own.txt"
+    corpus.write_text("It was a bright cold day in April, and the clocks were striking thirteen.\n" * 60)
+    run = tmp_path / "run"
+    started = time.perf_counter()
+    assert main(["train", "--corpus", str(corpus), "--time-budget", "8s", "--sample-every", "0",
+                 "--out", str(run)]) == 0
+    took = time.perf_counter() - started
+    out = capsys.readouterr().out
+    config = read_config(run)["config"]
+    assert "sized for 8 s" in out and config["model"] == "lstm" and config["preprocess"] == "raw"
+    assert config["split"] == "fraction" and config["time_budget"] <= 8.0 and took < 8.0 + 6.0

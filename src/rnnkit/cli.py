@@ -241,6 +241,32 @@ def signals_held():
             signal.signal(sig, handler)
 
 
+SIZING_OPTIONS = {"model", "hidden", "layers", "embedding", "dropout", "activation", "batch_size", "num_steps",
+                  "optimizer", "lr", "weight_decay", "clip", "schedule", "warmup", "min_lr_ratio"}
+
+
+def sized_for_budget(config, quiet: bool):
+    """(text, config) with the model and batch shape chosen for the corpus and the time budget
+    (:mod:`rnnkit.sizing`); the seconds spent measuring come out of the budget."""
+    from dataclasses import replace
+
+    from rnnkit.sizing import choose_config
+    from rnnkit.text import build_corpus, load_corpus_text
+
+    text = load_corpus_text(config.corpus, config.encoding, config.strip_gutenberg or None)
+    ids, vocab = build_corpus(text, config.preprocess)
+    train_tokens = int(len(ids) * (1 - config.val_fraction))
+    sized, report = choose_config(config, train_tokens, len(vocab), config.time_budget)
+    sized = replace(sized, time_budget=max(config.time_budget - report["measuring_s"], 1e-3))
+    if not quiet:
+        speeds = ", ".join(f"{w}: {v:,}" for w, v in report["tokens_per_s"].items())
+        print(f"sized for {config.time_budget:g} s and {train_tokens:,} training characters: LSTM 1x{sized.hidden} "
+              f"({report['parameters']:,} parameters), batch {sized.batch_size}x{sized.num_steps}, AdamW "
+              f"{sized.lr:g} with warmup and cosine decay (measured tokens/s by width: {speeds}; "
+              f"{report['measuring_s']} s)", flush=True)
+    return text, sized
+
+
 def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
     from rnnkit.checkpoint import CONFIG_FILE, load_run, load_state, save_run, write_metrics
     from rnnkit.errors import TrainingDiverged
@@ -288,6 +314,11 @@ def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         if config.corpus not in CORPORA and Path(config.corpus).exists():
             config.corpus = str(Path(config.corpus).resolve())  # --resume works from any directory
+        if config.time_budget:  # your own text and a few minutes: raw characters, the best model for them
+            if "preprocess" not in given:
+                config.preprocess = "raw"
+            if "split" not in given:
+                config.split = "fraction"
         config.validate()
         created = not out.exists()
         lock = DirectoryLock(out).acquire()  # also finds an --out that cannot be written, before training
@@ -295,7 +326,10 @@ def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
             if (out / CONFIG_FILE).exists() and not args.force:
                 raise RnnkitError(f"--out {out} already holds a run; --resume {out} continues it, "
                                   "--force overwrites it")
-            trainer = Trainer(config)
+            text = None
+            if config.time_budget and not (given & SIZING_OPTIONS):
+                text, config = sized_for_budget(config, args.quiet)
+            trainer = Trainer(config, text=text)
         except BaseException:
             lock.release()
             if created:  # leave no empty run directory behind a refused start
