@@ -151,7 +151,8 @@ class Progress:
             epoch = len(self.trainer.history) + 1
             total = self.trainer.data.train.num_windows * self.trainer.config.num_steps
             self.bar = tqdm(total=total, unit="tok", unit_scale=True, leave=False, disable=None,
-                            desc=f"epoch {epoch}/{self.trainer.config.epochs}")
+                            desc=f"epoch {epoch}" if self.trainer.config.time_budget
+                            else f"epoch {epoch}/{self.trainer.config.epochs}")
         self.bar.update(tokens)
         now = time.monotonic()
         if now - self.last_postfix > 0.5:  # .item() syncs a GPU: only a few times a second
