@@ -165,12 +165,12 @@ def test_sizing_picks_the_widest_model_the_budget_can_train(monkeypatch):
 
     speeds = {128: 60_000, 256: 40_000, 384: 25_000, 512: 15_000, 768: 8_000, 1024: 4_000}
     monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: speeds[width])
-    config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=150)
-    # 512 wide: 15k tok/s x 150 s = 2.25M tokens >= 2 x 1.2M parameters? no; 384: 3.75M >= 2 x 0.7M: yes
-    assert parameter_count("lstm", 65, 512) * 2 > 15_000 * 150 and config.hidden == 384
+    config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=600)
+    # 512 wide: 15k tok/s x 600 s = 9M tokens >= 10 x 1.2M parameters? no; 384: 15M >= 10 x 0.7M: yes
+    assert parameter_count("lstm", 65, 512) * 10 > 15_000 * 600 and config.hidden == 384
     assert config.model == "lstm" and config.optimizer == "adamw" and config.schedule == "cosine"
     assert report["tokens_per_s"][512] == 15_000 and 768 not in report["tokens_per_s"]
-    big, _ = sizing.choose_config(TrainConfig(), 2_000_000, 65, budget_s=3600)
+    big, _ = sizing.choose_config(TrainConfig(), 2_000_000, 65, budget_s=36000)
     assert big.hidden == 1024
     small, _ = sizing.choose_config(TrainConfig(), 60_000, 65, budget_s=3600)  # a small text caps the width
     assert parameter_count("lstm", 65, small.hidden) <= 4 * 60_000 < parameter_count("lstm", 65, small.hidden * 2)
@@ -189,4 +189,4 @@ def test_zero_configuration_budget_run_sizes_itself(tmp_path, capsys):
     out = capsys.readouterr().out
     config = read_config(run)["config"]
     assert "sized for 8 s" in out and config["model"] == "lstm" and config["preprocess"] == "raw"
-    assert config["split"] == "fraction" and config["time_budget"] <= 8.0 and took < 8.0 + 6.0
+    assert config["split"] == "sequential" and config["time_budget"] <= 8.0 and took < 8.0 + 6.0
