@@ -192,9 +192,12 @@ def main() -> None:
 
         # Ctrl-C mid-epoch, then --resume
         run = d / "interrupted"
+        # SIGINT at its default disposition in the child even where this script runs in the background
+        # (a shell starts background jobs with SIGINT ignored, and children inherit that)
         proc = subprocess.Popen([sys.executable, "-m", "rnnkit.cli", "train", *TINY, "--epochs", "200",
                                  "--out", str(run)], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         for line in proc.stdout:
             if line.startswith("epoch    5"):
                 time.sleep(0.02)
