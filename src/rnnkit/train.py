@@ -109,7 +109,7 @@ class TrainConfig:
                 raise RnnkitError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         ranges = {  # name: (low, high, what)
             "epochs": (0, 10**9, "an epoch count"), "num_train": (1, 10**12, "a window count"),
-            "num_val": (0, 10**12, "a window count"), "seed": (0, (1 << 63) - 1, "a seed"),
+            "num_val": (0, 10**12, "a window count"), "seed": (0, (1 << 63) - 1, "an integer"),
             "hidden": (1, 1_000_000, "a size"), "layers": (1, 1000, "a layer count"),
             "embedding": (0, 1_000_000, "a size (0: one-hot)"), "eval_every": (0, 10**12, "a step count"),
             "patience": (0, 10**9, "an evaluation count"),
