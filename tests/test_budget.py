@@ -190,3 +190,38 @@ def test_zero_configuration_budget_run_sizes_itself(tmp_path, capsys):
     config = read_config(run)["config"]
     assert "sized for 8 s" in out and config["model"] == "lstm" and config["preprocess"] == "raw"
     assert config["split"] == "sequential" and config["time_budget"] <= 8.0 and took < 8.0 + 6.0
+
+
+def test_io_dropout_acts_in_training_only_and_keeps_the_kernel_out(tm_text):
+    from rnnkit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("rnn", 28, 16)
+    model.io_dropout = 0.5
+    X = torch.randint(0, 28, (4, 10))
+    model.train()
+    assert model._cpu_kernel(X) is None  # the fused kernel has no dropout
+    a, _ = model.hidden(X)
+    assert (a == 0).float().mean() > 0.3  # about half the outputs dropped
+    model.eval()
+    b, _ = model.hidden(X)
+    c, _ = model.hidden(X)
+    assert torch.equal(b, c) and (b != 0).all()  # no dropout when evaluating
+    config = TrainConfig(**SMALL, epochs=2, io_dropout=0.3)
+    assert not config.graphs_possible()
+    trainer = Trainer(config, text=tm_text[:8000])
+    assert trainer.model.io_dropout == 0.3
+    history = trainer.fit()
+    assert history[-1].train_loss < history[0].train_loss  # it still learns
+    with pytest.raises(RnnkitError, match="io_dropout"):
+        TrainConfig(io_dropout=1.0).validate()
+
+
+def test_sizing_adds_dropout_where_the_budget_reads_the_text_many_times(monkeypatch):
+    import rnnkit.sizing as sizing
+
+    monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: 60_000 if width <= 256 else 1)
+    few, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=100)  # 6M tokens: 6 passes
+    assert few.io_dropout == 0.0 and report["epochs"] == 6.0
+    many, report = sizing.choose_config(TrainConfig(), 160_000, 65, budget_s=100)  # 37.5 passes
+    assert many.io_dropout == sizing.IO_DROPOUT and report["epochs"] == 37.5

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, default=d.hidden)
     t.add_argument("--layers", type=int, default=d.layers)
     t.add_argument("--dropout", type=float, default=d.dropout)
+    t.add_argument("--io-dropout", type=float, default=d.io_dropout,
+                   help="dropout on the learned embedding and on the recurrent outputs (any number of layers)")
     t.add_argument("--embedding", type=int, default=d.embedding, metavar="DIM",
                    help="learned embedding size (0: one-hot input, as the book)")
     t.add_argument("--activation", default=d.activation, choices=["tanh", "relu"])
@@ -242,8 +244,8 @@ def signals_held():
             signal.signal(sig, handler)
 
 
-SIZING_OPTIONS = {"model", "hidden", "layers", "embedding", "dropout", "activation", "batch_size", "num_steps",
-                  "optimizer", "lr", "weight_decay", "clip", "schedule", "warmup", "min_lr_ratio"}
+SIZING_OPTIONS = {"model", "hidden", "layers", "embedding", "dropout", "io_dropout", "activation", "batch_size",
+                  "num_steps", "optimizer", "lr", "weight_decay", "clip", "schedule", "warmup", "min_lr_ratio"}
 
 
 def sized_for_budget(config, quiet: bool):
@@ -262,7 +264,8 @@ def sized_for_budget(config, quiet: bool):
     if not quiet:
         speeds = ", ".join(f"{w}: {v:,}" for w, v in report["tokens_per_s"].items())
         print(f"sized for {config.time_budget:g} s and {train_tokens:,} training characters: LSTM 1x{sized.hidden} "
-              f"({report['parameters']:,} parameters), batch {sized.batch_size}x{sized.num_steps}, AdamW "
+              f"({report['parameters']:,} parameters), batch {sized.batch_size}x{sized.num_steps}, "
+              f"{'io-dropout ' + str(sized.io_dropout) + ', ' if sized.io_dropout else ''}AdamW "
               f"{sized.lr:g} with warmup and cosine decay (measured tokens/s by width: {speeds}; "
               f"{report['measuring_s']} s)", flush=True)
     return text, sized

@@ -168,9 +168,16 @@ class RNNLM(nn.Module):
             nn.init.normal_(self.head.weight, std=rnn.sigma)
             nn.init.zeros_(self.head.bias)
 
+    io_dropout = 0.0  # dropout on the learned embedding and on the recurrent outputs, in training only
+
     def hidden(self, X: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
-        """Recurrent outputs (T, B, H) for tokens X (B, T), and the final state."""
-        return self.rnn(X.T if self.embedding is None else self.embedding(X.T), state)
+        """Recurrent outputs (T, B, H) for tokens X (B, T), and the final state. With ``io_dropout``
+        (training only) the embedding and the outputs are dropped out, as in Zaremba et al.'s
+        regularised LSTM language model; the recurrent connections are not."""
+        drop = self.io_dropout if self.training else 0.0
+        inputs = X.T if self.embedding is None else F.dropout(self.embedding(X.T), drop, True)
+        outputs, state = self.rnn(inputs, state)
+        return (F.dropout(outputs, drop, True) if drop else outputs), state
 
     def forward(self, X: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         outputs, state = self.hidden(X, state)
@@ -210,6 +217,7 @@ class RNNLM(nn.Module):
     def _cpu_kernel(self, X: torch.Tensor) -> tuple[object, tuple[torch.Tensor, torch.Tensor, str]] | None:
         """(rnnkit's compiled kernel, the layer's one-hot weights) if the kernel applies, else None."""
         if (X.device.type != "cpu" or self.embedding is not None or X.dtype not in (torch.int64, torch.int32)
+                or (self.training and self.io_dropout)
                 or self.head.weight.dtype != torch.float32 or _autocast_on_cpu()
                 or not hasattr(self.rnn, "one_hot_weights")):
             return None

@@ -52,7 +52,8 @@ class TrainConfig:
     model: str = "rnn"  # rnn | gru | lstm | scratch
     hidden: int = 32
     layers: int = 1
-    dropout: float = 0.0
+    dropout: float = 0.0  # between recurrent layers
+    io_dropout: float = 0.0  # on the learned embedding and the recurrent outputs (any number of layers)
     embedding: int = 0  # 0: one-hot input (the book); >0: learned embedding of this size
     activation: str = "tanh"  # tanh | relu (rnn and scratch)
     batch_size: int = 1024
@@ -125,6 +126,8 @@ class TrainConfig:
             raise RnnkitError(f"clip must be >= 0 (0 = off), got {self.clip}")
         if not 0 <= self.dropout < 1:
             raise RnnkitError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.io_dropout < 1:
+            raise RnnkitError(f"io_dropout must be in [0, 1), got {self.io_dropout}")
         if not 0 <= self.val_fraction < 1:
             raise RnnkitError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not (0 <= self.time_budget <= 10 * 365 * 86400):
@@ -141,7 +144,7 @@ class TrainConfig:
 
     def graphs_possible(self) -> bool:
         """Whether training steps can be captured: no state carried between batches, no dropout."""
-        return self.split != "sequential" and not self.dropout
+        return self.split != "sequential" and not self.dropout and not self.io_dropout
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -379,6 +382,7 @@ class Trainer:
         with self._rng(seed=config.seed):
             self.model = build_model(config.model, len(self.vocab), config.hidden, config.layers, config.dropout,
                                      config.embedding, config.activation).to(self.device)
+        self.model.io_dropout = config.io_dropout
         self.optimizer = make_optimizer(config, self.model)
         self.captured: CapturedGradients | None = None
         if config.cuda_graphs == "on" and self.device.type != "cuda":
