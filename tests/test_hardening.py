@@ -234,6 +234,7 @@ def test_resume_refuses_a_changed_corpus(tmp_path, capsys):
     status = main(["train", "--resume", str(run), "--epochs", "2"])
     line = one_line_error(capsys, status)
     assert "not the text this run was trained on" in line and line.count("sha1") == 2
+    DirectoryLock(run).acquire().release()  # a refused resume let go of the run directory's lock
 
 
 def test_the_trainer_leaves_the_callers_random_state_alone(tm_text):

@@ -272,6 +272,18 @@ def sized_for_budget(config, quiet: bool):
 
 
 def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
+    """``rnnkit train``; the run directory's lock, once taken, is released however this returns."""
+    from rnnkit.files import DirectoryLock
+
+    lock = DirectoryLock(Path(args.resume or args.out))
+    try:
+        return train_locked(args, given, lock)
+    finally:
+        lock.release()
+
+
+def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
+    """The body of ``rnnkit train``; takes ``lock`` (on the run directory) before reading or writing there."""
     from rnnkit.checkpoint import CONFIG_FILE, load_run, load_state, save_run, write_metrics
     from rnnkit.errors import TrainingDiverged
     from rnnkit.files import DirectoryLock
@@ -295,7 +307,8 @@ def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
         if clash:
             raise RnnkitError(f"--resume continues a run with its saved settings; remove {', '.join(clash)} "
                               "(only --epochs and display options may change)")
-        lock = DirectoryLock(out).acquire() if out.is_dir() else None  # before reading: no save in between
+        if out.is_dir():
+            lock.acquire()  # before reading: no save in between
         model, vocab, config, meta = load_run(out)
         state = load_state(out, meta)
         if "epochs" in given:
@@ -325,7 +338,7 @@ def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
                 config.split = "sequential"
         config.validate()
         created = not out.exists()
-        lock = DirectoryLock(out).acquire()  # also finds an --out that cannot be written, before training
+        lock.acquire()  # also finds an --out that cannot be written, before training
         try:
             if (out / CONFIG_FILE).exists() and not args.force:
                 raise RnnkitError(f"--out {out} already holds a run; --resume {out} continues it, "
@@ -388,8 +401,7 @@ def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
             return 128 + exc.signum if isinstance(exc, Stop) else 130
         save(trainer.snapshot)
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()
     curves.update(history, force=True)
     if history:
         last = history[-1]

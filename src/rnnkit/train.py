@@ -479,7 +479,7 @@ class Trainer:
             self.step += 1
             total += loss * Y.numel()
             count += Y.numel()
-            self._since_eval[0] += float(loss) * Y.numel() if self._evaluates_within_epochs() else 0.0
+            self._since_eval[0] += loss.detach().double() * Y.numel()  # a tensor: no device sync per step
             self._since_eval[1] += Y.numel()
             if on_batch is not None:
                 on_batch(Y.numel(), loss)
@@ -530,9 +530,9 @@ class Trainer:
         self._eval_seconds += time.perf_counter() - started
         if not val_count:
             return None
-        loss_sum, tokens = self._since_eval
+        loss_sum, tokens = float(self._since_eval[0]), self._since_eval[1]
         point = EvalPoint(self.step, round(epoch, 4), round(self._elapsed(), 3),
-                          loss_sum / tokens if tokens and loss_sum else float("nan"), val_nll / val_count,
+                          loss_sum / tokens if tokens else float("nan"), val_nll / val_count,
                           bits_per_token(val_nll, val_count), self.optimizer.param_groups[0]["lr"])
         self.evals.append(point)
         self._since_eval, self._last_eval_wall = [0.0, 0], self._elapsed()
@@ -591,8 +591,6 @@ class Trainer:
                         f"learning rate (--lr {self.config.lr:g} now)")
                 self.train_seconds += elapsed
                 val_nll, val_count = self.evaluate_val()
-                if not self._evaluates_within_epochs():
-                    self._since_eval = [loss_sum, count]
                 if not (self.evals and self.evals[-1].step == self.step):  # not just evaluated at this step
                     self.evaluate_point(epoch + 1 if not self.finished else self.evals_epoch(epoch, count),
                                         (val_nll, val_count))
