@@ -219,29 +219,19 @@ class Stop(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def stop_signals_as_interrupts():
-    """SIGTERM (docker stop, systemd, Kubernetes, Slurm preemption) and SIGHUP raise :class:`Stop`
-    in the main thread for the duration of the block."""
-    def stop(signum, frame):
-        raise Stop(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+def signal_handlers(signals: tuple, handler):
+    """Run the block with ``handler`` for ``signals`` (main thread only), then restore the previous ones."""
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
-@contextlib.contextmanager
-def signals_held():
-    """Ignore SIGINT, SIGTERM and SIGHUP while the final save of an interrupted run is written."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def raise_stop(signum, frame):
+    """SIGTERM (docker stop, systemd, Kubernetes, Slurm preemption) and SIGHUP: raise :class:`Stop`."""
+    raise Stop(signum)
 
 
 SIZING_OPTIONS = {"model", "hidden", "layers", "embedding", "dropout", "io_dropout", "activation", "batch_size",
@@ -381,12 +371,12 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
 
     try:
         try:
-            with stop_signals_as_interrupts():
+            with signal_handlers((signal.SIGTERM, signal.SIGHUP), raise_stop):
                 history = trainer.fit(on_epoch, progress.on_batch, progress.on_eval)
         except (KeyboardInterrupt, TrainingDiverged) as exc:
             if progress.bar is not None:
                 progress.bar.close()
-            with signals_held():
+            with signal_handlers((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), signal.SIG_IGN):  # final save
                 save(trainer.snapshot)
             try:
                 curves.update(trainer.history, force=True)

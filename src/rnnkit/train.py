@@ -402,6 +402,7 @@ class Trainer:
         self._last_eval_wall = 0.0
         self._eval_seconds = 0.0  # evaluation time inside the current epoch (not training time)
         self._wall_t0 = 0.0
+        self.on_eval: Callable[[EvalPoint], None] | None = None  # set by fit
 
     @contextlib.contextmanager
     def _rng(self, seed: int | None = None):
@@ -536,7 +537,7 @@ class Trainer:
                           bits_per_token(val_nll, val_count), self.optimizer.param_groups[0]["lr"])
         self.evals.append(point)
         self._since_eval, self._last_eval_wall = [0.0, 0], self._elapsed()
-        if getattr(self, "on_eval", None) is not None:
+        if self.on_eval is not None:
             self.on_eval(point)
         if self.best is None or point.val_loss < self.best["val_loss"]:
             self.best = {"step": point.step, "epoch": point.epoch, "val_loss": point.val_loss,
