@@ -82,6 +82,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=40)
     parser.add_argument("--kinds", nargs="+", default=["rnn", "scratch", "gru", "lstm"])
+    parser.add_argument("--concurrent", type=int, default=1,
+                        help="processes run at once (more than the cores: each process's threads compete for them)")
     parser.add_argument("--trace-dir", help="record every operation's output digest per process here, and name "
                                             "the first operation where a minority result departs from the majority")
     args = parser.parse_args()
@@ -91,19 +93,25 @@ def main() -> None:
         digests = collections.Counter()
         threads = set()
         traces = {}
-        for i in range(args.processes):
-            trace = f"{args.trace_dir}/{kind}-{i}.txt" if args.trace_dir else "-"
-            # a trace sees the operations of the main thread only, and would deadlock on the compiled kernel's
-            # worker threads (they run ATen operations while the main thread holds the GIL): trace without it
-            env = {**os.environ, "RNNKIT_NO_KERNEL": "1"} if args.trace_dir else None
-            out = subprocess.run([sys.executable, "-c", CHILD, kind, trace], capture_output=True, text=True,
-                                 check=True, env=env)
-            count, digest = out.stdout.splitlines()[-1].split()
-            threads.add(int(count))
-            digests[digest] += 1
-            traces.setdefault(digest, trace)
+        env = {**os.environ, "RNNKIT_NO_KERNEL": "1"} if args.trace_dir else None
+        # a trace sees the operations of the main thread only, and would deadlock on the compiled kernel's
+        # worker threads (they run ATen operations while the main thread holds the GIL): trace without it
+        traces_of = [f"{args.trace_dir}/{kind}-{i}.txt" if args.trace_dir else "-" for i in range(args.processes)]
+        for first in range(0, args.processes, args.concurrent):
+            batch = traces_of[first:first + args.concurrent]
+            running = [(trace, subprocess.Popen([sys.executable, "-c", CHILD, kind, trace], stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE, text=True, env=env)) for trace in batch]
+            for trace, process in running:
+                stdout, stderr = process.communicate()
+                if process.returncode != 0:
+                    raise SystemExit(f"a {kind} process failed ({process.returncode}):\n{stderr}")
+                count, digest = stdout.splitlines()[-1].split()
+                threads.add(int(count))
+                digests[digest] += 1
+                traces.setdefault(digest, trace)
         results[kind] = {"processes": args.processes, "distinct_results": len(digests),
                          "counts": sorted(digests.values(), reverse=True), "threads": sorted(threads),
+                         "concurrent": args.concurrent,
                          "seconds": round(time.perf_counter() - started, 1)}
         if args.trace_dir and len(digests) > 1:
             results[kind]["first_difference"] = first_difference(traces[digests.most_common()[0][0]],

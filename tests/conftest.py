@@ -7,6 +7,11 @@ into that cache (from ``$RNNKIT_MIRROR`` when set). Each test then sees the foun
 """
 
 import os
+import select
+import signal
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -80,3 +85,60 @@ def tm_text(suite_corpora) -> str:
     from rnnkit.text import read_text
 
     return read_text(suite_corpora["timemachine"]["path"])
+
+
+SERVE_TRAINING = ["--batch-size", "32", "--num-steps", "8", "--num-train", "256", "--num-val", "64", "--epochs", "2",
+                  "--quiet", "--sample-every", "0"]
+SERVE_LIMITS = ["--max-chars=400", "--max-text=3000", "--max-streams=3", "--max-body=20000"]
+
+
+@pytest.fixture(scope="session")
+def served_runs(tmp_path_factory, suite_corpora) -> dict[str, Path]:
+    """Two small runs for ``rnnkit serve``: the book's model (one-hot RNN, d2l preprocessing, ``<unk>``
+    in its vocabulary) and a 2-layer LSTM with an embedding on raw characters (no ``<unk>``: unknown
+    characters cannot be read)."""
+    from rnnkit.cli import main
+
+    base = tmp_path_factory.mktemp("served")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RNNKIT_DATA_DIR", str(suite_corpora["_dir"]))
+        assert main(["train", *SERVE_TRAINING, "--hidden", "16", "--out", str(base / "book")]) == 0
+        assert main(["train", *SERVE_TRAINING, "--model", "lstm", "--layers", "2", "--hidden", "12",
+                     "--embedding", "8", "--preprocess", "raw", "--out", str(base / "lstm")]) == 0
+    return {"book": base / "book", "lstm": base / "lstm"}
+
+
+def _start_server(run_dirs, *extra) -> tuple[subprocess.Popen, str]:
+    """``rnnkit serve RUN_DIR... --port 0`` in a subprocess; (process, host:port) once it listens."""
+    process = subprocess.Popen([sys.executable, "-m", "rnnkit.cli", "serve", *map(str, run_dirs), "--port", "0",
+                                *SERVE_LIMITS, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready:
+            line = process.stdout.readline()
+            if "http://" in line:
+                return process, line.split("http://", 1)[1].split("/", 1)[0]
+            if not line:
+                break
+    process.kill()
+    pytest.fail(f"rnnkit serve did not start: {process.stderr.read()}")
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    return _start_server
+
+
+@pytest.fixture(scope="session")
+def live_server(served_runs) -> str:
+    """Base URL of one ``rnnkit serve`` of both :func:`served_runs` for the session; stopped with
+    Ctrl-C at the end, which must exit 130 without a traceback."""
+    process, address = _start_server([served_runs["book"], served_runs["lstm"]])
+    yield f"http://{address}"
+    process.send_signal(signal.SIGINT)
+    try:
+        assert process.wait(timeout=15) == 130
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        process.kill()

@@ -122,6 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="curves-compare.png")
 
     sub.add_parser("corpora", help="list the built-in corpora")
+
+    from rnnkit.serve import Limits
+
+    limits = Limits()
+    s = sub.add_parser("serve", help="serve runs over HTTP: an API and a playground page (the serve extra)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=8000, help="port (0: any free one; the address is printed)")
+    s.add_argument("--checkpoint", choices=["best", "last"], default=None,
+                   help="the weights of the lowest validation loss, or the last ones (default: best where kept)")
+    s.add_argument("--max-chars", type=int, default=limits.max_chars, help="characters per generation stream")
+    s.add_argument("--max-text", type=int, default=limits.max_text,
+                   help="characters of a prompt, or of a text to score or read hidden units of")
+    s.add_argument("--max-streams", type=int, default=limits.max_streams, help="generation streams at once")
+    s.add_argument("--max-body", type=int, default=limits.max_body, help="bytes of a request body")
     return parser
 
 
@@ -518,6 +534,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rnnkit.serve import Limits, serve
+
+    limits = Limits(args.max_chars, args.max_text, args.max_streams, args.max_body)
+    for name, value in vars(limits).items():
+        if value < 1:
+            raise RnnkitError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not 0 <= args.port <= 65535:
+        raise RnnkitError(f"--port must be between 0 and 65535, got {args.port}")
+    serve(args.run_dirs, args.host, args.port, args.checkpoint, limits)
+    return 0
+
+
 def cmd_corpora(args: argparse.Namespace) -> int:
     from rnnkit.text import CORPORA, cache_dir, local_copies, recorded_pins
 
@@ -549,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "train":
             return cmd_train(args, given_train_options(parser, argv))
-        commands = {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot, "corpora": cmd_corpora}
+        commands = {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot, "corpora": cmd_corpora,
+                    "serve": cmd_serve}
         return commands[args.command](args)
     except RnnkitError as exc:
         print(f"rnnkit: error: {exc}", file=sys.stderr)

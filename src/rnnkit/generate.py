@@ -91,10 +91,11 @@ def encode_prefix(vocab: Vocab, prefix: Sequence[str]) -> list[int]:
     return [vocab[t] for t in prefix]
 
 
-def generate_ids(step: StepFn, prefix_ids: Sequence[int], num_preds: int, initial_logits: torch.Tensor,
-                 sampling: Sampling, seed: int | None = None) -> Iterator[int]:
-    """Yield ``num_preds`` token indices. ``step(ids, state) -> (logits of the last id (V,), state)``;
-    ``initial_logits`` are used when the prefix is empty (a fresh state)."""
+def generate_steps(step: StepFn, prefix_ids: Sequence[int], num_preds: int, initial_logits: torch.Tensor,
+                   sampling: Sampling, seed: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``num_preds`` pairs (token index, the logits (V,) it was chosen from).
+    ``step(ids, state) -> (logits of the last id (V,), state)``; ``initial_logits`` are used when
+    the prefix is empty (a fresh state)."""
     sampling.validate()
     check_seed(seed)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -104,9 +105,16 @@ def generate_ids(step: StepFn, prefix_ids: Sequence[int], num_preds: int, initia
         logits, state = step(prefix_ids, state)
     for i in range(num_preds):
         token = sampling.choose(logits, generator)
-        yield token
+        yield token, logits
         if i + 1 < num_preds:  # the step after the last token would feed nothing
             logits, state = step([token], state)
+
+
+def generate_ids(step: StepFn, prefix_ids: Sequence[int], num_preds: int, initial_logits: torch.Tensor,
+                 sampling: Sampling, seed: int | None = None) -> Iterator[int]:
+    """:func:`generate_steps` without the logits."""
+    for token, _ in generate_steps(step, prefix_ids, num_preds, initial_logits, sampling, seed):
+        yield token
 
 
 def model_step(forward: Callable[[torch.Tensor, State], tuple[torch.Tensor, State]],

@@ -234,6 +234,38 @@ class RNNLM(nn.Module):
         return self.head.bias.detach().clone()
 
 
+def layer_states(model: RNNLM, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """What each recurrent layer holds after each token of one sequence ``ids`` (T,), from a fresh
+    state: per layer ``(h (T, H), c (T, H) or None)``, ``c`` being an LSTM's cell state. The last
+    layer's ``h`` is :meth:`RNNLM.hidden`'s output (without dropout). For looking inside a model."""
+    X = ids.view(1, -1)
+    with evaluating(model):
+        if isinstance(model.rnn, RNNScratch):
+            outputs, _ = model.rnn(X.T)
+            return [(outputs[:, 0], None)]
+        rnn = model.rnn.rnn
+        inputs = model.embedding(ids) if model.embedding is not None else model.rnn.identity[ids]  # (T, input)
+        kind = model.rnn.kind
+        cell = {"gru": torch.gru_cell, "lstm": torch.lstm_cell,
+                "rnn": torch.rnn_relu_cell if getattr(rnn, "nonlinearity", "") == "relu" else torch.rnn_tanh_cell}[kind]
+        layers = []
+        for layer in range(rnn.num_layers):
+            weights = [getattr(rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            h = inputs.new_zeros(1, rnn.hidden_size)
+            c = inputs.new_zeros(1, rnn.hidden_size) if kind == "lstm" else None
+            hs, cs = [], []
+            for x in inputs.unsqueeze(1):  # (1, input) per step
+                if kind == "lstm":
+                    h, c = cell(x, (h, c), *weights)
+                    cs.append(c)
+                else:
+                    h = cell(x, h, *weights)
+                hs.append(h)
+            inputs = torch.cat(hs)
+            layers.append((inputs, torch.cat(cs) if cs else None))
+        return layers
+
+
 class _FusedRNNLoss(torch.autograd.Function):
     """Summed loss of the book's model from the compiled kernel, which computes the gradients of
     every input in the same pass (``need_grad``: grad mode is on and a weight requires grad);
