@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="characters of a prompt, or of a text to score or read hidden units of")
     s.add_argument("--max-streams", type=int, default=limits.max_streams, help="generation streams at once")
     s.add_argument("--max-body", type=int, default=limits.max_body, help="bytes of a request body")
+    s.add_argument("--threads", type=int, default=1,
+                   help="PyTorch threads per operation (requests already run side by side)")
     return parser
 
 
@@ -543,7 +545,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise RnnkitError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if not 0 <= args.port <= 65535:
         raise RnnkitError(f"--port must be between 0 and 65535, got {args.port}")
-    serve(args.run_dirs, args.host, args.port, args.checkpoint, limits)
+    if not 1 <= args.threads <= 1024:
+        raise RnnkitError(f"--threads must be between 1 and 1024, got {args.threads}")
+    serve(args.run_dirs, args.host, args.port, args.checkpoint, limits, args.threads)
     return 0
 
 

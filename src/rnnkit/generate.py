@@ -48,10 +48,11 @@ class Sampling:
             raise RnnkitError(f"top_p must be in (0, 1], got {self.top_p}")
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """The distribution (V,) that :meth:`choose` samples from."""
+        """The distribution that :meth:`choose` samples from: (V,) for logits (V,), or one row per
+        row of logits (B, V)."""
         logits = logits.double() * (self.alpha / self.temperature)
-        if self.top_k and self.top_k < logits.numel():
-            kth = torch.topk(logits, self.top_k).values[-1]
+        if self.top_k and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k).values[..., -1:]
             logits = logits.masked_fill(logits < kth, -math.inf)
         probs = torch.softmax(logits, dim=-1)
         if not torch.isfinite(probs).all():
@@ -59,18 +60,32 @@ class Sampling:
                               "its weights are not finite, or --temperature/--alpha are extreme)")
         if self.top_p < 1:
             sorted_probs, order = torch.sort(probs, descending=True)
-            before = torch.cumsum(sorted_probs, 0) - sorted_probs  # mass of strictly more likely tokens
-            drop = order[before >= self.top_p]
-            probs[drop] = 0
-            probs /= probs.sum()
+            before = torch.cumsum(sorted_probs, -1) - sorted_probs  # mass of strictly more likely tokens
+            drop = torch.zeros_like(before, dtype=torch.bool).scatter_(-1, order, before >= self.top_p)
+            probs = probs.masked_fill(drop, 0)
+            probs /= probs.sum(-1, keepdim=True)
         return probs
 
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> int:
+        """The next token from logits (V,)."""
         if self.greedy:
             if torch.isnan(logits).any():
                 raise RnnkitError("the model's output is NaN (its weights are not finite)")
             return int(logits.argmax())
         return int(torch.multinomial(self.probabilities(logits).cpu(), 1, generator=generator))
+
+    def choose_rows(self, logits: torch.Tensor) -> list[int]:
+        """One next token per row of logits (B, V), drawn in one call from the global generator
+        (for many streams at once; :meth:`choose` with a generator of its own reproduces a stream)."""
+        if self.greedy:
+            if torch.isnan(logits).any():
+                raise RnnkitError("the model's output is NaN (its weights are not finite)")
+            return logits.argmax(-1).tolist()
+        return torch.multinomial(self.probabilities(logits).cpu(), 1).view(-1).tolist()
+
+    def key(self) -> tuple:
+        """The settings as a tuple: streams with equal keys can be sampled together."""
+        return self.greedy, self.temperature, self.top_k, self.top_p, self.alpha
 
 
 def check_seed(seed: int | None) -> None:

@@ -361,6 +361,12 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def state_batch_dim(model: RNNLM) -> int:
+    """The batch dimension of the model's state tensors: 0 for :class:`RNNScratch` (B, H), 1 for
+    PyTorch's layers (layers, B, H)."""
+    return 0 if isinstance(model.rnn, RNNScratch) else 1
+
+
 def detach_state(state: State) -> State:
     """Cut the graph behind a carried state (truncated backpropagation through time)."""
     if state is None:
