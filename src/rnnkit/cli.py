@@ -123,6 +123,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("corpora", help="list the built-in corpora")
 
+    from rnnkit.timeseries import MISSING, SERIES_MODELS, SeriesConfig
+
+    ts = SeriesConfig()
+    x = sub.add_parser("timeseries", help="autoregressive models of a real-valued series (§9.1; §9.6's exercise)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = x.add_mutually_exclusive_group()
+    source.add_argument("--synthetic", choices=["d2l"], default="d2l",
+                        help="the book's series: sin(0.01 t) + N(0, 0.2^2), t = 1..1000 (noise from --seed)")
+    source.add_argument("--csv", metavar="FILE", help="read a column of a CSV file instead")
+    x.add_argument("--column", help="the CSV column to model")
+    x.add_argument("--time-column", help="a CSV column to put the rows in time order by")
+    x.add_argument("--missing", choices=MISSING, default=ts.missing,
+                   help="empty or NA cells: interpolate inside the series (dropped at the ends), drop rows, or refuse")
+    x.add_argument("--models", nargs="+", choices=SERIES_MODELS, default=list(ts.models))
+    x.add_argument("--tau", type=int, default=ts.tau, help="values the linear AR model regresses on")
+    x.add_argument("--train", type=float, default=ts.train,
+                   help="fraction of the series to train on (the rest is held out)")
+    x.add_argument("--hidden", type=int, default=ts.hidden)
+    x.add_argument("--layers", type=int, default=ts.layers)
+    x.add_argument("--epochs", type=int, default=None,
+                   help=f"full passes over the training part per recurrent model (default {ts.epochs}; with --resume, "
+                        "a higher count continues training)")
+    x.add_argument("--lr", type=float, default=ts.lr, help="Adam's learning rate")
+    x.add_argument("--clip", type=float, default=ts.clip, help="max gradient norm (0: off)")
+    x.add_argument("--ks", type=int, nargs="+", default=list(ts.ks), help="horizons to score")
+    x.add_argument("--seed", type=int, default=ts.seed)
+    x.add_argument("--out", default="runs/timeseries", help="run directory to write")
+    x.add_argument("--force", action="store_true", help="overwrite a run already in --out")
+    x.add_argument("--resume", metavar="RUN_DIR", help="continue this run (--epochs may raise the count)")
+    x.add_argument("--json", action="store_true", help="print {\"mse\": {MODEL: {K: ...}}} as the last line")
+    x.add_argument("--quiet", action="store_true")
+
     from rnnkit.serve import Limits
 
     limits = Limits()
@@ -551,6 +583,75 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_timeseries(args: argparse.Namespace) -> int:
+    """``rnnkit timeseries``: train (or resume) every model, save, score every horizon, plot."""
+    from rnnkit.files import DirectoryLock, atomic_write
+    from rnnkit.timeseries import (
+        SeriesConfig,
+        SeriesTrainer,
+        load_series,
+        load_series_run,
+        render_mse,
+        render_predictions,
+        save_series_run,
+    )
+
+    run_dir = Path(args.resume or args.out)
+    with DirectoryLock(run_dir):
+        if args.resume:
+            trainer, _ = load_series_run(run_dir)
+            if args.epochs is not None:
+                if args.epochs < trainer.config.epochs:
+                    raise RnnkitError(f"--epochs {args.epochs} is below the run's {trainer.config.epochs}")
+                trainer.config.epochs = args.epochs
+        else:
+            if (run_dir / "config.json").exists() and not args.force:
+                raise RnnkitError(f"{run_dir} already holds a run (--resume {run_dir} to continue, "
+                                  "--force to overwrite)")
+            if args.csv is None and args.column:
+                raise RnnkitError("--column needs --csv")
+            epochs = SeriesConfig.epochs if args.epochs is None else args.epochs
+            config = SeriesConfig(csv=args.csv, column=args.column, time_column=args.time_column,
+                                  missing=args.missing, seed=args.seed, tau=args.tau, train=args.train,
+                                  models=tuple(args.models), hidden=args.hidden, layers=args.layers,
+                                  epochs=epochs, lr=args.lr, clip=args.clip, ks=tuple(args.ks))
+            config.validate()
+            series = load_series(config)
+            trainer = SeriesTrainer(config, series)
+        say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+        series = trainer.series
+        say(f"series: {series.source}, {len(series.values)} values ({trainer.num_train} for training, "
+            f"{len(series.values) - trainer.num_train} held out)" + "".join(f"; {n}" for n in series.notes))
+        trainer.on_save = lambda: save_series_run(run_dir, trainer)
+        try:
+            with signal_handlers((signal.SIGTERM, signal.SIGHUP), raise_stop):
+                trainer.fit()
+        except KeyboardInterrupt as stop:
+            save_series_run(run_dir, trainer)
+            signum = getattr(stop, "signum", signal.SIGINT)
+            print(f"\ninterrupted ({signal.Signals(signum).name}); saved: rnnkit timeseries --resume {run_dir}",
+                  file=sys.stderr)
+            return 128 + signum
+        save_series_run(run_dir, trainer)
+        predictions = trainer.predictions()
+        results = trainer.evaluate(predictions)
+        atomic_write(run_dir / "results.json", (json.dumps({"mse": results}, indent=1) + "\n").encode())
+        try:
+            atomic_write(run_dir / "predictions.png", render_predictions(trainer, predictions))
+            atomic_write(run_dir / "mse.png", render_mse(results))
+            plots = "predictions.png, mse.png"
+        except RnnkitError as exc:  # no matplotlib: the numbers still stand
+            plots = f"no plots ({exc})"
+        ks = list(trainer.config.ks)
+        say("held-out MSE  " + "".join(f"{f'k={k}':>10s}" for k in ks))
+        for name, by_k in results.items():
+            say(f"{name:12s}  " + "".join(f"{by_k[str(k)]:10.4f}" for k in ks))
+        say(f"saved in {run_dir}: config.json, results.json, metrics.jsonl, {plots}")
+        if args.json:
+            print(json.dumps({"mse": results}))
+    return 0
+
+
 def cmd_corpora(args: argparse.Namespace) -> int:
     from rnnkit.text import CORPORA, cache_dir, local_copies, recorded_pins
 
@@ -583,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args, given_train_options(parser, argv))
         commands = {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot, "corpora": cmd_corpora,
-                    "serve": cmd_serve}
+                    "serve": cmd_serve, "timeseries": cmd_timeseries}
         return commands[args.command](args)
     except RnnkitError as exc:
         print(f"rnnkit: error: {exc}", file=sys.stderr)
