@@ -78,4 +78,4 @@ def test_unencodable_prefix(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", out, "--prefix", "abZ!"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "'Z''!'" in err[0]
+    assert len(err) == 1 and "'Z' '!'" in err[0]

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--encoding", default=d.encoding, help="text encoding of the corpus file")
     t.add_argument("--strip-gutenberg", action="store_true", help="drop a Project Gutenberg header and footer")
     t.add_argument("--preprocess", default=d.preprocess, choices=["d2l", "raw"])
+    t.add_argument("--tokens", default=d.tokens, choices=["char", "word"],
+                   help="model characters (the book) or words (whitespace-separated, §9.2)")
+    t.add_argument("--min-freq", type=int, default=d.min_freq,
+                   help="word models: words seen fewer times are read as <unk>")
     t.add_argument("--split", default=d.split, choices=SPLITS)
     t.add_argument("--num-train", type=int, default=d.num_train, help="d2l split: training windows")
     t.add_argument("--num-val", type=int, default=d.num_val, help="d2l split: validation windows")
@@ -240,7 +244,8 @@ class Progress:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return predict(self.trainer.model, self.trainer.vocab, prefix, num_chars)
+            return predict(self.trainer.model, self.trainer.vocab, prefix, num_chars,
+                           token=self.trainer.config.tokens)
 
 
 def given_train_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
@@ -397,6 +402,11 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
     if trainer.device.type == "cpu":
         keep_freed_memory()
     if not args.quiet:
+        if config.tokens == "word":
+            share = trainer.unknown_tokens / max(1, len(trainer.corpus))
+            print(f"words: {len(trainer.vocab) - 1:,} kept (seen at least {max(config.min_freq, 1)} times); "
+                  f"{trainer.unknown_tokens:,} of {len(trainer.corpus):,} words ({share:.1%}) read as <unk>",
+                  flush=True)
         print(f"corpus {config.corpus}: {len(trainer.corpus)} tokens, vocab {len(trainer.vocab)}, "
               f"{len(trainer.data.train)} batches/epoch; model {config.model} hidden {config.hidden} "
               f"({sum(p.numel() for p in trainer.model.parameters()):,} parameters) on {trainer.device}"
@@ -445,15 +455,16 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
     curves.update(history, force=True)
     if history:
         last = history[-1]
-        print(f"done: val ppl {last.val_ppl:.3f}, val bpc {last.val_bpc:.3f}, {last.seconds:.1f}s training; "
+        per = "bits/word" if config.tokens == "word" else "bpc"
+        print(f"done: val ppl {last.val_ppl:.3f}, val {per} {last.val_bpc:.3f}, {last.seconds:.1f}s training; "
               f"saved in {out}")
         if trainer.finished:
             print(f"stopped early: {trainer.finished}")
         if trainer.best is not None:
-            print(f"best: val loss {trainer.best['val_loss']:.4f} nats/char at step {trainer.best['step']} "
+            print(f"best: val loss {trainer.best['val_loss']:.4f} nats/{config.tokens} at step {trainer.best['step']} "
                   f"(epoch {trainer.best['epoch']:g}); generate and eval use it unless --checkpoint last")
     for prefix in progress.prefixes[-1:]:
-        print("sample:", progress.sample(prefix, max(args.sample_chars, 100)))
+        print("sample:", progress.sample(prefix, max(args.sample_chars, 100) if config.tokens == "char" else 30))
     return 0
 
 
@@ -503,22 +514,22 @@ def load_chosen_checkpoint(run_dir: str, choice: str | None):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from rnnkit.generate import Sampling, generate
+    from rnnkit.generate import Sampling, generate, join_tokens
     from rnnkit.text import preprocess
 
     (model, vocab, config, _), note = load_chosen_checkpoint(args.run_dir, args.checkpoint)
     prefix = preprocess(args.prefix, config.preprocess)  # the prefix is read as the training text was
     sampling = Sampling(args.greedy, args.temperature, args.top_k, args.top_p, args.alpha)
-    stream = generate(model, vocab, prefix, args.num_chars, sampling, args.seed)
-    first = next(stream, "")  # errors (unknown prefix, bad settings) surface before anything prints
+    stream = generate(model, vocab, prefix, args.num_chars, sampling, args.seed, config.tokens)
+    first = next(stream, None)  # errors (unknown prefix, bad settings) surface before anything prints
     if note:
         print(note, file=sys.stderr)
     if prefix != args.prefix:
         print(f"rnnkit: note: prefix preprocessed as the training text was (--preprocess {config.preprocess}): "
               f"{args.prefix!r} -> {prefix!r}", file=sys.stderr)
-    sys.stdout.write(prefix + first)
-    for token in stream:
-        sys.stdout.write(token)
+    sys.stdout.write(join_tokens(prefix, [] if first is None else [first], config.tokens))
+    for token in stream:  # words are written with the space before them
+        sys.stdout.write(join_tokens("", [token], config.tokens) if config.tokens == "char" else " " + token)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
@@ -528,13 +539,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from rnnkit.text import load_corpus_text, preprocess, tokenize
-    from rnnkit.train import bits_per_token, perplexity, stream_nll
+    from rnnkit.train import bits_per_token, characters_predicted, perplexity, stream_nll
 
     (model, vocab, config, _), note = load_chosen_checkpoint(args.run_dir, args.checkpoint)
     corpus = args.corpus or config.corpus
     strip = args.strip_gutenberg or (config.strip_gutenberg if args.corpus is None else False) or None
     text = load_corpus_text(corpus, args.encoding or config.encoding, strip)
-    tokens = tokenize(preprocess(text, config.preprocess))
+    tokens = tokenize(preprocess(text, config.preprocess), config.tokens)
     unknown = vocab.unknown(tokens)
     skipped = 0
     if unknown and vocab.unk_token is None:
@@ -547,10 +558,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     nll, count = stream_nll(model, ids)
     if note:
         print(note, file=sys.stderr)
-    result = {"ppl": perplexity(nll, count), "bpc": bits_per_token(nll, count), "tokens": count,
-              "corpus": str(corpus), "unknown_chars": "".join(unknown), "skipped": skipped}
+    words = config.tokens == "word"
+    chars = characters_predicted(tokens, config.tokens)
+    result = {"ppl": perplexity(nll, count), "bpc": nll / chars / math.log(2), "tokens": count,
+              "corpus": str(corpus), "skipped": skipped}
+    if words:
+        unknown_set = set(unknown)
+        result.update({"bits_per_word": bits_per_token(nll, count), "chars": chars,
+                       "unknown_words": sum(t in unknown_set for t in tokens[1:]), "unknown_word_types": len(unknown)})
+    else:
+        result["unknown_chars"] = "".join(unknown)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
+    elif words:
+        print(f"{corpus}: perplexity {result['ppl']:.4f} per word  bits/word {result['bits_per_word']:.4f}  "
+              f"bits/char {result['bpc']:.4f} (of the {chars} characters those words span)  words {count}  "
+              f"({result['unknown_words']} of them, {len(unknown)} word types, read as {vocab.unk_token}: "
+              "their spelling is not scored)")
     else:
         note = ""
         if unknown:
@@ -643,9 +667,9 @@ def cmd_timeseries(args: argparse.Namespace) -> int:
         except RnnkitError as exc:  # no matplotlib: the numbers still stand
             plots = f"no plots ({exc})"
         ks = list(trainer.config.ks)
-        say("held-out MSE  " + "".join(f"{f'k={k}':>10s}" for k in ks))
+        say("held-out MSE  " + "".join(f"{f'k={k}':>11s}" for k in ks))
         for name, by_k in results.items():
-            say(f"{name:12s}  " + "".join(f"{by_k[str(k)]:10.4f}" for k in ks))
+            say(f"{name:12s}  " + "".join(f" {by_k[str(k)]:10.4g}" for k in ks))
         say(f"saved in {run_dir}: config.json, results.json, metrics.jsonl, {plots}")
         if args.json:
             print(json.dumps({"mse": results}))

@@ -16,7 +16,7 @@ import torch
 
 from rnnkit.errors import RnnkitError
 from rnnkit.models import RNNLM, State, evaluating
-from rnnkit.text import Vocab
+from rnnkit.text import Vocab, tokenize
 
 MIN_SCALE = 1e-3  # temperature and alpha are kept in [1e-3, 1e3]: beyond, sampling is greedy or uniform anyway
 StepFn = Callable[[Sequence[int], State], tuple[torch.Tensor, State]]
@@ -95,14 +95,14 @@ def check_seed(seed: int | None) -> None:
 
 
 def encode_prefix(vocab: Vocab, prefix: Sequence[str]) -> list[int]:
-    """Token indices of a prefix. Unknown tokens: ``<unk>`` with a warning if the vocabulary has
-    it, otherwise an error naming them."""
+    """Token indices of a prefix (its characters, or a list of tokens). Unknown tokens: ``<unk>``
+    with a warning if the vocabulary has it, otherwise an error naming them."""
     unknown = vocab.unknown(prefix)
     if unknown:
-        shown = "".join(repr(t) for t in unknown)
+        shown = " ".join(repr(t) for t in unknown)
         if vocab.unk_token is None:
             raise RnnkitError(f"prefix has characters the model's vocabulary lacks: {shown}")
-        warnings.warn(f"prefix characters not in the vocabulary, read as {vocab.unk_token}: {shown}", stacklevel=3)
+        warnings.warn(f"prefix tokens not in the vocabulary, read as {vocab.unk_token}: {shown}", stacklevel=3)
     return [vocab[t] for t in prefix]
 
 
@@ -146,12 +146,13 @@ def model_step(forward: Callable[[torch.Tensor, State], tuple[torch.Tensor, Stat
 
 
 def generate(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: Sampling | None = None,
-             seed: int | None = None) -> Iterator[str]:
-    """Stream ``num_preds`` new tokens after ``prefix`` (greedy unless ``sampling`` says otherwise)."""
+             seed: int | None = None, token: str = "char") -> Iterator[str]:
+    """Stream ``num_preds`` new tokens after ``prefix`` (greedy unless ``sampling`` says otherwise);
+    ``token``: how the prefix is cut into tokens, ``char`` or ``word`` (as the model was trained)."""
     if num_preds < 0:
         raise RnnkitError(f"number of tokens to generate must be >= 0, got {num_preds}")
     sampling = sampling or Sampling(greedy=True)
-    prefix_ids = encode_prefix(vocab, prefix)
+    prefix_ids = encode_prefix(vocab, tokenize(prefix, token))
     with evaluating(model):
         step = model_step(model, next(model.parameters()).device)
         for token in generate_ids(step, prefix_ids, num_preds, model.initial_logits(), sampling, seed):
@@ -159,6 +160,16 @@ def generate(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: 
 
 
 def predict(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: Sampling | None = None,
-            seed: int | None = None) -> str:
-    """d2l's ``predict``: the prefix followed by ``num_preds`` generated characters."""
-    return prefix + "".join(generate(model, vocab, prefix, num_preds, sampling, seed))
+            seed: int | None = None, token: str = "char") -> str:
+    """d2l's ``predict``: the prefix followed by ``num_preds`` generated characters (or words,
+    joined with spaces)."""
+    new = list(generate(model, vocab, prefix, num_preds, sampling, seed, token))
+    return join_tokens(prefix, new, token)
+
+
+def join_tokens(prefix: str, tokens: Sequence[str], token: str = "char") -> str:
+    """Text of ``prefix`` followed by generated ``tokens``: characters as they are, words with a
+    space before each."""
+    if token == "word":
+        return " ".join([prefix.strip(), *tokens]).strip()
+    return prefix + "".join(tokens)

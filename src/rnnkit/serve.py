@@ -25,7 +25,7 @@ from rnnkit.errors import RnnkitError
 from rnnkit.generate import Sampling, check_seed
 from rnnkit.models import RNNLM, layer_states, state_batch_dim
 from rnnkit.text import Vocab, preprocess, tokenize
-from rnnkit.train import TrainConfig, bits_per_token, perplexity, stream_nll
+from rnnkit.train import TrainConfig, bits_per_token, characters_predicted, perplexity, stream_nll
 
 STATIC = Path(__file__).with_name("static")
 TOP = 5  # alternatives reported per character
@@ -56,15 +56,29 @@ class ServedRun:
     info: dict
 
     def encode(self, text: str, what: str) -> tuple[str, list[int], list[str]]:
-        """(text as training read it, token ids, characters read as ``<unk>``); refuses characters the
-        vocabulary cannot read at all."""
+        """(text as training read it, token ids, tokens read as ``<unk>``); refuses characters the
+        vocabulary cannot read at all. A word model's text comes back as its words joined by spaces."""
         text = preprocess(text, self.config.preprocess)
-        tokens = tokenize(text)
+        tokens = tokenize(text, self.config.tokens)
+        if self.config.tokens == "word":
+            text = " ".join(tokens)
         unknown = self.vocab.unknown(tokens)
         if unknown and self.vocab.unk_token is None:
             raise RnnkitError(f"{what} has characters run {self.name!r} cannot read: "
                               f"{''.join(repr(t) for t in unknown[:20])}")
         return text, [self.vocab[t] for t in tokens], unknown
+
+    def shown(self, index: int, first: bool = False) -> str:
+        """The text a generated token adds: a character as it is, a word with the space before it."""
+        return self.piece(self.vocab.idx_to_token[index], first)
+
+    def piece(self, token: str, first: bool = False) -> str:
+        return token if self.config.tokens == "char" or first else " " + token
+
+    def pieces(self, text: str) -> list[str]:
+        """The pieces of an encoded ``text`` per token, as written (a word read as ``<unk>`` keeps its
+        spelling); joined, they give ``text``."""
+        return [self.piece(t, i == 0) for i, t in enumerate(tokenize(text, self.config.tokens))]
 
 
 def load_served_run(run_dir: str | Path, checkpoint: str | None, name: str) -> ServedRun:
@@ -96,6 +110,7 @@ def load_served_run(run_dir: str | Path, checkpoint: str | None, name: str) -> S
         "name": name, "run_dir": str(run_dir), "checkpoint": choice, "checkpoint_id": meta.get("checkpoint"),
         "corpus": str(config.corpus), "model": config.model, "hidden": config.hidden, "layers": config.layers,
         "embedding": config.embedding, "activation": config.activation, "preprocess": config.preprocess,
+        "tokens": config.tokens,
         "parameters": sum(p.numel() for p in model.parameters()), "epoch": meta.get("epoch"),
         "val_ppl": None if val_loss is None else perplexity(val_loss, 1),
         "val_bpc": None if val_loss is None else bits_per_token(val_loss, 1),
@@ -240,7 +255,7 @@ class StreamBatcher:
                 continue
             job.produced += 1
             top = [[vocab.idx_to_token[i], round(p, 6)] for p, i in zip(top_p[row], top_i[row], strict=True)]
-            event = {"char": vocab.idx_to_token[token], "p": round(chosen_p[row], 6), "top": top}
+            event = {"char": self.run.shown(token), "p": round(chosen_p[row], 6), "top": top}
             out.append((job, self.sse(data_str=json.dumps(event, ensure_ascii=False))))
             if job.produced == job.n:
                 out.append((job, None))
@@ -305,14 +320,15 @@ def score(run: ServedRun, text: str) -> dict:
     chosen = logp.gather(1, targets.view(-1, 1)).squeeze(1)
     ranks = (logp > chosen.unsqueeze(1)).sum(1) + 1
     top_p, top_i = torch.topk(logp.exp(), min(TOP, logp.shape[1]), dim=1)
-    idx_to_token = run.vocab.idx_to_token
-    chars = [{"char": idx_to_token[ids[0]], "logp": None, "bits": None, "rank": None, "top": None}]
-    for lp, rank, tp, ti, target in zip(chosen.tolist(), ranks.tolist(), top_p.tolist(), top_i.tolist(),
-                                        targets.tolist(), strict=True):
-        chars.append({"char": idx_to_token[target], "logp": round(lp, 6), "bits": round(-lp / math.log(2), 6),
+    idx_to_token, pieces = run.vocab.idx_to_token, run.pieces(text)
+    chars = [{"char": pieces[0], "logp": None, "bits": None, "rank": None, "top": None}]
+    for piece, lp, rank, tp, ti in zip(pieces[1:], chosen.tolist(), ranks.tolist(), top_p.tolist(), top_i.tolist(),
+                                       strict=True):
+        chars.append({"char": piece, "logp": round(lp, 6), "bits": round(-lp / math.log(2), 6),
                       "rank": rank, "top": [[idx_to_token[i], round(p, 6)] for p, i in zip(tp, ti, strict=True)]})
+    predicted = characters_predicted(tokenize(text, run.config.tokens), run.config.tokens)
     return {"run": run.name, "text": text, "unknown": unknown, "ppl": perplexity(nll, count),
-            "bpc": bits_per_token(nll, count), "tokens": count, "nll": nll, "chars": chars}
+            "bpc": nll / predicted / math.log(2), "tokens": count, "nll": nll, "chars": chars}
 
 
 def rounded(values: torch.Tensor, decimals: int = 4) -> list:
@@ -338,7 +354,7 @@ def activations(run: ServedRun, text: str, layer: int | None) -> dict:
                                                         h.min(0).values.tolist(), h.max(0).values.tolist(),
                                                         saturated.tolist(), strict=True))]
     return {"run": run.name, "text": text, "unknown": unknown, "layer": layer, "layers": layers,
-            "units": h.shape[1], "chars": [run.vocab.idx_to_token[i] for i in ids],
+            "units": h.shape[1], "chars": run.pieces(text),
             "saturation": "|h| > 0.9" if run.config.activation == "tanh" else "h = 0",
             "h": rounded(h), "c": None if c is None else rounded(c),
             "stats": stats}

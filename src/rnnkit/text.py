@@ -362,13 +362,24 @@ class Vocab:
         return list(dict.fromkeys(t for t in tokens if t not in self.token_to_idx))
 
 
+TOKEN_KINDS = ("char", "word")
+
+
+def has_unknown_token(mode: str, token: str) -> bool:
+    """Whether a vocabulary built for this preprocessing and token kind has ``<unk>``: d2l's
+    character vocabulary does, rnnkit's ``raw`` characters do not (every character is known), and
+    a word vocabulary always does (rare words, and words never seen, are read as ``<unk>``)."""
+    return mode == "d2l" or token == "word"
+
+
 def build_corpus(
-    text: str, mode: str = "d2l", token: str = "char", vocab: Vocab | None = None
+    text: str, mode: str = "d2l", token: str = "char", vocab: Vocab | None = None, min_freq: int = 0
 ) -> tuple[list[int], Vocab]:
-    """d2l's ``TimeMachine.build``: preprocess, tokenize, build a vocabulary if none is given, index."""
+    """d2l's ``TimeMachine.build``: preprocess, tokenize (characters or words), build a vocabulary
+    if none is given (tokens rarer than ``min_freq`` left out, as d2l's ``Vocab``), index."""
     tokens = tokenize(preprocess(text, mode), token)
     if vocab is None:
-        vocab = Vocab(tokens, unk_token="<unk>" if mode == "d2l" else None)
+        vocab = Vocab(tokens, min_freq=min_freq, unk_token="<unk>" if has_unknown_token(mode, token) else None)
     if vocab.unk_token is None:
         missing = vocab.unknown(tokens)
         if missing:

@@ -9,7 +9,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -29,7 +29,7 @@ from rnnkit.models import (
     evaluating,
     parameter_count,
 )
-from rnnkit.text import PREPROCESS_MODES, Vocab, build_corpus, load_corpus_text
+from rnnkit.text import PREPROCESS_MODES, TOKEN_KINDS, Vocab, build_corpus, has_unknown_token, load_corpus_text
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -45,6 +45,8 @@ class TrainConfig:
     encoding: str = "utf-8"
     strip_gutenberg: bool = False  # drop a Project Gutenberg header/footer (always done for built-in books)
     preprocess: str = "d2l"  # d2l: letters only, lower case; raw: every character a token
+    tokens: str = "char"  # char (the book's models) | word (§9.2's word tokens: split on whitespace)
+    min_freq: int = 0  # word models: words seen fewer times are read as <unk>
     split: str = "d2l"  # d2l | random | sequential | fraction (see rnnkit.data)
     num_train: int = 10000  # d2l split: training windows
     num_val: int = 5000  # d2l split: validation windows
@@ -104,7 +106,8 @@ class TrainConfig:
         self.check_types()
         check_sizes(self.batch_size, self.num_steps)
         choices = {"optimizer": OPTIMIZERS, "cuda_graphs": CUDA_GRAPHS, "model": MODEL_KINDS, "split": SPLITS,
-                   "activation": ACTIVATIONS, "preprocess": PREPROCESS_MODES, "schedule": SCHEDULES}
+                   "activation": ACTIVATIONS, "preprocess": PREPROCESS_MODES, "schedule": SCHEDULES,
+                   "tokens": TOKEN_KINDS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise RnnkitError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -113,11 +116,14 @@ class TrainConfig:
             "num_val": (0, 10**12, "a window count"), "seed": (0, (1 << 63) - 1, "an integer"),
             "hidden": (1, 1_000_000, "a size"), "layers": (1, 1000, "a layer count"),
             "embedding": (0, 1_000_000, "a size (0: one-hot)"), "eval_every": (0, 10**12, "a step count"),
-            "patience": (0, 10**9, "an evaluation count"),
+            "patience": (0, 10**9, "an evaluation count"), "min_freq": (0, 10**12, "a count"),
         }
         for name, (low, high, what) in ranges.items():
             if not low <= getattr(self, name) <= high:
                 raise RnnkitError(f"{name} must be {what} between {low} and {high}, got {getattr(self, name)}")
+        if self.min_freq and not has_unknown_token(self.preprocess, self.tokens):
+            raise RnnkitError("min_freq needs a vocabulary with <unk> to read rare tokens as: --tokens word, or "
+                              "--preprocess d2l")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise RnnkitError(f"lr must be a positive number, got {self.lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
@@ -251,6 +257,14 @@ def bits_per_token(nll: float, count: int) -> float:
     return nll / count / math.log(2) if count else float("nan")
 
 
+def characters_predicted(tokens: Sequence[str], kind: str = "char") -> int:
+    """Characters of the text that the predicted tokens (all but the first) stand for: one per
+    character token; a word and the space before it per word token. Bits per character of a word
+    model are its summed bits over this count, which makes word and character models comparable
+    (words read as ``<unk>`` make it optimistic: their spelling is not scored)."""
+    return sum(len(t) + 1 for t in tokens[1:]) if kind == "word" else max(len(tokens) - 1, 0)
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD and Adam as the book (weight decay on every parameter); AdamW decays the weight matrices
     only, not biases (as nanoGPT and most character-model recipes do)."""
@@ -372,8 +386,10 @@ class Trainer:
         if text is None:
             text = load_corpus_text(config.corpus, config.encoding, config.strip_gutenberg or None)
         self.corpus_sha1 = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()  # of the text read
-        ids, self.vocab = build_corpus(text, config.preprocess, vocab=vocab)
+        ids, self.vocab = build_corpus(text, config.preprocess, config.tokens, vocab=vocab, min_freq=config.min_freq)
         self.corpus = torch.tensor(ids, dtype=torch.int64, device=self.device)
+        # tokens of the text read as <unk> (word models: words below min_freq), said by the CLI
+        self.unknown_tokens = ids.count(self.vocab.unk) if self.vocab.unk_token is not None else 0
         self.data: DataSplit = split_corpus(
             self.corpus, config.split, config.batch_size, config.num_steps, num_train=config.num_train,
             num_val=config.num_val, val_fraction=config.val_fraction, seed=config.seed)
