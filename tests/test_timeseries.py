@@ -132,6 +132,8 @@ CSV_ERRORS = [
     ("no column given", "v\n1\n", [], "--csv needs --column"),
     ("empty", "", ["--column", "v"], "empty"),
     ("gaps refused", "v\n1\n\n3\n", ["--column", "v", "--missing", "error"], "missing values"),
+    ("NaN refused", "v\n1\nNaN\n3\n", ["--column", "v", "--missing", "error"], "1 missing values"),
+    ("all NaN", "v\nnan\nNaN\n", ["--column", "v"], "has no values"),
 ]
 
 

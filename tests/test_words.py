@@ -38,6 +38,16 @@ def test_vocabulary_keeps_words_seen_min_freq_times(word_run, tm_text):
     assert read_config(word_run)["config"]["tokens"] == "word"
 
 
+def test_word_tokens_round_trip_the_text(tm_text):
+    from rnnkit.text import build_corpus
+
+    ids, vocab = build_corpus(tm_text, "d2l", "word")  # min_freq 0: every word kept
+    assert " ".join(vocab.to_tokens(ids)) == " ".join(book_words(tm_text))
+    ids, vocab = build_corpus(tm_text, "raw", "word", min_freq=2)
+    words = tm_text.split()
+    assert [t if t in vocab else "<unk>" for t in words] == vocab.to_tokens(ids)
+
+
 def test_training_says_how_many_words_are_unknown(tmp_path, capsys, tm_text):
     assert main(["train", *[o for o in WORDS if o != "--quiet"], "--epochs", "1", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
