@@ -621,6 +621,8 @@ def cmd_timeseries(args: argparse.Namespace) -> int:
     )
 
     run_dir = Path(args.resume or args.out)
+    if args.resume and not (run_dir / "config.json").is_file():
+        raise RnnkitError(f"{run_dir}: not a timeseries run (no config.json)")
     with DirectoryLock(run_dir):
         if args.resume:
             trainer, _ = load_series_run(run_dir)
