@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.train_parser = t  # see given_train_options
     t.add_argument("--corpus", default=d.corpus, help="built-in corpus name (rnnkit corpora) or a text file")
+    t.add_argument("--data", default=d.data, metavar="DATA_DIR",
+                   help="train from a prepared directory (rnnkit prepare) through memory maps, instead of --corpus")
+    t.add_argument("--val-tokens", type=int, default=d.val_tokens,
+                   help="validate on the first N held-out tokens only (0: all)")
     t.add_argument("--encoding", default=d.encoding, help="text encoding of the corpus file")
     t.add_argument("--strip-gutenberg", action="store_true", help="drop a Project Gutenberg header and footer")
     t.add_argument("--preprocess", default=d.preprocess, choices=["d2l", "raw"])
@@ -130,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     from rnnkit.timeseries import MISSING, SERIES_MODELS, SeriesConfig
 
     ts = SeriesConfig()
+    pr = sub.add_parser("prepare", help="write a corpus as token files for training through memory maps (--data)")
+    pr.add_argument("corpus", help="a text file (or any file, with --tokens bytes)")
+    pr.add_argument("--out", required=True, metavar="DATA_DIR")
+    pr.add_argument("--tokens", choices=["char", "bytes"], default="char",
+                    help="characters of the decoded text, or the file's bytes (any file, 256 tokens)")
+    pr.add_argument("--encoding", default="utf-8")
+    pr.add_argument("--val-fraction", type=float, default=0.1, help="the held-out tail")
+
     x = sub.add_parser("timeseries", help="autoregressive models of a real-valued series (§9.1; §9.6's exercise)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = x.add_mutually_exclusive_group()
@@ -376,6 +388,15 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         if config.corpus not in CORPORA and Path(config.corpus).exists():
             config.corpus = str(Path(config.corpus).resolve())  # --resume works from any directory
+        if config.data:  # a prepared directory: raw tokens, random windows (see rnnkit.prepare)
+            config.data = str(Path(config.data).resolve())
+            config.corpus = config.data
+            for name, value in (("preprocess", "raw"), ("split", "sample")):
+                if name not in given:
+                    setattr(config, name, value)
+            if config.time_budget and not (given & SIZING_OPTIONS):
+                raise RnnkitError("--data with --time-budget: give the model's size (--model, --hidden, ...); "
+                                  "automatic sizing reads the corpus text")
         if config.time_budget:  # your own text and a few minutes: raw characters, the best model for them
             if "preprocess" not in given:
                 config.preprocess = "raw"
@@ -527,6 +548,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if prefix != args.prefix:
         print(f"rnnkit: note: prefix preprocessed as the training text was (--preprocess {config.preprocess}): "
               f"{args.prefix!r} -> {prefix!r}", file=sys.stderr)
+    if config.tokens == "bytes":  # byte tokens: decoded as UTF-8 as they come
+        import codecs
+
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        sys.stdout.write(prefix + ("" if first is None else decoder.decode(first.encode("latin-1"))))
+        for token in stream:
+            sys.stdout.write(decoder.decode(token.encode("latin-1")))
+            sys.stdout.flush()
+        sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+        return 0
     sys.stdout.write(join_tokens(prefix, [] if first is None else [first], config.tokens))
     for token in stream:  # words are written with the space before them
         sys.stdout.write(join_tokens("", [token], config.tokens) if config.tokens == "char" else " " + token)
@@ -543,6 +574,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     (model, vocab, config, _), note = load_chosen_checkpoint(args.run_dir, args.checkpoint)
     corpus = args.corpus or config.corpus
+    if config.data and args.corpus is None:  # a run trained from a prepared directory: its held-out tokens
+        from rnnkit.prepare import open_prepared
+
+        val = open_prepared(config.data).val
+        if len(val) < 2:
+            raise RnnkitError(f"{config.data}: no held-out tokens to evaluate; pass --corpus")
+        nll, count = stream_nll(model, val)
+        if note:
+            print(note, file=sys.stderr)
+        result = {"ppl": perplexity(nll, count), "bpc": bits_per_token(nll, count), "tokens": count,
+                  "corpus": f"{config.data} (held-out part)"}
+        print(json.dumps(result) if args.json else f"{result['corpus']}: perplexity {result['ppl']:.4f}  "
+              f"bits/{'byte' if config.tokens == 'bytes' else 'char'} {result['bpc']:.4f}  tokens {count}")
+        return 0
     strip = args.strip_gutenberg or (config.strip_gutenberg if args.corpus is None else False) or None
     text = load_corpus_text(corpus, args.encoding or config.encoding, strip)
     tokens = tokenize(preprocess(text, config.preprocess), config.tokens)
@@ -604,6 +649,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 1 <= args.threads <= 1024:
         raise RnnkitError(f"--threads must be between 1 and 1024, got {args.threads}")
     serve(args.run_dirs, args.host, args.port, args.checkpoint, limits, args.threads)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from rnnkit.prepare import prepare
+
+    started = time.perf_counter()
+    manifest = prepare(args.corpus, args.out, args.tokens, args.encoding, args.val_fraction)
+    files = manifest["files"]
+    print(f"{args.out}: {files['train']['tokens']:,} training and {files['val']['tokens']:,} validation tokens "
+          f"({manifest['tokens']}, vocabulary {manifest['vocab_size']}, {manifest['dtype']}) from "
+          f"{manifest['source_bytes']:,} bytes in {time.perf_counter() - started:.1f} s; "
+          f"train with: rnnkit train --data {args.out}")
     return 0
 
 
@@ -710,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args, given_train_options(parser, argv))
         commands = {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot, "corpora": cmd_corpora,
-                    "serve": cmd_serve, "timeseries": cmd_timeseries}
+                    "serve": cmd_serve, "timeseries": cmd_timeseries,
+                    "prepare": cmd_prepare}
         return commands[args.command](args)
     except RnnkitError as exc:
         print(f"rnnkit: error: {exc}", file=sys.stderr)

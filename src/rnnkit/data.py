@@ -14,6 +14,11 @@ Four ways to cut a corpus, selected by ``split``:
   random offset each epoch, shuffled; one window more at each end where the offset or the length
   leaves tokens over, so every token is read every epoch (those few at the ends twice).
 
+- ``sample``: windows drawn at random positions of the first ``1 - val_fraction`` (with
+  replacement, nanoGPT's ``get_batch``); an epoch is as many batches as would cover it once. Its
+  memory does not grow with the corpus (no list of windows), which is what a memory-mapped corpus
+  (``rnnkit prepare``, ``--data``) needs.
+
 All but ``d2l`` hold out the last ``val_fraction`` of the corpus as one contiguous validation text.
 """
 
@@ -26,7 +31,7 @@ import torch
 
 from rnnkit.errors import RnnkitError
 
-SPLITS = ("d2l", "random", "sequential", "fraction")
+SPLITS = ("d2l", "random", "sequential", "fraction", "sample")
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -89,6 +94,33 @@ class WindowBatches:
         starts = self.epoch_starts(epoch)
         for k in range(self._num_batches(len(starts))):
             window = self.corpus[starts[k * self.batch_size:(k + 1) * self.batch_size, None] + self.offsets]
+            yield window[:, :-1], window[:, 1:]
+
+    __iter__ = epoch
+
+
+class RandomWindows:
+    """Batches of windows at random positions of ``corpus`` (a tensor or a memory map: anything with
+    ``len`` and index-tensor lookup), drawn from a generator of (seed, epoch) only."""
+
+    stateful = False
+
+    def __init__(self, corpus, batch_size: int, num_steps: int, seed: int = 0) -> None:
+        self.corpus, self.batch_size, self.num_steps, self.seed = corpus, batch_size, num_steps, seed
+        self.offsets = torch.arange(num_steps + 1)
+
+    def __len__(self) -> int:
+        return max(1, (len(self.corpus) - 1) // (self.batch_size * self.num_steps))
+
+    @property
+    def num_windows(self) -> int:
+        return len(self) * self.batch_size
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = epoch_generator(self.seed, epoch)
+        for _ in range(len(self)):
+            starts = torch.randint(len(self.corpus) - self.num_steps, (self.batch_size,), generator=generator)
+            window = self.corpus[starts[:, None] + self.offsets]
             yield window[:, :-1], window[:, 1:]
 
     __iter__ = epoch
@@ -209,6 +241,8 @@ def split_corpus(corpus: torch.Tensor, split: str, batch_size: int, num_steps: i
         train = WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, drop_last=True, seed=seed,
                               random_offset=True)
         return DataSplit(train, None, val_text)
+    if split == "sample":
+        return DataSplit(RandomWindows(train_text, batch_size, num_steps, seed), None, val_text)
     starts = torch.arange(0, len(train_text) - num_steps, num_steps)  # fraction
     train = WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, seed=seed, random_offset=True,
                           cover_ends=True)

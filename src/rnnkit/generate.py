@@ -172,4 +172,6 @@ def join_tokens(prefix: str, tokens: Sequence[str], token: str = "char") -> str:
     space before each."""
     if token == "word":
         return " ".join([prefix.strip(), *tokens]).strip()
+    if token == "bytes":  # byte tokens are the characters 0-255: their bytes, read as UTF-8
+        return prefix + "".join(tokens).encode("latin-1").decode("utf-8", errors="replace")
     return prefix + "".join(tokens)

@@ -285,11 +285,14 @@ def preprocess(text: str, mode: str = "d2l") -> str:
 
 
 def tokenize(text: str, token: str = "char") -> list[str]:
-    """Characters (d2l's ``list(text)``) or words (d2l's ``text.split()``)."""
+    """Characters (d2l's ``list(text)``), words (d2l's ``text.split()``), or the UTF-8 bytes of the
+    text (each as the character of that code, 0-255: a prepared ``--tokens bytes`` corpus)."""
     if token == "char":
         return list(text)
     if token == "word":
         return text.split()
+    if token == "bytes":
+        return [chr(b) for b in text.encode("utf-8")]
     raise RnnkitError(f"unknown token type '{token}' (choose char or word)")
 
 
@@ -362,7 +365,7 @@ class Vocab:
         return list(dict.fromkeys(t for t in tokens if t not in self.token_to_idx))
 
 
-TOKEN_KINDS = ("char", "word")
+TOKEN_KINDS = ("char", "word", "bytes")
 
 
 def has_unknown_token(mode: str, token: str) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from rnnkit.data import SPLITS, DataSplit, WindowBatches, check_sizes, split_corpus
+from rnnkit.data import SPLITS, DataSplit, RandomWindows, WindowBatches, check_sizes, split_corpus
 from rnnkit.errors import RnnkitError, TrainingDiverged
 from rnnkit.models import (
     ACTIVATIONS,
@@ -42,6 +42,8 @@ class TrainConfig:
     """Everything that defines a run. The defaults are the book's configuration (d2l §9.5/§9.6)."""
 
     corpus: str = "timemachine"  # built-in corpus name or a path to a UTF-8 text file
+    data: str = ""  # a prepared data directory (rnnkit prepare): trained from a memory map instead of corpus
+    val_tokens: int = 0  # validate on the first N held-out tokens only (0: all of them)
     encoding: str = "utf-8"
     strip_gutenberg: bool = False  # drop a Project Gutenberg header/footer (always done for built-in books)
     preprocess: str = "d2l"  # d2l: letters only, lower case; raw: every character a token
@@ -117,10 +119,16 @@ class TrainConfig:
             "hidden": (1, 1_000_000, "a size"), "layers": (1, 1000, "a layer count"),
             "embedding": (0, 1_000_000, "a size (0: one-hot)"), "eval_every": (0, 10**12, "a step count"),
             "patience": (0, 10**9, "an evaluation count"), "min_freq": (0, 10**12, "a count"),
+            "val_tokens": (0, 10**15, "a token count"),
         }
         for name, (low, high, what) in ranges.items():
             if not low <= getattr(self, name) <= high:
                 raise RnnkitError(f"{name} must be {what} between {low} and {high}, got {getattr(self, name)}")
+        if self.data and (self.tokens == "word" or self.split != "sample" or self.preprocess != "raw"):
+            raise RnnkitError("a prepared --data directory is read as its prepared tokens, raw, with --split sample "
+                              "(random windows: memory that does not grow with the corpus)")
+        if self.tokens == "bytes" and not self.data:
+            raise RnnkitError("byte tokens come from a prepared directory: rnnkit prepare --tokens bytes, then --data")
         if self.min_freq and not has_unknown_token(self.preprocess, self.tokens):
             raise RnnkitError("min_freq needs a vocabulary with <unk> to read rare tokens as: --tokens word, or "
                               "--preprocess d2l")
@@ -383,16 +391,23 @@ class Trainer:
         config.validate()
         self.config = config
         self.device = select_device(config.device)
-        if text is None:
-            text = load_corpus_text(config.corpus, config.encoding, config.strip_gutenberg or None)
-        self.corpus_sha1 = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()  # of the text read
-        ids, self.vocab = build_corpus(text, config.preprocess, config.tokens, vocab=vocab, min_freq=config.min_freq)
-        self.corpus = torch.tensor(ids, dtype=torch.int64, device=self.device)
-        # tokens of the text read as <unk> (word models: words below min_freq), said by the CLI
-        self.unknown_tokens = ids.count(self.vocab.unk) if self.vocab.unk_token is not None else 0
-        self.data: DataSplit = split_corpus(
-            self.corpus, config.split, config.batch_size, config.num_steps, num_train=config.num_train,
-            num_val=config.num_val, val_fraction=config.val_fraction, seed=config.seed)
+        self.unknown_tokens = 0  # tokens of the text read as <unk> (word models: words below min_freq)
+        if config.data:
+            self._open_prepared(vocab)
+        else:
+            if text is None:
+                text = load_corpus_text(config.corpus, config.encoding, config.strip_gutenberg or None)
+            self.corpus_sha1 = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()  # of the text read
+            ids, self.vocab = build_corpus(text, config.preprocess, config.tokens, vocab=vocab,
+                                           min_freq=config.min_freq)
+            self.corpus = torch.tensor(ids, dtype=torch.int64, device=self.device)
+            if self.vocab.unk_token is not None:
+                self.unknown_tokens = ids.count(self.vocab.unk)
+            self.data: DataSplit = split_corpus(
+                self.corpus, config.split, config.batch_size, config.num_steps, num_train=config.num_train,
+                num_val=config.num_val, val_fraction=config.val_fraction, seed=config.seed)
+        if config.val_tokens and self.data.val_text is not None:
+            self.data.val_text = self.data.val_text[:config.val_tokens + 1]
         check_parameter_count(config.model, len(self.vocab), config.hidden, config.layers, config.embedding)
         check_memory(config, len(self.vocab), self.device)
         with self._rng(seed=config.seed):
@@ -570,6 +585,30 @@ class Trainer:
         if self.data.val_text is not None:
             return stream_nll(self.model, self.data.val_text)
         return 0.0, 0
+
+    def _open_prepared(self, vocab: Vocab | None) -> None:
+        """Train from a prepared directory: its token files stay on disk, read through memory maps."""
+        from rnnkit.prepare import open_prepared
+
+        config = self.config
+        prepared = open_prepared(config.data)
+        kind = prepared.manifest["tokens"]
+        tokens = [chr(t) for t in prepared.idx_to_token] if kind == "bytes" else prepared.idx_to_token
+        if config.tokens not in (kind, "char"):
+            raise RnnkitError(f"{config.data} holds {kind} tokens, not {config.tokens}")
+        config.tokens = kind
+        self.vocab = Vocab.from_tokens_list(tokens, unk_token=None)
+        if vocab is not None and vocab.idx_to_token != self.vocab.idx_to_token:
+            raise RnnkitError(f"{config.data}: its vocabulary is not the one this run was trained with")
+        self.corpus_sha1 = prepared.manifest["files"]["train"]["sha1"]
+        self.corpus = prepared.train
+        if self.device.type != "cpu":
+            raise RnnkitError("--data trains on the CPU for now (batches are gathered from the memory map)")
+        if len(prepared.train) < config.num_steps + 1:
+            raise RnnkitError(f"{config.data}: {len(prepared.train)} training tokens, shorter than one window")
+        val = prepared.val if len(prepared.val) >= 2 else None
+        self.data = DataSplit(RandomWindows(prepared.train, config.batch_size, config.num_steps, config.seed),
+                              None, val)
 
     def fit(self, on_epoch: Callable[[EpochStats], None] | None = None,
             on_batch: Callable[[int, torch.Tensor], None] | None = None,
