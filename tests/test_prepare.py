@@ -22,7 +22,7 @@ def ids_of(prepared):
     return torch.cat([prepared.train[0:len(prepared.train)], prepared.val[0:len(prepared.val)]]).tolist()
 
 
-@pytest.mark.parametrize("chunk", [7, 1 << 24])  # 7 bytes: chunks cut through multi-byte characters
+@pytest.mark.parametrize("chunk", [7, 1 << 22])  # 7 bytes: chunks cut through multi-byte characters
 def test_char_tokens_round_trip_the_text_exactly(tmp_path, monkeypatch, chunk):
     monkeypatch.setattr(prepare_module, "CHUNK", chunk)
     source = tmp_path / "awkward.txt"
@@ -141,3 +141,18 @@ def test_data_options_that_cannot_work_are_refused(tmp_path, capsys):
         from rnnkit.train import TrainConfig
 
         TrainConfig(tokens="bytes").validate()
+
+
+def test_max_steps_ends_a_run_after_that_many_steps_and_can_be_raised(tmp_path, tm_text):
+    (tmp_path / "tm.txt").write_text(tm_text[:40000])
+    prepare(tmp_path / "tm.txt", tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["--data", str(tmp_path / "data"), *TRAIN, "--eval-every", "5"]
+    assert main(["train", *common, "--epochs", "100", "--max-steps", "7", "--out", str(run)]) == 0
+    evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
+    assert evals[-1]["step"] == 7 and [e["step"] for e in evals] == [5, 7]  # 7 steps, not 100 epochs of 281
+    config = json.loads((run / "config.json").read_text())
+    assert config["finished"] == "7 steps done" and config["config"]["max_steps"] == 7
+    assert main(["train", "--resume", str(run), "--max-steps", "12", "--quiet"]) == 0
+    evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
+    assert evals[-1]["step"] == 12 and json.loads((run / "config.json").read_text())["finished"] == "12 steps done"

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=d.eval_every, metavar="STEPS",
                    help="validate every N training steps (0: at each epoch's end; with --time-budget about ten "
                         "times per budget)")
+    t.add_argument("--max-steps", type=int, default=d.max_steps, metavar="STEPS",
+                   help="stop after this many training steps, whatever --epochs says (0: no limit); with "
+                        "--resume, a larger count continues a run that stopped there")
     t.add_argument("--patience", type=int, default=d.patience,
                    help="stop after this many evaluations without a better validation loss (0: never)")
     t.add_argument("--out", default="runs/tm", help="run directory to write")
@@ -358,8 +361,8 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
     if out.exists() and not out.is_dir():
         raise RnnkitError(f"{'--resume' if args.resume else '--out'} {out}: exists and is not a directory")
     if args.resume:
-        allowed = {"resume", "epochs", "quiet", "save_every", "save_minutes", "sample_every", "sample_prefixes",
-                   "sample_chars", "device", "cuda_graphs"}
+        allowed = {"resume", "epochs", "max_steps", "quiet", "save_every", "save_minutes", "sample_every",
+                   "sample_prefixes", "sample_chars", "device", "cuda_graphs"}
         clash = sorted(given - allowed)
         if clash:
             raise RnnkitError(f"--resume continues a run with its saved settings; remove {', '.join(clash)} "
@@ -370,6 +373,8 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
         state = load_state(out, meta)
         if "epochs" in given:
             config.epochs = args.epochs
+        if "max_steps" in given:
+            config.max_steps = args.max_steps
         config.device, config.cuda_graphs = args.device, args.cuda_graphs
         trainer = Trainer(config, vocab=vocab)
         if meta.get("corpus_sha1") and meta["corpus_sha1"] != trainer.corpus_sha1:
@@ -377,10 +382,12 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
                               f"{trainer.corpus_sha1}, at training sha1 {meta['corpus_sha1']}); put the original "
                               "back or start a new run")
         trainer.load_state_dict(state)
+        if trainer.finished and trainer.finished.endswith("steps done") and trainer.step < config.max_steps:
+            trainer.finished = None  # a larger --max-steps continues it
         if trainer.finished:
             print(f"{out}: already finished ({trainer.finished})")
             return 0
-        if len(trainer.history) >= config.epochs and not config.time_budget:
+        if len(trainer.history) >= config.epochs and not (config.time_budget or config.max_steps):
             print(f"{out}: already trained for {len(trainer.history)} epochs; pass a larger --epochs to continue")
             return 0
         print(f"resuming {out} at epoch {len(trainer.history) + 1} of {config.epochs}", flush=True)
@@ -397,7 +404,8 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
             if config.time_budget and not (given & SIZING_OPTIONS):
                 raise RnnkitError("--data with --time-budget: give the model's size (--model, --hidden, ...); "
                                   "automatic sizing reads the corpus text")
-        if config.time_budget:  # your own text and a few minutes: raw characters, the best model for them
+        if config.time_budget and not config.data:  # your own text and a few minutes: raw characters, the best
+            # model for them
             if "preprocess" not in given:
                 config.preprocess = "raw"
             if "split" not in given:  # the last 10% held out; the rest as running lanes, the state carried

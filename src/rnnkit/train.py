@@ -76,6 +76,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # where cosine / linear decay ends, as a fraction of lr
     eval_every: int = 0  # evaluate every N training steps (0: at each epoch's end; time budgets: ~every 5%)
     patience: int = 0  # stop after this many evaluations without a better validation loss (0: never)
+    max_steps: int = 0  # stop after this many optimizer steps, whatever --epochs says (0: no limit)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -119,7 +120,7 @@ class TrainConfig:
             "hidden": (1, 1_000_000, "a size"), "layers": (1, 1000, "a layer count"),
             "embedding": (0, 1_000_000, "a size (0: one-hot)"), "eval_every": (0, 10**12, "a step count"),
             "patience": (0, 10**9, "an evaluation count"), "min_freq": (0, 10**12, "a count"),
-            "val_tokens": (0, 10**15, "a token count"),
+            "val_tokens": (0, 10**15, "a token count"), "max_steps": (0, 10**15, "a step count"),
         }
         for name, (low, high, what) in ranges.items():
             if not low <= getattr(self, name) <= high:
@@ -533,6 +534,8 @@ class Trainer:
         """How far the run is, in [0, 1]: of its time budget, or of all its steps."""
         if self.config.time_budget:
             return self._elapsed() / self.config.time_budget
+        if self.config.max_steps:
+            return self.step / self.config.max_steps
         return self.step / max(self.config.epochs * len(self.data.train), 1)
 
     def _set_lr(self) -> None:
@@ -550,6 +553,8 @@ class Trainer:
     def _must_stop(self) -> bool:
         if self.config.time_budget and self._elapsed() >= self.config.time_budget:
             self.finished = f"time budget of {self.config.time_budget:g} s spent"
+        elif self.config.max_steps and self.step >= self.config.max_steps:
+            self.finished = f"{self.config.max_steps} steps done"
         elif self.config.patience and self._bad_evals >= self.config.patience:
             self.finished = f"no better validation loss in {self.config.patience} evaluations"
         return self.finished is not None
@@ -626,7 +631,7 @@ class Trainer:
             self._check_budget()
         self._wall_t0 = time.perf_counter() - self.wall_seconds
         self._last_eval_wall = self.wall_seconds
-        last_epoch = 10**9 if self.config.time_budget else self.config.epochs
+        last_epoch = 10**9 if self.config.time_budget or self.config.max_steps else self.config.epochs
         with self._rng():
             for epoch in range(len(self.history), last_epoch):
                 if self.finished:
