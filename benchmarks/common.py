@@ -5,6 +5,8 @@ puts a script's own folder first on ``sys.path``.)"""
 from __future__ import annotations
 
 import math
+import platform
+import subprocess
 
 import torch
 from torch import nn
@@ -49,3 +51,12 @@ class Baseline(nn.Module):
     def forward(self, X, state=None):
         out, state = self.rnn(self.embedding(X), state)
         return self.linear(out), state
+
+
+def cpu_model() -> str:
+    """``lscpu``'s model name (every result file names the CPU it was measured on)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor()

@@ -14,10 +14,11 @@ import argparse
 import collections
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
+
+from common import cpu_model
 
 CHILD = """
 import hashlib, sys, tempfile, torch
@@ -60,13 +61,6 @@ print(torch.get_num_threads(), hashlib.sha1(b"".join(weights[k].numpy().tobytes(
       .hexdigest())
 """
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def first_difference(majority: str, minority: str) -> dict:

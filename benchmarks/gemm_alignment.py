@@ -14,21 +14,14 @@ see another CPU's code path.
 
 import json
 import os
-import platform
-import subprocess
 
 import torch
+
+from common import cpu_model
 
 SHAPES = [((2048, 64), (64, 192)), ((128, 64), (64, 192)), ((2048, 192), (192, 64)), ((64, 2048), (2048, 192)),
           ((1024, 32), (32, 28)), ((16, 64), (64, 192))]
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def placed(t: torch.Tensor, offset: int) -> torch.Tensor:

@@ -13,25 +13,18 @@ the first 20,000 held-out tokens.
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import cpu_model
+
 TRAIN = ["--model", "lstm", "--layers", "2", "--hidden", "128", "--embedding", "32", "--optimizer", "adamw",
          "--lr", "0.003", "--batch-size", "32", "--num-steps", "64", "--val-tokens", "20000", "--quiet",
          "--sample-every", "0"]
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def run_measured(args: list[str]) -> tuple[float, int, str]:

@@ -23,18 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cpu_model
+
 TRAIN = ["--epochs", "1", "--num-train", "256", "--num-val", "64", "--batch-size", "64", "--quiet",
          "--sample-every", "0"]
 MODELS = {"book": [], "lstm-2x256": ["--model", "lstm", "--layers", "2", "--hidden", "256"]}
 EVENT = b'data: {"char"'
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 async def one_stream(host: str, port: int, run: str, chars: int, timeout: float, seed: int | None = None) -> dict:

@@ -8,22 +8,16 @@ initialisation); medians, per-seed values, and for each k which model is best. P
 """
 
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from common import cpu_model
+
 SEEDS = range(5)
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def run(options: list[str]) -> dict:

@@ -24,13 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cpu_model
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared"
 
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
 def nanogpt(corpus: Path, seed: int) -> dict:
