@@ -18,7 +18,6 @@ import codecs
 import hashlib
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,14 +64,9 @@ def _codepoints(text: str) -> np.ndarray:
 
 
 def _check_source(path: Path) -> None:
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise RnnkitError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise RnnkitError(f"{path}: cannot read ({exc.strerror})") from None
-    if not stat.S_ISREG(mode):
-        raise RnnkitError(f"{path}: not a regular file")
+    from rnnkit.text import check_regular_file
+
+    check_regular_file(path)
     if path.stat().st_size == 0:
         raise RnnkitError(f"{path}: file is empty")
 

@@ -209,10 +209,9 @@ def _checked(path: Path, entry: CorpusEntry) -> Path:
 _BINARY_MAGIC = (b"\x89PNG", b"PK\x03\x04", b"\x80\x02", b"\x80\x04", b"\x7fELF", b"%PDF", b"\xff\xd8\xff", b"GIF8")
 
 
-def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
-    """Read a whole text file, refusing what is not a regular file (a directory, a FIFO, a device
-    such as /dev/zero), empty, binary and wrongly-encoded files with a clear error."""
-    path = Path(path)
+def check_regular_file(path: Path) -> None:
+    """Refuse what cannot be read as a file's contents: a missing path, a directory, a FIFO, a
+    socket or a device such as /dev/zero (which would hang or never end)."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -223,6 +222,13 @@ def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
         raise RnnkitError(f"{path}: is a directory, not a text file")
     if not stat.S_ISREG(mode):
         raise RnnkitError(f"{path}: not a regular file (a FIFO, socket or device); give a text file")
+
+
+def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """Read a whole text file, refusing what is not a regular file (a directory, a FIFO, a device
+    such as /dev/zero), empty, binary and wrongly-encoded files with a clear error."""
+    path = Path(path)
+    check_regular_file(path)
     try:
         codec = codecs.lookup(encoding).name
     except LookupError:
