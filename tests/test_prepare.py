@@ -156,3 +156,19 @@ def test_max_steps_ends_a_run_after_that_many_steps_and_can_be_raised(tmp_path, 
     assert main(["train", "--resume", str(run), "--max-steps", "12", "--quiet"]) == 0
     evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
     assert evals[-1]["step"] == 12 and json.loads((run / "config.json").read_text())["finished"] == "12 steps done"
+
+
+def test_a_byte_model_generates_utf8_and_is_served_byte_by_byte(tmp_path, capsys):
+    from rnnkit.serve import load_served_run, score
+
+    (tmp_path / "t.txt").write_text("naïve café, héllo wörld! " * 400)
+    assert main(["prepare", str(tmp_path / "t.txt"), "--out", str(tmp_path / "data"), "--tokens", "bytes"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "data"), *TRAIN, "--max-steps", "60", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prefix", "café", "-n", "30", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("café") and "\ufffd" not in out[:4]  # bytes decoded back to text as they stream
+    scored = score(load_served_run(run, None, "bytes"), "café")
+    assert "".join(c["char"] for c in scored["chars"]) == "café".encode().decode("latin-1")  # one piece per byte
+    assert scored["tokens"] == len("café".encode()) - 1

@@ -490,7 +490,8 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
         if trainer.finished:
             print(f"stopped early: {trainer.finished}")
         if trainer.best is not None:
-            print(f"best: val loss {trainer.best['val_loss']:.4f} nats/{config.tokens} at step {trainer.best['step']} "
+            unit = {"char": "char", "word": "word", "bytes": "byte"}[config.tokens]
+            print(f"best: val loss {trainer.best['val_loss']:.4f} nats/{unit} at step {trainer.best['step']} "
                   f"(epoch {trainer.best['epoch']:g}); generate and eval use it unless --checkpoint last")
     for prefix in progress.prefixes[-1:]:
         print("sample:", progress.sample(prefix, max(args.sample_chars, 100) if config.tokens == "char" else 30))

@@ -73,7 +73,9 @@ class ServedRun:
         return self.piece(self.vocab.idx_to_token[index], first)
 
     def piece(self, token: str, first: bool = False) -> str:
-        return token if self.config.tokens == "char" or first else " " + token
+        """A word with the space before it (none first); a character or a byte as it is (a byte
+        token is shown as the character of its code: bytes of UTF-8 characters appear one by one)."""
+        return " " + token if self.config.tokens == "word" and not first else token
 
     def pieces(self, text: str) -> list[str]:
         """The pieces of an encoded ``text`` per token, as written (a word read as ``<unk>`` keeps its
