@@ -105,3 +105,24 @@ def test_served_word_run_scores_as_eval(word_run, capsys, tmp_path):
 def test_min_freq_needs_an_unknown_token(tmp_path, capsys):
     assert main(["train", "--preprocess", "raw", "--min-freq", "2", "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
     assert "min_freq needs" in capsys.readouterr().err
+
+
+def test_tied_weights_share_one_matrix_through_save_load_and_resume(tmp_path, capsys):
+    from rnnkit.checkpoint import load_run
+
+    options = ["--model", "lstm", "--hidden", "16", "--embedding", "16", "--tie-weights", "--preprocess", "raw",
+               "--split", "fraction", "--batch-size", "16", "--num-steps", "16", "--optimizer", "adamw",
+               "--lr", "0.01", "--quiet", "--sample-every", "0"]
+    assert main(["train", *options, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
+    model, _, config, _ = load_run(tmp_path / "straight")
+    assert config.tie_weights and model.head.weight is model.embedding.weight
+    untied = sum(p.numel() for p in model.parameters()) + model.head.weight.numel()
+    assert json.loads((tmp_path / "straight" / "config.json").read_text())["config"]["tie_weights"] is True
+    assert untied - model.head.weight.numel() == sum(p.numel() for p in model.parameters())  # counted once
+    assert main(["train", *options, "--epochs", "1", "--out", str(tmp_path / "resumed")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "resumed"), "--epochs", "2", "--quiet"]) == 0
+    a, b = load_file(str(checkpoint_path(tmp_path / "straight"))), load_file(str(checkpoint_path(tmp_path / "resumed")))
+    assert all(torch.equal(a[k], b[k]) for k in a) and torch.equal(a["head.weight"], a["embedding.weight"])
+    capsys.readouterr()
+    assert main(["train", "--tie-weights", "--embedding", "8", "--hidden", "16", "--out", str(tmp_path / "x")]) == 2
+    assert "embedding equal to --hidden" in capsys.readouterr().err

@@ -103,7 +103,7 @@ def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: Tra
         names["state"] = f"state-{checkpoint}.safetensors"
         payload[names["state"]] = save_safetensors(tensors, metadata={**meta, "state": skeleton})
     weights = state["model"] if state is not None else model.state_dict()
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    weights = {k: v.detach().to("cpu").clone() for k, v in weights.items()}  # tied weights: one copy per name
     payload[names["model"]] = save_safetensors(weights, metadata=meta)
     best = state.get("best") if state is not None else None
     if best is not None:  # the weights of the lowest validation loss so far
@@ -243,7 +243,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
     except (KeyError, TypeError) as exc:
         raise RnnkitError(f"{run_dir / CONFIG_FILE}: incomplete config ({exc})") from None
     model = build_model(config.model, len(vocab), config.hidden, config.layers, config.dropout,
-                        config.embedding, config.activation)
+                        config.embedding, config.activation, config.tie_weights)
     files = checkpoint_files(meta)
     if checkpoint not in ("last", "best"):
         raise RnnkitError(f"checkpoint must be last or best, got {checkpoint!r}")

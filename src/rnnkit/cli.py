@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--embedding", type=int, default=d.embedding, metavar="DIM",
                    help="learned embedding size (0: one-hot input, as the book)")
     t.add_argument("--activation", default=d.activation, choices=["tanh", "relu"])
+    t.add_argument("--tie-weights", action="store_true",
+                   help="the output layer shares the embedding's weight (needs --embedding equal to --hidden)")
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--num-steps", type=int, default=d.num_steps)
     t.add_argument("--epochs", type=int, default=d.epochs)
@@ -304,7 +306,8 @@ def raise_stop(signum, frame):
     raise Stop(signum)
 
 
-SIZING_OPTIONS = {"model", "hidden", "layers", "embedding", "dropout", "io_dropout", "activation", "batch_size",
+SIZING_OPTIONS = {"model", "hidden", "layers", "embedding", "dropout", "io_dropout", "tie_weights", "activation",
+                  "batch_size",
                   "num_steps", "optimizer", "lr", "weight_decay", "clip", "schedule", "warmup", "min_lr_ratio"}
 
 

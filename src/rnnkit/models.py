@@ -396,8 +396,9 @@ def check_parameter_count(kind: str, vocab_size: int, hidden: int, layers: int =
 
 
 def build_model(kind: str, vocab_size: int, hidden: int, layers: int = 1, dropout: float = 0.0,
-                embedding: int = 0, activation: str = "tanh") -> RNNLM:
-    """The model a run's config describes (``embedding=0`` means one-hot input)."""
+                embedding: int = 0, activation: str = "tanh", tie_weights: bool = False) -> RNNLM:
+    """The model a run's config describes (``embedding=0`` means one-hot input). ``tie_weights``:
+    the output layer's weight is the embedding's (Press & Wolf; needs ``embedding == hidden``)."""
     if kind not in MODEL_KINDS:
         raise RnnkitError(f"unknown model '{kind}' (choose from {', '.join(MODEL_KINDS)})")
     for name, value, low in (("hidden", hidden, 1), ("layers", layers, 1), ("embedding", embedding, 0)):
@@ -413,4 +414,10 @@ def build_model(kind: str, vocab_size: int, hidden: int, layers: int = 1, dropou
         rnn = RNNScratch(num_inputs, hidden, activation=activation)
     else:
         rnn = Recurrent(kind, num_inputs, hidden, layers, dropout, activation)
-    return RNNLM(rnn, vocab_size, embedding or None)
+    model = RNNLM(rnn, vocab_size, embedding or None)
+    if tie_weights:
+        if embedding != hidden:
+            raise RnnkitError(f"tying weights needs --embedding equal to --hidden (the output layer is "
+                              f"{vocab_size}x{hidden}, the embedding {vocab_size}x{embedding or 'one-hot'})")
+        model.head.weight = model.embedding.weight
+    return model

@@ -58,6 +58,7 @@ class TrainConfig:
     layers: int = 1
     dropout: float = 0.0  # between recurrent layers
     io_dropout: float = 0.0  # on the learned embedding and the recurrent outputs (any number of layers)
+    tie_weights: bool = False  # the output layer shares the embedding's weight (needs embedding == hidden)
     embedding: int = 0  # 0: one-hot input (the book); >0: learned embedding of this size
     activation: str = "tanh"  # tanh | relu (rnn and scratch)
     batch_size: int = 1024
@@ -130,6 +131,9 @@ class TrainConfig:
                               "(random windows: memory that does not grow with the corpus)")
         if self.tokens == "bytes" and not self.data:
             raise RnnkitError("byte tokens come from a prepared directory: rnnkit prepare --tokens bytes, then --data")
+        if self.tie_weights and self.embedding != self.hidden:
+            raise RnnkitError(f"tie_weights needs --embedding equal to --hidden ({self.hidden}), got "
+                              f"{self.embedding or 'one-hot'}")
         if self.min_freq and not has_unknown_token(self.preprocess, self.tokens):
             raise RnnkitError("min_freq needs a vocabulary with <unk> to read rare tokens as: --tokens word, or "
                               "--preprocess d2l")
@@ -413,7 +417,7 @@ class Trainer:
         check_memory(config, len(self.vocab), self.device)
         with self._rng(seed=config.seed):
             self.model = build_model(config.model, len(self.vocab), config.hidden, config.layers, config.dropout,
-                                     config.embedding, config.activation).to(self.device)
+                                     config.embedding, config.activation, config.tie_weights).to(self.device)
         self.model.io_dropout = config.io_dropout
         self.optimizer = make_optimizer(config, self.model)
         self.captured: CapturedGradients | None = None
