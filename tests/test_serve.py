@@ -208,6 +208,9 @@ def test_page_and_api_docs_load_only_from_the_server(server):
     assert "https://" not in docs.text and server.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
     schema = server.get("/openapi.json").json()
     assert {"/api/runs", "/api/generate", "/api/score", "/api/activations"} <= set(schema["paths"])
+    assert "ErrorBody" in str(schema["paths"]["/api/score"]["post"]["responses"]["404"])  # the error shape served
+    head = server.head("/")
+    assert head.status_code == 200 and head.headers["content-security-policy"] == "default-src 'self'"
 
 
 def open_stream_and_leave(client, deadline: float) -> int:

@@ -472,6 +472,13 @@ def create_app(runs: dict[str, ServedRun], limits: Limits | None = None):
             raise Failure(413, f"{what} has {len(text)} characters; this server takes at most {limits.max_text}")
         return text
 
+    class ErrorBody(BaseModel):
+        error: str = Field(description="what was wrong with the request, in one line")
+
+    errors = {status: {"model": ErrorBody, "description": what} for status, what in (
+        (404, "unknown run"), (413, "over a limit of this server"), (422, "invalid settings or text"),
+        (429, "too many streams open"))}
+
     class TextRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         run: str
@@ -486,7 +493,7 @@ def create_app(runs: dict[str, ServedRun], limits: Limits | None = None):
         return [run.info for run in runs.values()]
 
     @app.get("/api/generate", responses={200: {"content": {"text/event-stream": {}},
-                                               "description": "server-sent events"}})
+                                               "description": "server-sent events"}, **errors})
     async def generate_stream(request: Request, run: str, prefix: str = "", n: int = Query(200, ge=0),
                               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, alpha: float = 1.0,
                               seed: int | None = None, greedy: bool = False):
@@ -540,13 +547,13 @@ def create_app(runs: dict[str, ServedRun], limits: Limits | None = None):
 
         return Stream(body(), release, headers={"Cache-Control": "no-store"})
 
-    @app.post("/api/score")
+    @app.post("/api/score", responses=errors)
     async def score_text(body: TextRequest) -> dict:
         """Per character log-probability, surprisal (bits), rank and top alternatives; total ppl, bpc, tokens."""
         served_run = served(body.run)
         return await run_in_threadpool(score, served_run, bounded_text(body.text, "text"))
 
-    @app.post("/api/activations")
+    @app.post("/api/activations", responses=errors)
     async def activations_of(body: ActivationsRequest) -> dict:
         """Hidden (and LSTM cell) state per character of one layer, ``[T x units]``, with per-unit statistics."""
         served_run = served(body.run)
@@ -565,7 +572,7 @@ def create_app(runs: dict[str, ServedRun], limits: Limits | None = None):
                              ("docs.html", "text/html"), ("docs.js", "text/javascript"),
                              ("favicon.svg", "image/svg+xml")):
         path = next((p for p, n in pages.items() if n == name), f"/{name}")
-        app.get(path, include_in_schema=False)(static_file(name, media_type))
+        app.api_route(path, methods=["GET", "HEAD"], include_in_schema=False)(static_file(name, media_type))
     try:  # the API page's assets (Swagger UI), from the fastapi-offline package
         import importlib.resources
 
