@@ -572,7 +572,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 0
     sys.stdout.write(join_tokens(prefix, [] if first is None else [first], config.tokens))
     for token in stream:  # words are written with the space before them
-        sys.stdout.write(join_tokens("", [token], config.tokens) if config.tokens == "char" else " " + token)
+        sys.stdout.write(token if config.tokens == "char" else " " + token)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
@@ -617,7 +617,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(note, file=sys.stderr)
     words = config.tokens == "word"
     chars = characters_predicted(tokens, config.tokens)
-    result = {"ppl": perplexity(nll, count), "bpc": nll / chars / math.log(2), "tokens": count,
+    result = {"ppl": perplexity(nll, count), "bpc": bits_per_token(nll, chars), "tokens": count,
               "corpus": str(corpus), "skipped": skipped}
     if words:
         unknown_set = set(unknown)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 
@@ -85,7 +85,7 @@ class Sampling:
 
     def key(self) -> tuple:
         """The settings as a tuple: streams with equal keys can be sampled together."""
-        return self.greedy, self.temperature, self.top_k, self.top_p, self.alpha
+        return astuple(self)
 
 
 def check_seed(seed: int | None) -> None:

@@ -55,9 +55,10 @@ class ServedRun:
     checkpoint: str  # best or last
     info: dict
 
-    def encode(self, text: str, what: str) -> tuple[str, list[int], list[str]]:
-        """(text as training read it, token ids, tokens read as ``<unk>``); refuses characters the
-        vocabulary cannot read at all. A word model's text comes back as its words joined by spaces."""
+    def encode(self, text: str, what: str) -> tuple[str, list[str], list[int], list[str]]:
+        """(text as training read it, its tokens, their ids, tokens read as ``<unk>``); refuses
+        characters the vocabulary cannot read at all. A word model's text comes back as its words
+        joined by spaces."""
         text = preprocess(text, self.config.preprocess)
         tokens = tokenize(text, self.config.tokens)
         if self.config.tokens == "word":
@@ -66,7 +67,7 @@ class ServedRun:
         if unknown and self.vocab.unk_token is None:
             raise RnnkitError(f"{what} has characters run {self.name!r} cannot read: "
                               f"{''.join(repr(t) for t in unknown[:20])}")
-        return text, [self.vocab[t] for t in tokens], unknown
+        return text, tokens, [self.vocab[t] for t in tokens], unknown
 
     def shown(self, index: int, first: bool = False) -> str:
         """The text a generated token adds: a character as it is, a word with the space before it."""
@@ -77,10 +78,10 @@ class ServedRun:
         token is shown as the character of its code: bytes of UTF-8 characters appear one by one)."""
         return " " + token if self.config.tokens == "word" and not first else token
 
-    def pieces(self, text: str) -> list[str]:
-        """The pieces of an encoded ``text`` per token, as written (a word read as ``<unk>`` keeps its
-        spelling); joined, they give ``text``."""
-        return [self.piece(t, i == 0) for i, t in enumerate(tokenize(text, self.config.tokens))]
+    def pieces(self, tokens: list[str]) -> list[str]:
+        """The text of each of an encoded text's ``tokens``, as written (a word read as ``<unk>``
+        keeps its spelling); joined, they give the text."""
+        return [self.piece(t, i == 0) for i, t in enumerate(tokens)]
 
 
 def load_served_run(run_dir: str | Path, checkpoint: str | None, name: str) -> ServedRun:
@@ -256,7 +257,7 @@ class StreamBatcher:
                 job.cancelled = ended = True
                 continue
             job.produced += 1
-            top = [[vocab.idx_to_token[i], round(p, 6)] for p, i in zip(top_p[row], top_i[row], strict=True)]
+            top = alternatives(vocab.idx_to_token, top_p[row], top_i[row])
             event = {"char": self.run.shown(token), "p": round(chosen_p[row], 6), "top": top}
             out.append((job, self.sse(data_str=json.dumps(event, ensure_ascii=False))))
             if job.produced == job.n:
@@ -306,11 +307,16 @@ def split_state(state, batch_dim: int, count: int) -> list:
     return list(state.split(1, dim=batch_dim))
 
 
+def alternatives(idx_to_token: list[str], probs: list[float], ids: list[int]) -> list[list]:
+    """``[[token, probability], ...]`` of a row of top-k probabilities and their token ids."""
+    return [[idx_to_token[i], round(p, 6)] for p, i in zip(probs, ids, strict=True)]
+
+
 def score(run: ServedRun, text: str) -> dict:
     """Per character: log-probability (nats), surprisal (bits), rank and top alternatives given all
     the text before it; totals equal to ``rnnkit eval`` on the same text (the first character has
     no prediction)."""
-    text, ids, unknown = run.encode(text, "text")
+    text, token_list, ids, unknown = run.encode(text, "text")
     if len(ids) < 2:
         raise RnnkitError("text must have at least 2 characters to score")
     tokens = torch.tensor(ids, dtype=torch.int64)
@@ -322,15 +328,15 @@ def score(run: ServedRun, text: str) -> dict:
     chosen = logp.gather(1, targets.view(-1, 1)).squeeze(1)
     ranks = (logp > chosen.unsqueeze(1)).sum(1) + 1
     top_p, top_i = torch.topk(logp.exp(), min(TOP, logp.shape[1]), dim=1)
-    idx_to_token, pieces = run.vocab.idx_to_token, run.pieces(text)
+    pieces = run.pieces(token_list)
     chars = [{"char": pieces[0], "logp": None, "bits": None, "rank": None, "top": None}]
     for piece, lp, rank, tp, ti in zip(pieces[1:], chosen.tolist(), ranks.tolist(), top_p.tolist(), top_i.tolist(),
                                        strict=True):
         chars.append({"char": piece, "logp": round(lp, 6), "bits": round(-lp / math.log(2), 6),
-                      "rank": rank, "top": [[idx_to_token[i], round(p, 6)] for p, i in zip(tp, ti, strict=True)]})
-    predicted = characters_predicted(tokenize(text, run.config.tokens), run.config.tokens)
+                      "rank": rank, "top": alternatives(run.vocab.idx_to_token, tp, ti)})
+    bpc = bits_per_token(nll, characters_predicted(token_list, run.config.tokens))  # as rnnkit eval
     return {"run": run.name, "text": text, "unknown": unknown, "ppl": perplexity(nll, count),
-            "bpc": nll / predicted / math.log(2), "tokens": count, "nll": nll, "chars": chars}
+            "bpc": bpc, "tokens": count, "nll": nll, "chars": chars}
 
 
 def rounded(values: torch.Tensor, decimals: int = 4) -> list:
@@ -341,7 +347,7 @@ def rounded(values: torch.Tensor, decimals: int = 4) -> list:
 def activations(run: ServedRun, text: str, layer: int | None) -> dict:
     """The hidden state (and an LSTM's cell state) of one layer after each character, ``[T x units]``,
     and per unit summary statistics for ranking units."""
-    text, ids, unknown = run.encode(text, "text")
+    text, token_list, ids, unknown = run.encode(text, "text")
     if not ids:
         raise RnnkitError("text is empty")
     layers = run.config.layers if run.config.model != "scratch" else 1
@@ -356,7 +362,7 @@ def activations(run: ServedRun, text: str, layer: int | None) -> dict:
                                                         h.min(0).values.tolist(), h.max(0).values.tolist(),
                                                         saturated.tolist(), strict=True))]
     return {"run": run.name, "text": text, "unknown": unknown, "layer": layer, "layers": layers,
-            "units": h.shape[1], "chars": run.pieces(text),
+            "units": h.shape[1], "chars": run.pieces(token_list),
             "saturation": "|h| > 0.9" if run.config.activation == "tanh" else "h = 0",
             "h": rounded(h), "c": None if c is None else rounded(c),
             "stats": stats}
@@ -505,7 +511,7 @@ def create_app(runs: dict[str, ServedRun], limits: Limits | None = None):
         sampling = Sampling(greedy, temperature, top_k, top_p, alpha)
         sampling.validate()
         check_seed(seed)
-        text, prefix_ids, unknown = served_run.encode(bounded_text(prefix, "prefix"), "prefix")
+        text, _, prefix_ids, unknown = served_run.encode(bounded_text(prefix, "prefix"), "prefix")
         if streams["open"] >= limits.max_streams:
             raise Failure(429, f"{limits.max_streams} streams are open already (the server's limit); try again")
         streams["open"] += 1

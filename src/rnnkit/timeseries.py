@@ -227,11 +227,14 @@ class LinearAR(nn.Module):
         """Predictions (N,) from windows (N, tau), oldest value first."""
         return self.linear(windows).squeeze(-1)
 
+    def pairs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every window of ``x`` (N, tau) and the value that follows each (N,)."""
+        return x.unfold(0, self.tau, 1)[:-1], x[self.tau:]
+
     def fit(self, x: torch.Tensor) -> None:
         """Least squares on every window of ``x`` (the training part): the minimum of the squared
         error that the book's SGD approaches."""
-        windows = x.unfold(0, self.tau, 1)[:-1]  # (N, tau)
-        targets = x[self.tau:]
+        windows, targets = self.pairs(x)
         design = torch.cat([windows, torch.ones(len(windows), 1, dtype=x.dtype)], dim=1)
         # gelsd (SVD), not the default gelsy: on the CPU gelsy's result depends on the memory it is
         # given (about 1 call in 25 differed in the last bits here; pytorch/pytorch#71222, #187411)
@@ -362,7 +365,8 @@ class SeriesTrainer:
                     model.fit(z_train)
                     self.done[name] = 1
                     with torch.no_grad():
-                        mse = float(((model(z_train.unfold(0, model.tau, 1)[:-1]) - z_train[model.tau:]) ** 2).mean())
+                        windows, targets = model.pairs(z_train)
+                        mse = float(((model(windows) - targets) ** 2).mean())
                     self.history.append({"model": name, "epoch": 1, "train_mse": mse * self.scale.std ** 2})
                     self._save()
                 continue
