@@ -132,3 +132,25 @@ def test_fraction_split_holds_out_the_tail_and_reads_every_token_every_epoch():
 def test_bad_sizes(kwargs, message):
     with pytest.raises(RnnkitError, match=message):
         split_corpus(torch.arange(40), **kwargs)
+
+
+@pytest.mark.parametrize("split", ["d2l", "random", "sequential", "fraction", "sample"])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_parts_of_batches_make_up_the_batch_and_start_skips_batches(split, world_size):
+    """What processes of a distributed run read together is what one process reads, batch by batch
+    (an uneven last batch included), and a mid-epoch start reads the same remaining batches."""
+    corpus = torch.arange(5000)
+    data = split_corpus(corpus, split, 48, 8, num_train=1001, seed=5).train
+    whole = list(data.epoch(2))
+    parts = [list(data.epoch(2, part=(rank, world_size))) for rank in range(world_size)]
+    assert all(len(p) == len(whole) for p in parts) and len(whole) >= 3
+    for k, (X, Y) in enumerate(whole):
+        assert torch.equal(torch.cat([p[k][0] for p in parts]), X)
+        assert torch.equal(torch.cat([p[k][1] for p in parts]), Y)
+        sizes = [len(p[k][0]) for p in parts]
+        assert max(sizes) - min(sizes) <= 1  # as equal as the rows allow
+    later = list(data.epoch(2, start=2))
+    assert len(later) == len(whole) - 2
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(later, whole[2:], strict=True))
+    if split == "d2l":
+        assert [len(X) for X, _ in whole][-1] == 1001 % 48  # the uneven last batch was covered

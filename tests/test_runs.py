@@ -333,3 +333,46 @@ def test_bad_input_with_force_leaves_the_earlier_run_intact(tmp_path, capsys, ba
     assert main(["train", *bad, "--out", str(out), "--force"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("split,model,stop_at", [("d2l", "rnn", 7), ("sequential", "lstm", 150), ("random", "gru", 9),
+                                                 ("fraction", "lstm", 5), ("sample", "rnn", 30)])
+def test_a_run_stopped_mid_epoch_resumes_from_its_checkpoint_bitwise(tmp_path, tm_text, split, model, stop_at):
+    """A stop request lands between two steps; the checkpoint written there (weights, optimizer,
+    RNG, the batch reached, partial sums, the carried state) continues exactly as if never stopped."""
+    import signal as signals
+
+    from rnnkit.errors import Stop
+
+    layers = 2 if model == "lstm" else 1
+    config = dict(model=model, hidden=12, layers=layers, dropout=0.2 if layers > 1 else 0.0, batch_size=16,
+                  num_steps=8, epochs=2, num_train=300, num_val=32, split=split, optimizer="adam", lr=0.01,
+                  eval_every=4, seed=3)
+    corpus = tm_text[:12000]
+    reference = Trainer(TrainConfig(**config), text=corpus)
+    reference.fit()
+    stopped = Trainer(TrainConfig(**config), text=corpus)
+    per_epoch = len(stopped.data.train)
+    assert stop_at % per_epoch and stop_at < 2 * per_epoch  # strictly inside an epoch
+
+    def on_batch(tokens, loss):
+        if stopped.step == stop_at:
+            stopped.stop_requested = signals.SIGTERM
+
+    with pytest.raises(Stop):
+        stopped.fit(on_batch=on_batch)
+    position = stopped.snapshot["position"]
+    assert (stopped.snapshot["step"], position["epoch"], position["batch"]) == (
+        stop_at, stop_at // per_epoch, stop_at % per_epoch)
+    assert (position["carry"] is not None) == (split == "sequential")
+    save_run(tmp_path, stopped.model, stopped.vocab, stopped.config, stopped.snapshot["epoch"], stopped.snapshot,
+             stopped.corpus_sha1)
+    _, vocab, saved_config, meta = load_run(tmp_path)
+    resumed = Trainer(saved_config, text=corpus, vocab=vocab)
+    resumed.load_state_dict(load_state(tmp_path, meta))
+    resumed.fit()
+    assert_bitwise_equal({k: v.contiguous() for k, v in resumed.model.state_dict().items()},
+                         {k: v.contiguous() for k, v in reference.model.state_dict().items()})
+    timeless = lambda rows: [{k: v for k, v in vars(r).items() if k not in ("seconds", "tokens_per_s")} for r in rows]
+    assert timeless(resumed.history) == timeless(reference.history)
+    assert timeless(resumed.evals) == timeless(reference.evals) and len(reference.evals) > 4

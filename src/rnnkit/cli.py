@@ -20,7 +20,7 @@ import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import RnnkitError, Stop
 
 SAMPLE_PREFIXES = ["traveller", "time traveller"]  # d2l 0.x notebook's
 
@@ -100,8 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "its epoch count; other settings come from the run)")
     t.add_argument("--save-every", type=int, default=10, help="checkpoint every N epochs (0: at the end only)")
     t.add_argument("--save-minutes", type=float, default=10.0,
-                   help="also checkpoint at the end of any epoch that finds the last save at least this many "
-                        "minutes old (0: off)")
+                   help="also checkpoint after any step that finds the last save at least this many minutes old "
+                        "(0: off)")
+    t.add_argument("--save-steps", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every N training steps, mid-epoch (0: off); a resumed run continues "
+                        "from the exact batch")
+    t.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others (to start, in a step, while "
+                        "rank 0 validates or saves) before giving up")
     t.add_argument("--sample-every", type=int, default=10, help="print samples every N epochs (0: never)")
     t.add_argument("--sample-prefix", action="append", dest="sample_prefixes", metavar="TEXT",
                    help=f"prefix for the periodic samples (repeatable; default: {SAMPLE_PREFIXES})")
@@ -281,15 +287,6 @@ def given_train_options(parser: argparse.ArgumentParser, argv: list[str]) -> set
     return set(given) - {"command"}
 
 
-class Stop(KeyboardInterrupt):
-    """SIGTERM or SIGHUP during training: handled like Ctrl-C (save, say how to resume), then the
-    process exits with 128 + the signal's number."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 @contextlib.contextmanager
 def signal_handlers(signals: tuple, handler):
     """Run the block with ``handler`` for ``signals`` (main thread only), then restore the previous ones."""
@@ -335,42 +332,63 @@ def sized_for_budget(config, quiet: bool):
 
 
 def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
-    """``rnnkit train``; the run directory's lock, once taken, is released however this returns."""
+    """``rnnkit train``, in one process or as one of torchrun's (:mod:`rnnkit.distributed`); the run
+    directory's lock (rank 0's), once taken, and the process group, once joined, are let go however
+    this returns."""
+    from rnnkit import distributed
     from rnnkit.files import DirectoryLock
 
+    world = distributed.world_from_environment()
     lock = DirectoryLock(Path(args.resume or args.out))
+    peer_lost = False
     try:
-        return train_locked(args, given, lock)
+        return train_locked(args, given, lock, world)
+    except RnnkitError as exc:
+        peer_lost = isinstance(exc, distributed.PeerLost)  # leaving the group would wait for the lost process
+        if world.rank and not distributed.joined():
+            exc.silent = True  # the same check failed on every process: rank 0 says it, once
+        elif world.rank:
+            exc.args = (f"(rank {world.rank}) {exc}",)
+        raise
     finally:
         lock.release()
+        if not peer_lost:
+            distributed.stop()
 
 
-def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
-    """The body of ``rnnkit train``; takes ``lock`` (on the run directory) before reading or writing there."""
+def train_locked(args: argparse.Namespace, given: set[str], lock, world) -> int:
+    """The body of ``rnnkit train``; takes ``lock`` (on the run directory) before reading or writing
+    there. Under torchrun only rank 0 takes it, prints and writes."""
+    from rnnkit import distributed
     from rnnkit.checkpoint import CONFIG_FILE, load_run, load_state, save_run, write_metrics
     from rnnkit.errors import TrainingDiverged
     from rnnkit.files import DirectoryLock
     from rnnkit.text import CORPORA
-    from rnnkit.train import TrainConfig, Trainer, keep_freed_memory
+    from rnnkit.train import TrainConfig, Trainer, keep_freed_memory, select_device
 
-    for name in ("save_every", "sample_every", "sample_chars"):
+    for name in ("save_every", "save_steps", "sample_every", "sample_chars"):
         if getattr(args, name) < 0:
             raise RnnkitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if "time_budget" in given and not args.time_budget > 0:
         raise RnnkitError(f"--time-budget must be a positive duration (e.g. 90s, 3m, 1h), got {args.time_budget:g}")
     if not (args.save_minutes >= 0 and math.isfinite(args.save_minutes)):
         raise RnnkitError(f"--save-minutes must be >= 0, got {args.save_minutes}")
+    if not (args.dist_timeout > 0 and math.isfinite(args.dist_timeout)):
+        raise RnnkitError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
+    main_process = world.is_main
+    if not main_process:
+        args.quiet = True
     out = Path(args.resume or args.out)
     if out.exists() and not out.is_dir():
         raise RnnkitError(f"{'--resume' if args.resume else '--out'} {out}: exists and is not a directory")
     if args.resume:
-        allowed = {"resume", "epochs", "max_steps", "quiet", "save_every", "save_minutes", "sample_every",
-                   "sample_prefixes", "sample_chars", "device", "cuda_graphs"}
+        allowed = {"resume", "epochs", "max_steps", "quiet", "save_every", "save_steps", "save_minutes",
+                   "sample_every", "sample_prefixes", "sample_chars", "device", "cuda_graphs", "dist_timeout"}
         clash = sorted(given - allowed)
         if clash:
             raise RnnkitError(f"--resume continues a run with its saved settings; remove {', '.join(clash)} "
-                              "(only --epochs and display options may change)")
-        if out.is_dir():
+                              "(only --epochs, --max-steps and display and saving options may change)")
+        if out.is_dir() and main_process:
             lock.acquire()  # before reading: no save in between
         model, vocab, config, meta = load_run(out)
         state = load_state(out, meta)
@@ -379,7 +397,10 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
         if "max_steps" in given:
             config.max_steps = args.max_steps
         config.device, config.cuda_graphs = args.device, args.cuda_graphs
-        trainer = Trainer(config, vocab=vocab)
+        config.validate()
+        distributed.check_batch(config.batch_size, world)
+        world = distributed.start(world, select_device(config.device), args.dist_timeout)
+        trainer = Trainer(config, vocab=vocab, world=world)
         if meta.get("corpus_sha1") and meta["corpus_sha1"] != trainer.corpus_sha1:
             raise RnnkitError(f"{config.corpus} is not the text this run was trained on (text sha1 now "
                               f"{trainer.corpus_sha1}, at training sha1 {meta['corpus_sha1']}); put the original "
@@ -388,12 +409,19 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
         if trainer.finished and trainer.finished.endswith("steps done") and trainer.step < config.max_steps:
             trainer.finished = None  # a larger --max-steps continues it
         if trainer.finished:
-            print(f"{out}: already finished ({trainer.finished})")
+            if main_process:
+                print(f"{out}: already finished ({trainer.finished})")
             return 0
         if len(trainer.history) >= config.epochs and not (config.time_budget or config.max_steps):
-            print(f"{out}: already trained for {len(trainer.history)} epochs; pass a larger --epochs to continue")
+            if main_process:
+                print(f"{out}: already trained for {len(trainer.history)} epochs; pass a larger --epochs to continue")
             return 0
-        print(f"resuming {out} at epoch {len(trainer.history) + 1} of {config.epochs}", flush=True)
+        position = state.get("position")
+        where = (f"step {trainer.step} (epoch {position['epoch'] + 1}, after batch {position['batch']})"
+                 if position else f"epoch {len(trainer.history) + 1}")
+        if main_process:
+            print(f"resuming {out} at {where} of {config.epochs} epochs"
+                  f"{f' on {world.size} processes' if world.size > 1 else ''}", flush=True)
     else:
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         if config.corpus not in CORPORA and Path(config.corpus).exists():
@@ -414,19 +442,26 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
             if "split" not in given:  # the last 10% held out; the rest as running lanes, the state carried
                 config.split = "sequential"
         config.validate()
+        sizing = config.time_budget and not (given & SIZING_OPTIONS)
+        if sizing and world.size > 1:
+            raise RnnkitError("--time-budget under torchrun: give the model's size (--model, --hidden, ...); "
+                              "automatic sizing measures one process's speed")
+        distributed.check_batch(config.batch_size, world)
         created = not out.exists()
-        lock.acquire()  # also finds an --out that cannot be written, before training
+        if main_process:
+            lock.acquire()  # also finds an --out that cannot be written, before training
         try:
             if (out / CONFIG_FILE).exists() and not args.force:
                 raise RnnkitError(f"--out {out} already holds a run; --resume {out} continues it, "
                                   "--force overwrites it")
             text = None
-            if config.time_budget and not (given & SIZING_OPTIONS):
+            if sizing:
                 text, config = sized_for_budget(config, args.quiet)
-            trainer = Trainer(config, text=text)
+            world = distributed.start(world, select_device(config.device), args.dist_timeout)
+            trainer = Trainer(config, text=text, world=world)
         except BaseException:
             lock.release()
-            if created:  # leave no empty run directory behind a refused start
+            if created and main_process:  # leave no empty run directory behind a refused start
                 (out / DirectoryLock.NAME).unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     out.rmdir()
@@ -442,48 +477,80 @@ def train_locked(args: argparse.Namespace, given: set[str], lock) -> int:
         print(f"corpus {config.corpus}: {len(trainer.corpus)} tokens, vocab {len(trainer.vocab)}, "
               f"{len(trainer.data.train)} batches/epoch; model {config.model} hidden {config.hidden} "
               f"({sum(p.numel() for p in trainer.model.parameters()):,} parameters) on {trainer.device}"
-              f"{' (CUDA graphs)' if trainer.captured is not None else ''}", flush=True)
+              f"{' (CUDA graphs)' if trainer.captured is not None else ''}"
+              f"{f', {world.size} processes ({config.batch_size // world.size} rows each)' if world.size > 1 else ''}",
+              flush=True)
     progress = Progress(trainer, args)
-    curves = Curves(out)
+    curves = Curves(out, enabled=main_process)
     last_save = time.monotonic()
 
     def save(state: dict) -> None:
+        """Rank 0 writes the checkpoint (the others have taken part in building ``state``)."""
         nonlocal last_save
-        save_run(out, trainer.model, trainer.vocab, config, state["epoch"], state, trainer.corpus_sha1)
+        if main_process:
+            save_run(out, trainer.model, trainer.vocab, config, state["epoch"], state, trainer.corpus_sha1)
         last_save = time.monotonic()
+
+    def save_overdue() -> bool:
+        return bool(args.save_minutes) and time.monotonic() - last_save >= 60 * args.save_minutes
 
     def on_epoch(stats) -> None:
         progress.on_epoch(stats)
-        overdue = args.save_minutes and time.monotonic() - last_save >= 60 * args.save_minutes
-        if (args.save_every and stats.epoch % args.save_every == 0) or overdue:
+        if (args.save_every and stats.epoch % args.save_every == 0) or save_overdue():
             save(trainer.snapshot)
-        else:  # metrics.jsonl follows every epoch; the checkpoint every --save-every
+        elif main_process:  # metrics.jsonl follows every epoch; the checkpoint every --save-every
             write_metrics(out, [asdict(h) for h in trainer.history], [asdict(e) for e in trainer.evals])
         curves.update(trainer.history)
 
+    def on_signal(signum, frame):
+        """Between or inside training steps: stop after the step in progress (at a step boundary the
+        state is consistent and exact to resume); elsewhere (loading, a kernel build) at once."""
+        if not trainer.accepts_stop:
+            raise Stop(signum)
+        if not trainer.stop_requested:
+            trainer.stop_requested = signum
+            if main_process:
+                if progress.bar is not None:
+                    progress.bar.clear()
+                print(f"\n{signal.Signals(signum).name}: stopping after this step to save the run", file=sys.stderr,
+                      flush=True)
+
+    trainer.wants_save = lambda step: (args.save_steps and step % args.save_steps == 0) or save_overdue()
+    trainer.on_save = save
     try:
         try:
-            with signal_handlers((signal.SIGTERM, signal.SIGHUP), raise_stop):
+            with signal_handlers((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), on_signal):
                 history = trainer.fit(on_epoch, progress.on_batch, progress.on_eval)
         except (KeyboardInterrupt, TrainingDiverged) as exc:
             if progress.bar is not None:
                 progress.bar.close()
             with signal_handlers((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), signal.SIG_IGN):  # final save
                 save(trainer.snapshot)
+                if world.started:  # every process waits for rank 0's save: torchrun ends the job at the first exit
+                    distributed.barrier()
+            if not main_process:
+                return 128 + exc.signum if isinstance(exc, Stop) else 3 if isinstance(exc, TrainingDiverged) else 130
             try:
                 curves.update(trainer.history, force=True)
             except Exception as plot_error:  # noqa: BLE001 - the plot may have been cut mid-draw; the run is saved
                 print(f"rnnkit: note: curves.png not redrawn ({plot_error})", file=sys.stderr)
-            done = trainer.snapshot["epoch"]
+            snapshot = trainer.snapshot
             if isinstance(exc, TrainingDiverged):
-                raise TrainingDiverged(f"{exc}; the run is saved as of epoch {done} in {out}") from None
-            how = f"signal {signal.Signals(exc.signum).name}" if isinstance(exc, Stop) else "interrupted"
-            print(f"\n{how}: saved the run after {done} completed epoch(s) in {out}; "
-                  f"continue with: rnnkit train --resume {out}", file=sys.stderr)
-            return 128 + exc.signum if isinstance(exc, Stop) else 130
+                raise TrainingDiverged(f"{exc}; the run is saved as of epoch {snapshot['epoch']} in {out}") from None
+            signum = exc.signum if isinstance(exc, Stop) else signal.SIGINT
+            how = "interrupted" if signum == signal.SIGINT else f"signal {signal.Signals(signum).name}"
+            where = (f"at step {snapshot['step']} (in epoch {snapshot['position']['epoch'] + 1})"
+                     if snapshot.get("position") else f"after {snapshot['epoch']} completed epoch(s)")
+            print(f"\n{how}: saved the run {where} in {out}; continue with: rnnkit train --resume {out}",
+                  file=sys.stderr)
+            return 128 + signum
         save(trainer.snapshot)
+        if world.started:
+            distributed.barrier()
     finally:
         lock.release()
+    if not main_process:
+        return 0
     curves.update(history, force=True)
     if history:
         last = history[-1]
@@ -506,8 +573,8 @@ class Curves:
 
     interval_s = 5.0
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir, self.last, self.enabled = run_dir, 0.0, True
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.run_dir, self.last, self.enabled = run_dir, 0.0, enabled
 
     def update(self, history, force: bool = False) -> None:
         if not (self.enabled and history) or (not force and time.monotonic() - self.last < self.interval_s):
@@ -784,7 +851,8 @@ def main(argv: list[str] | None = None) -> int:
                     "prepare": cmd_prepare}
         return commands[args.command](args)
     except RnnkitError as exc:
-        print(f"rnnkit: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "silent", False):
+            print(f"rnnkit: error: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

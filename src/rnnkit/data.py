@@ -20,6 +20,11 @@ Four ways to cut a corpus, selected by ``split``:
   (``rnnkit prepare``, ``--data``) needs.
 
 All but ``d2l`` hold out the last ``val_fraction`` of the corpus as one contiguous validation text.
+
+Every ``epoch(epoch, start, part)`` is a function of (seed, epoch) only: ``start`` skips the first
+batches (a run resumed mid-epoch reads exactly the batches it had not read), and ``part`` =
+``(rank, world_size)`` yields only that process's rows of each batch (:func:`part_rows`), so that
+the processes of a distributed run together read each batch of a one-process run.
 """
 
 from __future__ import annotations
@@ -32,6 +37,17 @@ import torch
 from rnnkit.errors import RnnkitError
 
 SPLITS = ("d2l", "random", "sequential", "fraction", "sample")
+
+
+Part = tuple[int, int]  # (rank, world size): which rows of each batch a process reads
+WHOLE: Part = (0, 1)
+
+
+def part_rows(num_rows: int, part: Part) -> slice:
+    """The rows of a batch of ``num_rows`` that process ``rank`` of ``world_size`` trains on:
+    consecutive, as equal as possible (a batch smaller than the world leaves some processes none)."""
+    rank, size = part
+    return slice(rank * num_rows // size, (rank + 1) * num_rows // size)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -90,10 +106,12 @@ class WindowBatches:
             starts = starts[perm.to(starts.device)]
         return starts
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, start: int = 0, part: Part = WHOLE
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         starts = self.epoch_starts(epoch)
-        for k in range(self._num_batches(len(starts))):
-            window = self.corpus[starts[k * self.batch_size:(k + 1) * self.batch_size, None] + self.offsets]
+        for k in range(start, self._num_batches(len(starts))):
+            rows = starts[k * self.batch_size:(k + 1) * self.batch_size]
+            window = self.corpus[rows[part_rows(len(rows), part), None] + self.offsets]
             yield window[:, :-1], window[:, 1:]
 
     __iter__ = epoch
@@ -116,12 +134,15 @@ class RandomWindows:
     def num_windows(self) -> int:
         return len(self) * self.batch_size
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, start: int = 0, part: Part = WHOLE
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = epoch_generator(self.seed, epoch)
-        for _ in range(len(self)):
+        mine = part_rows(self.batch_size, part)
+        for k in range(len(self)):  # the skipped batches' draws are replayed: the generator's stream is the data
             starts = torch.randint(len(self.corpus) - self.num_steps, (self.batch_size,), generator=generator)
-            window = self.corpus[starts[:, None] + self.offsets]
-            yield window[:, :-1], window[:, 1:]
+            if k >= start:
+                window = self.corpus[starts[mine, None] + self.offsets]
+                yield window[:, :-1], window[:, 1:]
 
     __iter__ = epoch
 
@@ -173,12 +194,14 @@ class SequentialBatches:
         """d2l's ``random.randint(0, num_steps)``, from (seed, epoch)."""
         return int(torch.randint(self.num_steps + 1, (), generator=epoch_generator(self.seed, epoch)))
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, start: int = 0, part: Part = WHOLE
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         offset = self.epoch_offset(epoch)
         num_tokens = (len(self.corpus) - offset - 1) // self.batch_size * self.batch_size
-        X = self.corpus[offset:offset + num_tokens].reshape(self.batch_size, -1)
-        Y = self.corpus[offset + 1:offset + 1 + num_tokens].reshape(self.batch_size, -1)
-        for k in range(self._num_batches(offset)):
+        lanes = part_rows(self.batch_size, part)
+        X = self.corpus[offset:offset + num_tokens].reshape(self.batch_size, -1)[lanes]
+        Y = self.corpus[offset + 1:offset + 1 + num_tokens].reshape(self.batch_size, -1)[lanes]
+        for k in range(start, self._num_batches(offset)):
             cols = slice(k * self.num_steps, (k + 1) * self.num_steps)
             yield X[:, cols], Y[:, cols]
 

@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from rnnkit.data import SPLITS, DataSplit, RandomWindows, WindowBatches, check_sizes, split_corpus
-from rnnkit.errors import RnnkitError, TrainingDiverged
+from rnnkit import distributed
+from rnnkit.data import SPLITS, DataSplit, RandomWindows, WindowBatches, check_sizes, part_rows, split_corpus
+from rnnkit.distributed import ONE_PROCESS, World
+from rnnkit.errors import RnnkitError, Stop, TrainingDiverged
 from rnnkit.models import (
     ACTIVATIONS,
     GATES,
@@ -28,6 +30,7 @@ from rnnkit.models import (
     detach_state,
     evaluating,
     parameter_count,
+    state_batch_dim,
 )
 from rnnkit.text import PREPROCESS_MODES, TOKEN_KINDS, Vocab, build_corpus, has_unknown_token, load_corpus_text
 
@@ -231,6 +234,24 @@ def compute_gradients(model: RNNLM, X: torch.Tensor, Y: torch.Tensor, clip: floa
     return loss.detach(), state
 
 
+def compute_shared_gradients(model: RNNLM, X: torch.Tensor, Y: torch.Tensor, clip: float, state: State,
+                             flags: list[float]) -> tuple[torch.Tensor, State, list[float]]:
+    """:func:`compute_gradients` for one process of a distributed run: ``X``/``Y`` are this process's
+    rows of the batch (possibly none); the gradients become those of the whole batch's mean loss
+    (:func:`rnnkit.distributed.all_reduce_step`) before clipping. Returns this part's mean loss, the
+    state, and ``flags`` summed over the processes."""
+    model.zero_grad(set_to_none=True)
+    if Y.numel():
+        total, state = model.loss(X, Y, state, reduction="sum")
+        total.backward()
+    else:
+        total = torch.zeros((), device=Y.device)
+    _, flags = distributed.all_reduce_step(model.parameters(), Y.numel(), flags)
+    if clip > 0:
+        clip_gradients(model.parameters(), clip)
+    return total.detach() / max(Y.numel(), 1), state, flags
+
+
 def window_nll(model: RNNLM, batches: WindowBatches) -> tuple[float, int]:
     """Summed NLL (nats) and token count over every window, each from a fresh state (d2l's validation)."""
     total, count = 0.0, 0
@@ -390,12 +411,27 @@ class Trainer:
     The trainer has a random number generator state of its own (seeded with ``config.seed``): model
     initialisation and dropout draw from it, and the caller's global torch RNG is the same before
     and after ``Trainer(...)`` and ``fit()``.
+
+    Stopping and saving between steps: a signal handler sets :attr:`stop_requested` (the signal's
+    number) and the trainer stops after the step in progress, with :attr:`snapshot` holding the
+    state there, and raises :class:`Stop`; :attr:`wants_save` ``(step)`` is asked after every step
+    and, where it says so, :attr:`on_save` gets the state. That state includes the position in the
+    epoch (batch, partial sums, a carried hidden state), so a resumed run reads exactly the batches
+    an uninterrupted one would have read next.
+
+    ``world`` (:mod:`rnnkit.distributed`): this process's place in a torchrun job; it trains on its
+    part of every batch, and only its rank 0 should write.
     """
 
-    def __init__(self, config: TrainConfig, text: str | None = None, vocab: Vocab | None = None) -> None:
+    def __init__(self, config: TrainConfig, text: str | None = None, vocab: Vocab | None = None,
+                 world: World = ONE_PROCESS) -> None:
         config.validate()
         self.config = config
+        self.world = world
+        distributed.check_batch(config.batch_size, world)
         self.device = select_device(config.device)
+        if world.started and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", world.local_rank)  # one GPU per process on each machine
         self.unknown_tokens = 0  # tokens of the text read as <unk> (word models: words below min_freq)
         if config.data:
             self._open_prepared(vocab)
@@ -423,8 +459,13 @@ class Trainer:
         self.captured: CapturedGradients | None = None
         if config.cuda_graphs == "on" and self.device.type != "cuda":
             raise RnnkitError(f"--cuda-graphs on needs a CUDA device, not {self.device}")
-        if self.device.type == "cuda" and config.cuda_graphs != "off" and config.graphs_possible():
+        if config.cuda_graphs == "on" and world.started:
+            raise RnnkitError("--cuda-graphs on: a captured step has no all-reduce in it; not under torchrun")
+        if (self.device.type == "cuda" and config.cuda_graphs != "off" and config.graphs_possible()
+                and not world.started):
             self.captured = CapturedGradients(self.model, config.clip)
+        if world.started:  # every process starts from rank 0's weights, as DDP does
+            distributed.broadcast_from_main(p.data for p in self.model.parameters())
         self.history: list[EpochStats] = []
         self.train_seconds = 0.0
         self.snapshot: dict | None = None  # state after the last completed epoch (see fit)
@@ -439,6 +480,14 @@ class Trainer:
         self._eval_seconds = 0.0  # evaluation time inside the current epoch (not training time)
         self._wall_t0 = 0.0
         self.on_eval: Callable[[EvalPoint], None] | None = None  # set by fit
+        self.stop_requested = 0  # a signal's number: stop after the step in progress (see class doc)
+        self.accepts_stop = False  # True while fit() is between steps or in one: a stop request is honoured
+        self.wants_save: Callable[[int], bool] | None = None
+        self.on_save: Callable[[dict], None] | None = None
+        self._position: dict | None = None  # a restored mid-epoch position, until its epoch continues
+        self._epoch_run: dict | None = None  # the epoch in progress: epoch, batch, loss, count, t0
+        self._carry: State = None  # the state carried into the next batch (sequential split)
+        self._rng_active = False  # inside _rng(): the trainer's RNG is torch's global one
 
     @contextlib.contextmanager
     def _rng(self, seed: int | None = None):
@@ -452,12 +501,18 @@ class Trainer:
                 torch.set_rng_state(self._rng_states["torch"])
                 if "cuda" in self._rng_states and devices:
                     torch.cuda.set_rng_state(self._rng_states["cuda"], self.device)
+            self._rng_active = True
             try:
                 yield
             finally:
-                self._rng_states = {"torch": torch.get_rng_state()}
-                if devices:
-                    self._rng_states["cuda"] = torch.cuda.get_rng_state(self.device)
+                self._rng_active = False
+                self._rng_states = self._global_rng_states()
+
+    def _global_rng_states(self) -> dict[str, torch.Tensor]:
+        states = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where training is: weights, optimizer, RNG
@@ -465,7 +520,8 @@ class Trainer:
         state = {
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "rng": {k: v.clone() for k, v in self._rng_states.items()},
+            "rng": {k: v.clone() for k, v in (self._global_rng_states() if self._rng_active
+                                               else self._rng_states).items()},
             "epoch": len(self.history),
             "history": [asdict(h) for h in self.history],
             "train_seconds": self.train_seconds,
@@ -475,8 +531,44 @@ class Trainer:
             "finished": self.finished,
             "wall_seconds": self.wall_seconds,
             "bad_evals": self._bad_evals,
+            "since_eval": self._global_sums(float(self._since_eval[0]), self._since_eval[1]),
+            "last_eval_wall": self._last_eval_wall,
+            "position": self._position_state(),
         }
         return state
+
+    def _global_sums(self, loss_sum: float, count: int) -> list:
+        """(loss sum, token count) over all processes (a collective under torchrun)."""
+        if self.world.started:
+            loss_sum, count = distributed.all_reduce_sum([loss_sum, count], self.device)
+        return [loss_sum, int(count)]
+
+    def _position_state(self) -> dict | None:
+        """Where in an epoch training is (None at an epoch's end): the batches read, the loss and
+        token sums so far, the epoch's training seconds and the state carried into the next batch
+        (all processes' lanes)."""
+        run = self._epoch_run
+        if run is None:
+            return self._position  # restored but not yet continued
+        loss_sum, count = self._global_sums(float(run["loss"]), run["count"])
+        carry = self._carry
+        if carry is not None:
+            carry = list(carry) if isinstance(carry, tuple) else [carry]
+            if self.world.started:
+                carry = [distributed.gather_rows(t, state_batch_dim(self.model), self.world) for t in carry]
+            carry = {"tensors": [t.detach().clone() for t in carry], "tuple": isinstance(self._carry, tuple)}
+        return {"epoch": run["epoch"], "batch": run["batch"], "loss_sum": loss_sum, "count": count,
+                "seconds": time.perf_counter() - run["t0"] - self._eval_seconds, "carry": carry}
+
+    def _carried_rows(self, carry: dict | None) -> State:
+        """This process's lanes of a saved carried state."""
+        if carry is None:
+            return None
+        dim = state_batch_dim(self.model)
+        tensors = [t.to(self.device) for t in carry["tensors"]]
+        if self.world.started:
+            tensors = [t[(slice(None),) * dim + (part_rows(t.shape[dim], self.world.part),)] for t in tensors]
+        return tuple(tensors) if carry["tuple"] else tensors[0]
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s output (the next :meth:`fit` continues from there)."""
@@ -493,39 +585,84 @@ class Trainer:
         self.finished = state.get("finished")
         self.wall_seconds = state.get("wall_seconds", 0.0)
         self._bad_evals = state.get("bad_evals", 0)
+        loss_sum, count = state.get("since_eval", [0.0, 0])
+        self._since_eval = [loss_sum, count] if self.world.is_main else [0.0, 0]  # sums: counted once
+        self._last_eval_wall = state.get("last_eval_wall", self.wall_seconds)
+        self._position = state.get("position")
+        self._epoch_run = None
 
     def train_epoch(self, epoch: int, on_batch: Callable[[int, torch.Tensor], None] | None = None
                     ) -> tuple[float, int]:
-        """One pass over the training batches (cut short when the run must stop: time budget,
-        patience); returns (summed loss in nats, token count). ``on_batch(tokens, loss)`` is called
-        after each step (e.g. to move a progress bar). Evaluations due within the epoch run here."""
-        model, clip = self.model, self.config.clip
+        """One pass over the training batches (from a restored mid-epoch position, if any; cut short
+        when the run must stop: time budget, patience, max steps); returns (summed loss in nats,
+        token count) of this process's part. ``on_batch(tokens, loss)`` is called after each step
+        (e.g. to move a progress bar). Evaluations and saves due within the epoch run here."""
+        model, clip, world, config = self.model, self.config.clip, self.world, self.config
         model.train()
-        state: State = None
+        start, seconds, state = 0, 0.0, None
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
+        position, self._position = self._position, None
+        if position is not None and position["epoch"] == epoch:
+            start, seconds, state = position["batch"], position["seconds"], self._carried_rows(position["carry"])
+            if world.is_main:  # the sums are of all processes: counted once
+                total += position["loss_sum"]
+                count = position["count"]
+        run = self._epoch_run = {"epoch": epoch, "batch": start, "loss": total, "count": count,
+                                 "t0": time.perf_counter() - seconds}
+        self._carry = state
         num_batches = max(len(self.data.train), 1)
-        for k, (X, Y) in enumerate(self.data.train.epoch(epoch)):
+        stateful = self.data.train.stateful
+        for k, (X, Y) in enumerate(self.data.train.epoch(epoch, start, world.part), start=start):
             self._set_lr()
-            if self.captured is not None:
+            carried = detach_state(state) if stateful else None  # truncated BPTT where batches continue
+            if world.started:  # the flags are agreed in the step's all-reduce
+                loss, state, flags = compute_shared_gradients(model, X, Y, clip, carried,
+                                                              self._local_flags(self.step + 1))
+            elif self.captured is not None:
                 loss = self.captured.step(X, Y)
-            else:  # the state is carried over (truncated BPTT) only where batches continue each other
-                loss, state = compute_gradients(model, X, Y, clip,
-                                                detach_state(state) if self.data.train.stateful else None)
+            else:
+                loss, state = compute_gradients(model, X, Y, clip, carried)
             self.optimizer.step()
             self.step += 1
             total += loss * Y.numel()
             count += Y.numel()
+            run["batch"], run["count"] = k + 1, count
+            self._carry = state if stateful else None
             self._since_eval[0] += loss.detach().double() * Y.numel()  # a tensor: no device sync per step
             self._since_eval[1] += Y.numel()
             if on_batch is not None:
-                on_batch(Y.numel(), loss)
-            if self._evaluates_within_epochs() and self._evaluation_due():
+                on_batch(Y.numel() * world.size, loss)
+            if not world.started:
+                flags = self._local_flags(self.step)
+            signum, budget_spent, eval_due, save_due = flags
+            if (self.step % config.eval_every == 0) if config.eval_every else (config.time_budget and eval_due):
                 self.evaluate_point(epoch + (k + 1) / num_batches)
                 model.train()
-            if self._must_stop():
+            if signum:  # after the evaluation due at this step: a resumed run repeats nothing
+                signum = distributed.all_reduce_max(self.stop_requested, self.device) if world.started else signum
+                self.snapshot = self._state_now()
+                raise Stop(int(signum))
+            if self._must_stop(bool(budget_spent)):
                 break
+            if save_due and self.on_save is not None:
+                self.snapshot = self._state_now()
+                self.on_save(self.snapshot)
         return total.item(), count
+
+    def _local_flags(self, step: int) -> list[float]:
+        """What this process says after step ``step``: [signal number or 0, time budget spent,
+        validation due by the clock, save due]; under torchrun these are summed over processes."""
+        budget = self.config.time_budget
+        elapsed = self._elapsed() if budget else 0.0
+        return [float(self.stop_requested), float(bool(budget) and elapsed >= budget),
+                float(bool(budget) and elapsed - self._last_eval_wall >= budget / 10),  # ~10 per budget
+                float(self.wants_save is not None and bool(self.wants_save(step)))]
+
+    def _state_now(self) -> dict:
+        """:meth:`state_dict` between two steps of an epoch (a collective under torchrun)."""
+        self.wall_seconds = self._elapsed()
+        return self.state_dict()
 
     def _evaluates_within_epochs(self) -> bool:
         return bool(self.config.eval_every or self.config.time_budget)
@@ -549,13 +686,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def _evaluation_due(self) -> bool:
-        if self.config.eval_every:
-            return self.step % self.config.eval_every == 0
-        return self._elapsed() - self._last_eval_wall >= self.config.time_budget / 10  # ~10 per budget
-
-    def _must_stop(self) -> bool:
-        if self.config.time_budget and self._elapsed() >= self.config.time_budget:
+    def _must_stop(self, budget_spent: bool) -> bool:
+        if budget_spent:
             self.finished = f"time budget of {self.config.time_budget:g} s spent"
         elif self.config.max_steps and self.step >= self.config.max_steps:
             self.finished = f"{self.config.max_steps} steps done"
@@ -571,7 +703,7 @@ class Trainer:
         self._eval_seconds += time.perf_counter() - started
         if not val_count:
             return None
-        loss_sum, tokens = float(self._since_eval[0]), self._since_eval[1]
+        loss_sum, tokens = self._global_sums(float(self._since_eval[0]), self._since_eval[1])
         point = EvalPoint(self.step, round(epoch, 4), round(self._elapsed(), 3),
                           loss_sum / tokens if tokens else float("nan"), val_nll / val_count,
                           bits_per_token(val_nll, val_count), self.optimizer.param_groups[0]["lr"])
@@ -588,7 +720,17 @@ class Trainer:
         return point
 
     def evaluate_val(self) -> tuple[float, int]:
-        """Summed NLL and count on the validation data (windows for ``d2l``, else the held-out text)."""
+        """Summed NLL and count on the validation data (windows for ``d2l``, else the held-out text);
+        under torchrun, rank 0's, sent to all (every process then decides alike)."""
+        if not self.world.started:
+            return self._validate()
+        result = torch.zeros(2, dtype=torch.float64, device=self.device)
+        if self.world.is_main:
+            result += torch.tensor(self._validate(), dtype=torch.float64, device=self.device)
+        distributed.broadcast_from_main([result])
+        return result[0].item(), int(result[1].item())
+
+    def _validate(self) -> tuple[float, int]:
         if self.data.val_windows is not None:
             return window_nll(self.model, self.data.val_windows.batched(EVAL_BATCH_TOKENS // self.config.num_steps))
         if self.data.val_text is not None:
@@ -622,8 +764,9 @@ class Trainer:
     def fit(self, on_epoch: Callable[[EpochStats], None] | None = None,
             on_batch: Callable[[int, torch.Tensor], None] | None = None,
             on_eval: Callable[[EvalPoint], None] | None = None) -> list[EpochStats]:
-        """Train from the current epoch to ``config.epochs``. After every epoch, :attr:`snapshot`
-        holds the state to resume from, so an interrupt mid-epoch loses only that epoch.
+        """Train from the current epoch (or mid-epoch position) to ``config.epochs``. After every
+        epoch and at every save, :attr:`snapshot` holds the state to resume from; a stop request
+        (:attr:`stop_requested`) updates it to the step where training stopped and raises :class:`Stop`.
 
         Raises :class:`TrainingDiverged` when an epoch's training loss is NaN or so large that its
         perplexity overflows (above ~709 nats per token); the snapshot then still holds the last
@@ -634,18 +777,20 @@ class Trainer:
         if self.config.time_budget and not self.finished:
             self._check_budget()
         self._wall_t0 = time.perf_counter() - self.wall_seconds
-        self._last_eval_wall = self.wall_seconds
         last_epoch = 10**9 if self.config.time_budget or self.config.max_steps else self.config.epochs
-        with self._rng():
+        with self._rng(), self._accepting_stop():
+            if self.world.rank:  # dropout: each process its own masks (rank 0 keeps the saved RNG stream)
+                torch.manual_seed((self.config.seed * 1_000_003 + self.world.rank * 7919 + self.step) % (1 << 63))
             for epoch in range(len(self.history), last_epoch):
                 if self.finished:
                     break
-                t0 = time.perf_counter()
                 self._eval_seconds = 0.0
                 loss_sum, count = self.train_epoch(epoch, on_batch)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
-                elapsed = time.perf_counter() - t0 - self._eval_seconds
+                elapsed = time.perf_counter() - self._epoch_run["t0"] - self._eval_seconds
+                self._epoch_run, self._carry = None, None
+                loss_sum, count = self._global_sums(loss_sum, count)
                 if count == 0:
                     raise RnnkitError("the training data gave no batch this epoch; lower --batch-size or --num-steps")
                 train_loss = loss_sum / count
@@ -669,14 +814,27 @@ class Trainer:
                     on_epoch(stats)
         return self.history
 
+    @contextlib.contextmanager
+    def _accepting_stop(self):
+        """While training steps run, a stop request waits for the step in progress (class doc)."""
+        self.accepts_stop = True
+        try:
+            yield
+        finally:
+            self.accepts_stop = False
+
     def _check_budget(self) -> None:
-        """A time budget must leave room for training and about ten validations: measure one."""
+        """A time budget must leave room for training and about ten validations: measure one
+        (rank 0's measure decides for every process)."""
         started = time.perf_counter()
         self.evaluate_val()
-        minimum = max(5.0, 20 * (time.perf_counter() - started))
+        took = torch.tensor([time.perf_counter() - started], dtype=torch.float64, device=self.device)
+        if self.world.started:
+            distributed.broadcast_from_main([took])
+        minimum = max(5.0, 20 * took.item())
         if self.config.time_budget < minimum:
             raise RnnkitError(f"a time budget of {self.config.time_budget:g} s is too short for this run: one "
-                              f"validation takes {time.perf_counter() - started:.2f} s here, so give at least "
+                              f"validation takes {took.item():.2f} s here, so give at least "
                               f"{math.ceil(minimum)} s")
 
     def evals_epoch(self, epoch: int, tokens: int) -> float:
