@@ -117,6 +117,7 @@ def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: Tra
         "rnnkit_version": __version__,
         "checkpoint": checkpoint,
         "epoch": epoch,
+        "step": state.get("step") if state is not None else None,
         "has_state": state is not None,
         "files": names,
         "best": None if best is None else {k: best[k] for k in ("step", "epoch", "val_loss")},

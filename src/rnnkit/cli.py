@@ -338,7 +338,11 @@ def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
     from rnnkit import distributed
     from rnnkit.files import DirectoryLock
 
-    world = distributed.world_from_environment()
+    try:
+        world = distributed.world_from_environment()
+    except RnnkitError as exc:
+        exc.silent = os.environ.get("RANK", "0").strip() not in ("", "0")  # rank 0 says it, once
+        raise
     lock = DirectoryLock(Path(args.resume or args.out))
     peer_lost = False
     try:
