@@ -376,3 +376,33 @@ def test_a_run_stopped_mid_epoch_resumes_from_its_checkpoint_bitwise(tmp_path, t
     timeless = lambda rows: [{k: v for k, v in vars(r).items() if k not in ("seconds", "tokens_per_s")} for r in rows]
     assert timeless(resumed.history) == timeless(reference.history)
     assert timeless(resumed.evals) == timeless(reference.evals) and len(reference.evals) > 4
+
+
+def test_a_killed_run_resumes_from_its_last_mid_epoch_save_bitwise(tmp_path):
+    """SIGKILL (no handler runs) after some --save-steps saves: the run continues from the last one
+    exactly, mid-epoch, as if it had never stopped."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "rnnkit.cli", "train", *SMALL, "--optimizer", "adam", "--lr", "0.01",
+           "--model", "gru", "--epochs", "6", "--save-every", "0", "--save-steps", "7", "--quiet"]
+    ref = tmp_path / "ref"
+    subprocess.run([*cmd, "--out", str(ref)], check=True, capture_output=True, env=env)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*cmd, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((run / "config.json").read_text())["step"] >= 30:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["step"] % 7 == 0 and 30 <= meta["step"] < 6 * 16, meta["step"]
+    assert subprocess.run([*cmd[:3], "train", "--resume", str(run), "--quiet"], env=env).returncode == 0
+    assert_bitwise_equal(weights(run), weights(ref))
+    strip = lambda path: [{k: v for k, v in json.loads(r).items() if k not in ("seconds", "tokens_per_s")}
+                          for r in path.read_text().splitlines()]
+    assert strip(run / "metrics.jsonl") == strip(ref / "metrics.jsonl")
+    assert strip(run / "evals.jsonl") == strip(ref / "evals.jsonl")
