@@ -48,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     args = parser.parse_args()
     n = args.processes
     work = Path(tempfile.mkdtemp(prefix="rnnkit-dist-"))
@@ -60,7 +61,8 @@ def main() -> None:
     settings = {"1 process x 1 thread": (rnnkit, 1), f"1 process x {n} threads": (rnnkit, n),
                 f"{n} processes x 1 thread": (torchrun, 1)}
     results = {}
-    for model, options in MODELS.items():
+    for model in args.models:
+        options = MODELS[model]
         options = [*options, "--data", str(work / "data")] if model.endswith("-data") else options
         samples: dict[str, list[float]] = {name: [] for name in settings}
         for _ in range(args.repeats):

@@ -2,8 +2,9 @@
 
 Bad input (files, corpora, settings, prefixes, run directories) ends with a one-line
 ``rnnkit: error: ...`` on stderr and exit status 2; a training run that diverges (NaN or infinite
-loss) keeps its last good epoch and exits 3. Ctrl-C, SIGTERM or SIGHUP during training saves the
-state of the last completed epoch, says how to resume, and exits 130, 143 or 129 (128 + signal).
+loss) keeps its last good epoch and exits 3. Ctrl-C, SIGTERM or SIGHUP during training lets the
+step in progress finish, saves the run there (mid-epoch), says how to resume, and exits 130, 143
+or 129 (128 + signal). ``train`` also runs as one of torchrun's processes (:mod:`rnnkit.distributed`).
 """
 
 from __future__ import annotations

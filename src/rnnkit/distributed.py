@@ -148,26 +148,34 @@ def collective(function):
     return wrapped
 
 
+COUNT_BASE = 4096  # the token count travels as two float32 digits in this base: exact below 2**36
+
+
 @collective
 def all_reduce_step(parameters: Iterable[torch.nn.Parameter], count: int, flags: list[float]
                     ) -> tuple[int, list[float]]:
-    """Sum every process's gradients (of its summed loss), its token ``count`` and its ``flags``;
-    divide the gradients by the global count, so that they are the gradients of the one-process
-    mean loss. Missing gradients (a process with no rows this batch) count as zeros. Returns the
-    global count and the summed flags."""
+    """Sum every process's gradients (of its summed loss), its token ``count`` and its ``flags``
+    (small integers) in one all-reduce; divide the gradients by the global count, so that they are
+    the gradients of the one-process mean loss. Missing gradients (a process with no rows this
+    batch) count as zeros. Returns the global count and the summed flags.
+
+    One all-reduce, not one per tensor: on a small model its latency (about a millisecond with gloo
+    between two processes here) is what a step costs beyond its arithmetic."""
     parameters = list(parameters)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    meta = torch.tensor([float(count), *flags], dtype=torch.float64, device=flat.device)
+    extras = torch.tensor([count // COUNT_BASE, count % COUNT_BASE, *flags], dtype=grads[0].dtype,
+                          device=grads[0].device)
+    flat = torch.cat([*(g.reshape(-1) for g in grads), extras])
     dist.all_reduce(flat)
-    dist.all_reduce(meta)
-    total = int(meta[0].item())
-    flat /= max(total, 1)
+    size = len(flat) - len(extras)
+    high, low, *summed = flat[size:].tolist()
+    total = round(high) * COUNT_BASE + round(low)
+    flat = flat[:size].div_(max(total, 1))
     offset = 0
     for p in parameters:
         p.grad = flat[offset:offset + p.numel()].view_as(p)
         offset += p.numel()
-    return total, meta[1:].tolist()
+    return total, summed
 
 
 @collective
