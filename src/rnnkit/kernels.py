@@ -8,7 +8,9 @@ compiled with ``torch.utils.cpp_extension`` (a C++ compiler with OpenMP, as for 
 extension; ninja comes with rnnkit) the first time it is needed, about 30 s, and cached in the
 PyTorch extensions folder (``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``).
 Without a compiler rnnkit says so once and runs the same math as PyTorch operations;
-``RNNKIT_NO_KERNEL=1`` chooses that path explicitly.
+``RNNKIT_NO_KERNEL=1`` chooses that path explicitly. ``RNNKIT_KERNEL_CFLAGS`` adds compiler flags
+(e.g. ``-mno-avx512f`` to build for a CPU without AVX-512; ``benchmarks/kernel_phases.py`` adds
+``-DRNNKIT_PROFILE``); the build's name includes them.
 """
 
 from __future__ import annotations
@@ -30,12 +32,18 @@ _kernel: ModuleType | None = None
 _tried = False
 
 
+def compiler_flags() -> list[str]:
+    """The kernel's compiler flags: rnnkit's, then ``$RNNKIT_KERNEL_CFLAGS``."""
+    return ["-O3", "-fopenmp", *os.environ.get("RNNKIT_KERNEL_CFLAGS", "").split()]
+
+
 def build_name() -> str:
     """The compiled module's name: changes with the source (its bytes and its path: the compile
     command names it, so two checkouts sharing one build folder would rebuild each other's), the
-    torch build (version and install path: each virtual environment gets its own) and Python."""
+    compiler flags, the torch build (version and install path: each virtual environment gets its
+    own) and Python."""
     key = SOURCE.read_bytes() + str(SOURCE.resolve()).encode() + torch.__version__.encode() \
-        + str(Path(torch.__file__).parent).encode() + sys.version.encode()
+        + str(Path(torch.__file__).parent).encode() + sys.version.encode() + " ".join(compiler_flags()).encode()
     return f"rnnkit_rnn_lm_{hashlib.sha1(key).hexdigest()[:12]}"
 
 
@@ -82,7 +90,7 @@ def rnn_lm_kernel() -> ModuleType | None:
         os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + path  # pip's ninja, in a venv
         started = time.perf_counter()
         try:
-            _kernel = load(name, [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+            _kernel = load(name, [str(SOURCE)], extra_cflags=compiler_flags(), extra_ldflags=["-fopenmp"],
                            build_directory=str(build_dir), verbose=False)
         finally:
             os.environ["PATH"] = path

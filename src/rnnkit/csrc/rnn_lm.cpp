@@ -16,8 +16,27 @@
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
+#include <array>
 #include <cstring>
 #include <vector>
+
+// Built with -DRNNKIT_PROFILE (benchmarks/kernel_phases.py), the step adds the seconds of each
+// phase, per chunk, and rnn_lm_profile() returns them; otherwise TIMED(phase, statement) is the
+// statement alone.
+#ifdef RNNKIT_PROFILE
+#include <chrono>
+constexpr int kPhases = 16;
+static std::vector<std::array<double, kPhases>> profile_seconds;
+#define TIMED(phase, statement)                                                            \
+  do {                                                                                     \
+    const auto started_ = std::chrono::steady_clock::now();                                \
+    statement;                                                                             \
+    profile_seconds[c][phase] +=                                                           \
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count(); \
+  } while (0)
+#else
+#define TIMED(phase, statement) statement
+#endif
 
 namespace {
 
@@ -64,6 +83,9 @@ std::vector<at::Tensor> rnn_lm_loss(at::Tensor X, at::Tensor Y, at::Tensor h0, a
   const int64_t* y = Y.data_ptr<int64_t>();
   const float* rows = table.data_ptr<float>();
 
+#ifdef RNNKIT_PROFILE
+  profile_seconds.resize(std::max<size_t>(profile_seconds.size(), chunks));
+#endif
   auto run_chunks = [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       const int64_t b0 = B * c / chunks, b = B * (c + 1) / chunks - b0;
@@ -77,20 +99,20 @@ std::vector<at::Tensor> rnn_lm_loss(at::Tensor X, at::Tensor Y, at::Tensor h0, a
       for (int64_t t = 0; t < T; ++t) {
         at::Tensor h = Hs[t + 1];
         float* pre = hs + (t + 1) * b * H;
-        for (int64_t i = 0; i < b; ++i)  // the one-hot product: a row of the table
-          std::memcpy(pre + i * H, rows + x[(b0 + i) * T + t] * H, H * sizeof(float));
-        h.addmm_(Hs[t], W);
-        if (relu) h.relu_(); else h.tanh_();
-        at::addmm_out(logits, bq, h, Wqt);
-        at::_log_softmax_out(probs, logits, 1, false);
-        for (int64_t i = 0; i < b; ++i) loss[c] -= p[i * V + y[(b0 + i) * T + t]];
+        TIMED(0, for (int64_t i = 0; i < b; ++i)  // the one-hot product: a row of the table
+                   std::memcpy(pre + i * H, rows + x[(b0 + i) * T + t] * H, H * sizeof(float)));
+        TIMED(1, h.addmm_(Hs[t], W));
+        TIMED(2, if (relu) h.relu_(); else h.tanh_());
+        TIMED(3, at::addmm_out(logits, bq, h, Wqt));
+        TIMED(4, at::_log_softmax_out(probs, logits, 1, false));
+        TIMED(5, for (int64_t i = 0; i < b; ++i) loss[c] -= p[i * V + y[(b0 + i) * T + t]]);
         if (!need_grad) continue;
-        probs.exp_();  // softmax; minus one-hot(target) is dL/dlogits
-        for (int64_t i = 0; i < b; ++i) p[i * V + y[(b0 + i) * T + t]] -= 1.0f;
+        TIMED(6, probs.exp_();  // softmax; minus one-hot(target) is dL/dlogits
+                 for (int64_t i = 0; i < b; ++i) p[i * V + y[(b0 + i) * T + t]] -= 1.0f);
         at::Tensor dH_t = dH[t];
-        at::mm_out(dH_t, probs, Wq);
-        dWq.addmm_(probs.t(), h);
-        dbq.addmv_(probs.t(), ones);
+        TIMED(7, at::mm_out(dH_t, probs, Wq));
+        TIMED(8, dWq.addmm_(probs.t(), h));
+        TIMED(9, dbq.addmv_(probs.t(), ones));
       }
       h_last.narrow(0, b0, b).copy_(Hs[T]);
       if (!need_grad) continue;
@@ -98,15 +120,15 @@ std::vector<at::Tensor> rnn_lm_loss(at::Tensor X, at::Tensor Y, at::Tensor h0, a
       float* dt = dtable.data_ptr<float>();
       for (int64_t t = T - 1; t >= 0; --t) {
         at::Tensor g = dH[t];
-        if (t < T - 1) g.addmm_(dH[t + 1], Wt);  // + dL/dpre_{t+1} @ W^T
-        if (relu) at::threshold_backward_out(g, g, Hs[t + 1], 0);
-        else at::tanh_backward_out(g, g, Hs[t + 1]);
+        TIMED(10, if (t < T - 1) g.addmm_(dH[t + 1], Wt));  // + dL/dpre_{t+1} @ W^T
+        TIMED(11, if (relu) at::threshold_backward_out(g, g, Hs[t + 1], 0);
+                  else at::tanh_backward_out(g, g, Hs[t + 1]));
         const float* gp = g.data_ptr<float>();
-        for (int64_t i = 0; i < b; ++i) {
+        TIMED(12, for (int64_t i = 0; i < b; ++i) {
           float* row = dt + x[(b0 + i) * T + t] * H;
           for (int64_t k = 0; k < H; ++k) row[k] += gp[i * H + k];
-        }
-        dW.addmm_(Hs[t].t(), g);
+        });
+        TIMED(13, dW.addmm_(Hs[t].t(), g));
       }
       at::Tensor dh0 = grad_h0.narrow(0, b0, b);
       at::mm_out(dh0, dH[0], Wt);
@@ -138,6 +160,19 @@ std::vector<at::Tensor> rnn_lm_loss(at::Tensor X, at::Tensor Y, at::Tensor h0, a
   return {loss_tensor, h_last, sum(grad_table), sum(grad_W), grad_h0, sum(grad_Wq), sum(grad_bq)};
 }
 
+#ifdef RNNKIT_PROFILE
+// Seconds per phase summed over the chunks since the last call (which resets them).
+std::vector<double> rnn_lm_profile() {
+  std::vector<double> total(kPhases, 0.0);
+  for (auto& chunk : profile_seconds)
+    for (int i = 0; i < kPhases; ++i) { total[i] += chunk[i]; chunk[i] = 0.0; }
+  return total;
+}
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rnn_lm_loss", &rnn_lm_loss, "loss and gradients of the one-layer one-hot RNN language model");
+#ifdef RNNKIT_PROFILE
+  m.def("rnn_lm_profile", &rnn_lm_profile, "seconds per phase since the last call");
+#endif
 }
