@@ -25,9 +25,9 @@ import torch
 
 from common import cpu_model
 
-PHASES = ["lookup rows", "recurrence GEMM", "tanh", "head GEMM", "log-softmax", "loss gather",
-          "softmax - one-hot", "head dH GEMM", "head dW GEMM", "head db GEMV", "backward recurrence GEMM",
-          "tanh backward", "table gradient rows", "dW_hh GEMM"]
+PHASES = ["lookup rows", "recurrence GEMM", "tanh", "head GEMM", "softmax cross-entropy", "head dH GEMM",
+          "head dW GEMM", "head db GEMV", "backward recurrence GEMM", "tanh backward", "table gradient rows",
+          "dW_hh GEMM"]
 B, T, H, V = 1024, 32, 32, 28
 
 

@@ -142,3 +142,20 @@ def live_server(served_runs) -> str:
         assert "Traceback" not in process.stderr.read()
     finally:
         process.kill()
+
+
+def _assert_as_accurate(value, float32_reference, exact, what: str = "") -> None:
+    """``value`` (float32) is as close to ``exact`` (the same math in float64) as
+    ``float32_reference`` (another float32 computation of it) is, within twice its largest error
+    plus float32's usual tolerance (``torch.testing``'s: 1e-5 absolute, 1.3e-6 relative). For
+    saturated or chaotic regimes, where two correct float32 computations differ by far more than
+    their rounding."""
+    exact = exact.detach().double()
+    error = (value.detach().double() - exact).abs().max().item()
+    reference_error = (float32_reference.detach().double() - exact).abs().max().item()
+    assert error <= 2 * reference_error + 1e-5 + 1.3e-6 * exact.abs().max().item(), (what, error, reference_error)
+
+
+@pytest.fixture(scope="session")
+def assert_as_accurate():
+    return _assert_as_accurate

@@ -1,5 +1,6 @@
 """rnnkit's compiled CPU kernel for the book's model (rnnkit.kernels) against the PyTorch path."""
 
+import copy
 import os
 import shutil
 import subprocess
@@ -32,7 +33,14 @@ def pytorch_path_loss(model, X, Y, state):
 @pytest.mark.parametrize("kind", ["rnn", "scratch"])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("batch", [3, 301])  # one chunk; two uneven chunks (with 2 threads)
-def test_kernel_loss_gradients_and_state_equal_the_pytorch_path(kernel, kind, activation, batch):
+def test_kernel_loss_gradients_and_state_are_as_accurate_as_the_pytorch_path(kernel, kind, activation, batch,
+                                                                              assert_as_accurate):
+    """Large weights (x10) saturate the units and make the recurrence chaotic: a last-bit
+    difference in one step grows over the sequence (here to 4e-4 in the final state of the float32
+    PyTorch path itself). So both float32 paths are held against the same math in float64: the
+    kernel's loss, state and every gradient must be as close to it as the PyTorch path's are (within
+    a factor of 2, plus float32's usual tolerance). (Compared with each other directly, the two float32
+    paths' gradients differ by up to 3e-2 in this regime, each as far from the float64 ones.)"""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -49,13 +57,21 @@ def test_kernel_loss_gradients_and_state_equal_the_pytorch_path(kernel, kind, ac
         grads = torch.autograd.grad(loss * 0.5, [*model.parameters(), h0])
         ref, ref_last = pytorch_path_loss(model, X, Y, state)
         ref_grads = torch.autograd.grad(ref * 0.5, [*model.parameters(), h0])
+        exact = copy.deepcopy(model).double()
+        h0_exact = h0.detach().double().requires_grad_()
+        exact_loss, exact_last = pytorch_path_loss(exact, X, Y, h0_exact if kind == "scratch" else h0_exact[None])
+        exact_grads = torch.autograd.grad(exact_loss * 0.5, [*exact.parameters(), h0_exact])
+
+        as_accurate = assert_as_accurate
+        as_accurate(loss, ref, exact_loss, "loss")
+        as_accurate(last, ref_last, exact_last, "final state")
+        for name, g, r, e in zip([n for n, _ in model.named_parameters()] + ["h0"], grads, ref_grads, exact_grads,
+                                 strict=True):
+            as_accurate(g, r, e, name)
         torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-3)
-        torch.testing.assert_close(last, ref_last.detach())
-        for g, r in zip(grads, ref_grads, strict=True):
-            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
         with torch.inference_mode():  # evaluation: the forward pass only, same numbers
             eval_loss, _ = model.loss(X, Y, state.detach(), reduction="sum")
-        torch.testing.assert_close(eval_loss, ref.detach(), rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(eval_loss, loss.detach(), rtol=1e-6, atol=1e-4)
         again, _ = model.loss(X, Y, state, reduction="sum")
         assert torch.equal(again, loss)  # deterministic
     finally:

@@ -16,7 +16,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -25,7 +28,7 @@
 // statement alone.
 #ifdef RNNKIT_PROFILE
 #include <chrono>
-constexpr int kPhases = 16;
+constexpr int kPhases = 12;
 static std::vector<std::array<double, kPhases>> profile_seconds;
 #define TIMED(phase, statement)                                                            \
   do {                                                                                     \
@@ -39,6 +42,104 @@ static std::vector<std::array<double, kPhases>> profile_seconds;
 #endif
 
 namespace {
+
+// The output layer runs over blocks of time steps whose logits take at most this many floats (16 MiB).
+constexpr int64_t kHeadBlockElements = int64_t{1} << 16;
+
+// exp(y), written so that loops over it vectorize (ATen's exp and tanh on (512, 32) blocks took a
+// quarter of the step; kernel_phases.py): y = k ln2 + r with |r| <= ln2 / 2 (k rounded with the
+// 1.5 * 2^23 trick, ln2 in two parts), exp(r) by its Taylor polynomial to degree 7 (truncation
+// below 1e-8 relative), times 2^k put into the exponent bits. y is clamped to [-87, 88]: exp(-87)
+// stands for everything smaller (1.6e-38; only ever added to terms of order 1 here).
+inline float exp_approx(float y) {
+  y = y < -87.0f ? -87.0f : (y > 88.0f ? 88.0f : y);
+  const float k = (y * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (y - k * 0.693145751953125f) - k * 1.42860682030941723212e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  return p * __builtin_bit_cast(float, bits);
+}
+
+// tanh(x) to about 2 ulp: for |x| < 0.625, |x| + |x|^3 P(x^2) (P fitted by least squares to the
+// relative error, 1.3 ulp at most); above, 1 - 2 / (exp(2|x|) + 1), whose cancellation costs at
+// most a bit there; the sign put back. Vectorizes (no branch: both sides are computed).
+inline float tanh_approx(float x) {
+  const float magnitude = std::fabs(x);
+  const float a = magnitude < 9.0f ? magnitude : 9.0f;  // tanh(9) rounds to 1
+  const float u = a * a;
+  float p = -0.005718891508877277f;
+  p = p * u + 0.02065306343138218f;
+  p = p * u - 0.053744640201330185f;
+  p = p * u + 0.13331513106822968f;
+  p = p * u - 0.3333328664302826f;
+  const float small = a + a * u * p;
+  const float large = 1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f);
+  return std::copysign(a < 0.625f ? small : large, x);
+}
+
+void tanh_in_place(float* x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] = tanh_approx(x[i]);
+}
+
+// For each of the b columns of logits z (V, b) (one column per batch row: the layout makes every
+// loop below run along b, contiguous and vectorized, with no reduction across a vector): add
+// -log softmax(z[:, i])[target_i] to *loss and, with probs, write softmax - one-hot(target)
+// (dL/dlogits) there. One pass instead of ATen's log_softmax, a gather, exp and a scatter, which
+// took a sixth of the step. top and sum are scratch of b floats. The normalisers are multiplied
+// up in double (flushed before they could overflow), so that a log is taken about once per
+// hundred columns.
+void softmax_cross_entropy(const float* z, const int64_t* target, int64_t target_stride, int64_t b, int64_t V,
+                           double* loss, float* probs, float* top, float* sum) {
+  std::memcpy(top, z, b * sizeof(float));
+  for (int64_t v = 1; v < V; ++v) {
+    const float* zv = z + v * b;
+#pragma omp simd
+    for (int64_t i = 0; i < b; ++i) top[i] = zv[i] > top[i] ? zv[i] : top[i];
+  }
+  std::memset(sum, 0, b * sizeof(float));
+  for (int64_t v = 0; v < V; ++v) {
+    const float* zv = z + v * b;
+    if (probs != nullptr) {
+      float* pv = probs + v * b;
+#pragma omp simd
+      for (int64_t i = 0; i < b; ++i) {
+        pv[i] = exp_approx(zv[i] - top[i]);
+        sum[i] += pv[i];
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < b; ++i) sum[i] += exp_approx(zv[i] - top[i]);
+    }
+  }
+  double normalisers = 1.0;
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t y = target[i * target_stride];
+    *loss += static_cast<double>(top[i]) - static_cast<double>(z[y * b + i]);
+    normalisers *= sum[i];  // each in [1, V]
+    if (normalisers > 1e250) {
+      *loss += std::log(normalisers);
+      normalisers = 1.0;
+    }
+  }
+  *loss += std::log(normalisers);
+  if (probs == nullptr) return;
+#pragma omp simd
+  for (int64_t i = 0; i < b; ++i) sum[i] = 1.0f / sum[i];
+  for (int64_t v = 0; v < V; ++v) {
+    float* pv = probs + v * b;
+#pragma omp simd
+    for (int64_t i = 0; i < b; ++i) pv[i] *= sum[i];
+  }
+  for (int64_t i = 0; i < b; ++i) probs[target[i * target_stride] * b + i] -= 1.0f;
+}
 
 void check_ids(const at::Tensor& ids, int64_t limit, const char* name) {
   TORCH_CHECK(ids.scalar_type() == at::kLong, name, " must be int64");
@@ -71,7 +172,7 @@ std::vector<at::Tensor> rnn_lm_loss(at::Tensor X, at::Tensor Y, at::Tensor h0, a
   Wq = Wq.detach();
   bq = bq.detach();
   h0 = h0.detach();
-  const at::Tensor Wt = W.t(), Wqt = Wq.t();
+  const at::Tensor Wt = W.t(), bq_column = bq.unsqueeze(1);
   const auto opts = table.options();
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / 64));
 
@@ -91,49 +192,63 @@ std::vector<at::Tensor> rnn_lm_loss(at::Tensor X, at::Tensor Y, at::Tensor h0, a
       const int64_t b0 = B * c / chunks, b = B * (c + 1) / chunks - b0;
       at::Tensor Hs = at::empty({T + 1, b, H}, opts);  // Hs[t] = H_t of this chunk's rows
       Hs[0].copy_(h0.narrow(0, b0, b));
-      at::Tensor logits = at::empty({b, V}, opts), probs = at::empty({b, V}, opts);
-      at::Tensor dH = need_grad ? at::empty({T, b, H}, opts) : at::Tensor();  // dL/dH_t, then dL/dpre_t
-      at::Tensor dWq = at::zeros({V, H}, opts), dbq = at::zeros({V}, opts), ones = at::ones({b}, opts);
       float* hs = Hs.data_ptr<float>();
-      float* p = probs.data_ptr<float>();
+      // 1. the recurrence, step by step (each step needs the one before)
       for (int64_t t = 0; t < T; ++t) {
-        at::Tensor h = Hs[t + 1];
         float* pre = hs + (t + 1) * b * H;
         TIMED(0, for (int64_t i = 0; i < b; ++i)  // the one-hot product: a row of the table
                    std::memcpy(pre + i * H, rows + x[(b0 + i) * T + t] * H, H * sizeof(float)));
-        TIMED(1, h.addmm_(Hs[t], W));
-        TIMED(2, if (relu) h.relu_(); else h.tanh_());
-        TIMED(3, at::addmm_out(logits, bq, h, Wqt));
-        TIMED(4, at::_log_softmax_out(probs, logits, 1, false));
-        TIMED(5, for (int64_t i = 0; i < b; ++i) loss[c] -= p[i * V + y[(b0 + i) * T + t]]);
-        if (!need_grad) continue;
-        TIMED(6, probs.exp_();  // softmax; minus one-hot(target) is dL/dlogits
-                 for (int64_t i = 0; i < b; ++i) p[i * V + y[(b0 + i) * T + t]] -= 1.0f);
-        at::Tensor dH_t = dH[t];
-        TIMED(7, at::mm_out(dH_t, probs, Wq));
-        TIMED(8, dWq.addmm_(probs.t(), h));
-        TIMED(9, dbq.addmv_(probs.t(), ones));
+        TIMED(1, Hs[t + 1].addmm_(Hs[t], W));
+        TIMED(2, if (relu) Hs[t + 1].relu_(); else tanh_in_place(pre, b * H));
       }
       h_last.narrow(0, b0, b).copy_(Hs[T]);
+      // 2. the output layer over blocks of time steps at once (nothing in it feeds the recurrence):
+      // transposed logits (V, n*b) in one GEMM, the softmax cross-entropy, and for training
+      // dL/dH = probs^T Wq, dWq += probs H, dbq += probs 1, each one GEMM per block
+      const int64_t block = std::max<int64_t>(1, std::min<int64_t>(T, kHeadBlockElements / (V * b)));
+      at::Tensor logits = at::empty({V * block * b}, opts), scratch = at::empty({2 * block * b}, opts);
+      at::Tensor probs = need_grad ? at::empty({V * block * b}, opts) : at::Tensor();
+      at::Tensor dH = need_grad ? at::empty({T, b, H}, opts) : at::Tensor();  // dL/dH_t, then dL/dpre_t
+      at::Tensor dWq = at::zeros({V, H}, opts), dbq = at::zeros({V}, opts);
+      at::Tensor ones = need_grad ? at::ones({block * b}, opts) : at::Tensor();
+      std::vector<int64_t> targets(block * b);
+      for (int64_t t0 = 0; t0 < T; t0 += block) {
+        const int64_t n = std::min(block, T - t0), columns = n * b;
+        const at::Tensor h = Hs.narrow(0, t0 + 1, n).view({columns, H});
+        at::Tensor z = logits.narrow(0, 0, V * columns).view({V, columns});
+        for (int64_t k = 0; k < n; ++k)  // column k*b + i: row i at time t0 + k
+          for (int64_t i = 0; i < b; ++i) targets[k * b + i] = y[(b0 + i) * T + t0 + k];
+        TIMED(3, at::addmm_out(z, bq_column, Wq, h.t()));
+        at::Tensor dz = need_grad ? probs.narrow(0, 0, V * columns).view({V, columns}) : at::Tensor();
+        TIMED(4, softmax_cross_entropy(z.data_ptr<float>(), targets.data(), 1, columns, V, &loss[c],
+                                       need_grad ? dz.data_ptr<float>() : nullptr, scratch.data_ptr<float>(),
+                                       scratch.data_ptr<float>() + columns));
+        if (!need_grad) continue;
+        at::Tensor dH_block = dH.narrow(0, t0, n).view({columns, H});
+        TIMED(5, at::mm_out(dH_block, dz.t(), Wq));
+        TIMED(6, dWq.addmm_(dz, h));
+        TIMED(7, dbq.addmv_(dz, ones.narrow(0, 0, columns)));
+      }
       if (!need_grad) continue;
-      at::Tensor dtable = at::zeros({table.size(0), H}, opts), dW = at::zeros({H, H}, opts);
+      // 3. back through time, step by step: dL/dpre_t = (dL/dH_t + dL/dpre_{t+1} W^T) * phi'
+      at::Tensor dtable = at::zeros({table.size(0), H}, opts);
       float* dt = dtable.data_ptr<float>();
       for (int64_t t = T - 1; t >= 0; --t) {
         at::Tensor g = dH[t];
-        TIMED(10, if (t < T - 1) g.addmm_(dH[t + 1], Wt));  // + dL/dpre_{t+1} @ W^T
-        TIMED(11, if (relu) at::threshold_backward_out(g, g, Hs[t + 1], 0);
-                  else at::tanh_backward_out(g, g, Hs[t + 1]));
+        TIMED(8, if (t < T - 1) g.addmm_(dH[t + 1], Wt));
+        TIMED(9, if (relu) at::threshold_backward_out(g, g, Hs[t + 1], 0);
+                 else at::tanh_backward_out(g, g, Hs[t + 1]));
         const float* gp = g.data_ptr<float>();
-        TIMED(12, for (int64_t i = 0; i < b; ++i) {
+        TIMED(10, for (int64_t i = 0; i < b; ++i) {
           float* row = dt + x[(b0 + i) * T + t] * H;
           for (int64_t k = 0; k < H; ++k) row[k] += gp[i * H + k];
         });
-        TIMED(13, dW.addmm_(Hs[t].t(), g));
       }
+      // 4. dW = sum_t H_{t-1}^T dL/dpre_t: one GEMM over all steps
+      TIMED(11, grad_W[c] = at::mm(Hs.narrow(0, 0, T).view({T * b, H}).t(), dH.view({T * b, H})));
       at::Tensor dh0 = grad_h0.narrow(0, b0, b);
       at::mm_out(dh0, dH[0], Wt);
       grad_table[c] = dtable;
-      grad_W[c] = dW;
       grad_Wq[c] = dWq;
       grad_bq[c] = dbq;
     }
