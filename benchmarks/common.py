@@ -53,6 +53,20 @@ class Baseline(nn.Module):
         return self.linear(out), state
 
 
+AVX2_EMULATION = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                  "RNNKIT_KERNEL_CFLAGS": "-mno-avx512f"}  # a CPU without AVX-512, seen on one that has it
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The vector instruction sets ``lscpu`` lists (what a speed depends on)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        flags = set(next(line.split(":", 1)[1] for line in out.splitlines() if line.startswith("Flags")).split())
+    except (OSError, StopIteration):
+        return {}
+    return {name: name in flags for name in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni")}
+
+
 def cpu_model() -> str:
     """``lscpu``'s model name (every result file names the CPU it was measured on)."""
     try:

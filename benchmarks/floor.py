@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from common import AVX2_EMULATION, cpu_flags, cpu_model
 from rnnkit.models import build_model
 from rnnkit.train import compute_gradients, keep_freed_memory
 
@@ -76,7 +78,9 @@ def main() -> None:
             floor[impl]["flops"] += per_step * flops
             floor[impl]["step_s"] += per_step * seconds
             floor[impl]["val_s"] += per_val * seconds
-    result = {"config": {"batch": B, "num_steps": T, "hidden": H, "vocab": V}, "gemms": rows, "floor": {}}
+    result = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
+              "emulation_env": {k: os.environ[k] for k in AVX2_EMULATION if k in os.environ},
+              "config": {"batch": B, "num_steps": T, "hidden": H, "vocab": V}, "gemms": rows, "floor": {}}
     for impl, f in floor.items():
         result["floor"][impl] = {"gemm_mflop_per_step": round(f["flops"] / 1e6, 1),
                                  "gemm_floor_ms_per_step": round(f["step_s"] * 1e3, 3),

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from common import cpu_model
+from common import AVX2_EMULATION, cpu_flags, cpu_model
 
 PHASES = ["lookup rows", "recurrence GEMM", "tanh", "head GEMM", "softmax cross-entropy", "head dH GEMM",
           "head dW GEMM", "head db GEMV", "backward recurrence GEMM", "tanh backward", "table gradient rows",
@@ -88,9 +88,8 @@ def main() -> None:
     phases = profiled.rnn_lm_profile()
     per_step = {name: round(phases[i] / runs * 1e3, 3) for i, name in enumerate(PHASES)}
     print(json.dumps({
-        "benchmark": "kernel_phases", "cpu": cpu_model(), "threads": args.threads,
-        "env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
-                                            "RNNKIT_KERNEL_CFLAGS") if k in os.environ},
+        "benchmark": "kernel_phases", "cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": args.threads,
+        "env": {k: os.environ[k] for k in AVX2_EMULATION if k in os.environ},
         "wall_ms_per_step": {"training step": round(step_s * 1e3, 3),
                              "model.loss + backward (autograd around the kernel)": round(loss_only * 1e3, 3),
                              "kernel call": round(call_s * 1e3, 3), "clipping": round(clip_s * 1e3, 3),

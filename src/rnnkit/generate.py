@@ -154,7 +154,7 @@ def generate(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: 
     sampling = sampling or Sampling(greedy=True)
     prefix_ids = encode_prefix(vocab, tokenize(prefix, token))
     with evaluating(model):
-        step = model_step(model, next(model.parameters()).device)
+        step = model.lean_step() or model_step(model, next(model.parameters()).device)
         for token in generate_ids(step, prefix_ids, num_preds, model.initial_logits(), sampling, seed):
             yield vocab.idx_to_token[token]
 

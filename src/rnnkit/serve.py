@@ -174,6 +174,7 @@ class StreamBatcher:
 
         self.run, self.sse = run, format_sse_event
         self.batch_dim = state_batch_dim(run.model)
+        self.lean_step = run.model.lean_step()  # the book's model: rnnkit generate's step
         self.new: list[GenerationJob] = []
         self.active: list[GenerationJob] = []
         self.wake = threading.Condition()
@@ -213,10 +214,13 @@ class StreamBatcher:
 
     def _step(self, ids: list[list[int]], states: list) -> tuple[list[torch.Tensor], list]:
         """Feed ``ids`` (one list per stream) from ``states``; logits (V,) and state per stream."""
-        X = torch.tensor(ids, dtype=torch.int64)
-        if len(ids) == 1:
-            logits, state = self.run.model(X, states[0])
+        if len(ids) == 1:  # as rnnkit generate steps: the same numbers, so a seed gives the same text
+            if self.lean_step is not None:
+                logits, state = self.lean_step(ids[0], states[0])
+                return [logits], [state]
+            logits, state = self.run.model(torch.tensor(ids, dtype=torch.int64), states[0])
             return [logits[-1, 0]], [state]
+        X = torch.tensor(ids, dtype=torch.int64)
         logits, state = self.run.model(X, join_states(states, self.batch_dim))
         return list(logits[-1]), split_state(state, self.batch_dim, len(ids))
 

@@ -8,9 +8,12 @@
 // Why it is faster than the same math as PyTorch operations: the batch rows are independent, so
 // the batch is cut into one chunk per thread and each thread runs the whole step on its rows with
 // single-threaded operations (no thread hand-off per operation: the book's step is hundreds of
-// small operations); and the output layer, softmax and the gradient reaching H_t are done per
-// time step while H_t is in cache, instead of over (T*B, V) arrays. The weight gradients of the
-// chunks are summed at the end.
+// small operations). In each chunk: (1) the recurrence step by step (a row lookup for the one-hot
+// product, one GEMM, tanh in its own vectorized loop); (2) the output layer over blocks of steps,
+// transposed ((V, steps * rows): every softmax loop runs along the rows, contiguous), one GEMM
+// each for the logits, dL/dH, dWq; the softmax cross-entropy and its gradient in one pass; (3) back
+// through time step by step; (4) dW_hh as one GEMM over all steps. The weight gradients of the
+// chunks are summed at the end. benchmarks/kernel_phases.py times each phase.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
