@@ -190,6 +190,24 @@ def test_a_lock_left_by_a_killed_build_does_not_block(monkeypatch, tmp_path):
         assert kernels.rnn_lm_kernel() is None  # got past the lock to the (failing) build
 
 
+def test_a_lock_of_a_builder_that_died_goes_at_once_and_a_live_ones_stays(tmp_path):
+    """A build killed with SIGKILL leaves PyTorch's lock; its builder (pid, host) being gone, the
+    next build removes it at once instead of after STALE_LOCK_S."""
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid, host, kept in ((dead.pid, socket.gethostname(), False), (os.getpid(), socket.gethostname(), True),
+                            (dead.pid, "another-host", True)):
+        (tmp_path / "lock").touch()
+        (tmp_path / kernels.BUILDER_FILE).write_text(f"{pid} {host}\n")
+        kernels.remove_stale_lock(tmp_path)
+        assert (tmp_path / "lock").exists() == kept, (pid, host)
+    (tmp_path / kernels.BUILDER_FILE).unlink()  # no builder noted (an older rnnkit): the age rule alone
+    kernels.remove_stale_lock(tmp_path)
+    assert (tmp_path / "lock").exists()
+
+
 def test_a_build_cut_short_by_ctrl_c_is_tried_again(monkeypatch):
     import torch.utils.cpp_extension as cpp_extension
 

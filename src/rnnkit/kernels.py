@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import socket
 import sys
 import time
 import warnings
@@ -29,6 +30,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "rnn_lm.cpp"
 STALE_LOCK_S = 600  # a build takes about 30 s; a lock this old belongs to a build that died
+BUILDER_FILE = "builder"  # "pid host" of the process building (see remove_stale_lock)
 
 _kernel: ModuleType | None = None
 _tried = False
@@ -83,6 +85,34 @@ def _built_library(build_dir: Path, name: str) -> tuple[Path, float] | None:
     return None
 
 
+def remove_stale_lock(build_dir: Path) -> None:
+    """PyTorch's build waits as long as its ``lock`` file exists, and a build that was killed
+    (SIGKILL: no cleanup) leaves it behind. rnnkit notes who builds (``builder``: pid and host);
+    the lock goes at once when that process is gone from this host, and in any case once it is
+    :data:`STALE_LOCK_S` old (a build on another host sharing the folder, or an older rnnkit's)."""
+    lock = build_dir / "lock"
+    if not lock.exists():
+        return
+    try:
+        pid, host = (build_dir / BUILDER_FILE).read_text().split()
+        dead = host == socket.gethostname() and not _process_alive(int(pid))
+    except (OSError, ValueError):
+        dead = False
+    if dead or time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        lock.unlink(missing_ok=True)
+        (build_dir / BUILDER_FILE).unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's, alive
+        return True
+    return True
+
+
 def rnn_lm_kernel() -> ModuleType | None:
     """The compiled module (``rnn_lm_loss``), or None where it cannot be built or is switched off.
 
@@ -105,9 +135,9 @@ def rnn_lm_kernel() -> ModuleType | None:
                   f"no build yet for this source, torch {torch.__version__} at {Path(torch.__file__).parent} "
                   f"and Python {sys.version.split()[0]} in {build_dir}", file=sys.stderr, flush=True)
         build_dir.mkdir(parents=True, exist_ok=True)
-        lock = build_dir / "lock"  # PyTorch waits forever on a lock left by a build that was killed
-        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-            lock.unlink(missing_ok=True)
+        remove_stale_lock(build_dir)
+        builder = build_dir / BUILDER_FILE
+        builder.write_text(f"{os.getpid()} {socket.gethostname()}\n")
         path = os.environ.get("PATH", "")
         os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + path  # pip's ninja, in a venv
         started = time.perf_counter()
@@ -116,6 +146,7 @@ def rnn_lm_kernel() -> ModuleType | None:
                            build_directory=str(build_dir), verbose=False)
         finally:
             os.environ["PATH"] = path
+            builder.unlink(missing_ok=True)
         after = _built_library(build_dir, name)
         if before is None:
             print(f"rnnkit: CPU kernel compiled in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
