@@ -345,20 +345,16 @@ def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
         exc.silent = os.environ.get("RANK", "0").strip() not in ("", "0")  # rank 0 says it, once
         raise
     lock = DirectoryLock(Path(args.resume or args.out))
-    peer_lost = False
     try:
         return train_locked(args, given, lock, world)
     except RnnkitError as exc:
-        peer_lost = isinstance(exc, distributed.PeerLost)  # leaving the group would wait for the lost process
         if world.rank and not distributed.joined():
             exc.silent = True  # the same check failed on every process: rank 0 says it, once
         elif world.rank:
             exc.args = (f"(rank {world.rank}) {exc}",)
         raise
     finally:
-        lock.release()
-        if not peer_lost:
-            distributed.stop()
+        lock.release()  # a joined process group is left by console()'s os._exit
 
 
 def train_locked(args: argparse.Namespace, given: set[str], lock, world) -> int:
@@ -871,9 +867,14 @@ def console() -> None:
 
     After Ctrl-C, CPython may still end the process *by* SIGINT (status -2) even though the
     interrupt was handled and the run saved; leave through ``os._exit`` then, so that the status
-    is the documented 128 + signal number."""
+    is the documented 128 + signal number. A process of a torchrun job leaves the same way, its
+    run saved and its output flushed: tearing its process group down at exit sometimes aborted it
+    (``terminate called without an active exception`` from a gloo thread: 2 runs in 30 on a busy
+    2-core machine), and torchrun then reported the finished job as failed."""
     status = main()
-    if status >= 128:  # ended by a signal it handled
+    from rnnkit import distributed
+
+    if status >= 128 or distributed.joined():  # ended by a signal it handled; one of torchrun's processes
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

@@ -115,12 +115,6 @@ def joined() -> bool:
     return dist.is_initialized()
 
 
-def stop() -> None:
-    """Leave the process group, if this process joined one."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def first_line(exc: BaseException) -> str:
     """The gist of a backend's error: its first sentence, without a source-file prefix."""
     text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", str(exc).strip())
