@@ -379,6 +379,12 @@ def train_locked(args: argparse.Namespace, given: set[str], lock, world) -> int:
     main_process = world.is_main
     if not main_process:
         args.quiet = True
+
+    def join(config) -> distributed.World:
+        """Check what every process checks alike, then join the others (torchrun; else nothing)."""
+        distributed.check_batch(config.batch_size, world)
+        return distributed.start(world, select_device(config.device), args.dist_timeout)
+
     out = Path(args.resume or args.out)
     if out.exists() and not out.is_dir():
         raise RnnkitError(f"{'--resume' if args.resume else '--out'} {out}: exists and is not a directory")
@@ -399,8 +405,7 @@ def train_locked(args: argparse.Namespace, given: set[str], lock, world) -> int:
             config.max_steps = args.max_steps
         config.device, config.cuda_graphs = args.device, args.cuda_graphs
         config.validate()
-        distributed.check_batch(config.batch_size, world)
-        world = distributed.start(world, select_device(config.device), args.dist_timeout)
+        world = join(config)
         trainer = Trainer(config, vocab=vocab, world=world)
         if meta.get("corpus_sha1") and meta["corpus_sha1"] != trainer.corpus_sha1:
             raise RnnkitError(f"{config.corpus} is not the text this run was trained on (text sha1 now "
@@ -447,7 +452,6 @@ def train_locked(args: argparse.Namespace, given: set[str], lock, world) -> int:
         if sizing and world.size > 1:
             raise RnnkitError("--time-budget under torchrun: give the model's size (--model, --hidden, ...); "
                               "automatic sizing measures one process's speed")
-        distributed.check_batch(config.batch_size, world)
         created = not out.exists()
         if main_process:
             lock.acquire()  # also finds an --out that cannot be written, before training
@@ -458,7 +462,7 @@ def train_locked(args: argparse.Namespace, given: set[str], lock, world) -> int:
             text = None
             if sizing:
                 text, config = sized_for_budget(config, args.quiet)
-            world = distributed.start(world, select_device(config.device), args.dist_timeout)
+            world = join(config)
             trainer = Trainer(config, text=text, world=world)
         except BaseException:
             lock.release()

@@ -30,6 +30,7 @@ torchrun stops the job; a machine that vanishes without closing them is noticed 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -98,7 +99,7 @@ def check_batch(batch_size: int, world: World) -> None:
 def start(world: World, device: torch.device, timeout_s: float) -> World:
     """Join the process group (gloo for the CPU, NCCL for CUDA): waits for every process, at most
     ``timeout_s``, which also bounds every later collective."""
-    if world.size == 1 and world is ONE_PROCESS:
+    if world is ONE_PROCESS:
         return world
     if dist.is_initialized():
         return World(world.rank, world.size, world.local_rank, started=True)
@@ -131,6 +132,7 @@ class PeerLost(RnnkitError):
 def collective(function):
     """Run a torch.distributed call; its failure (a peer gone, a timeout) becomes :class:`PeerLost`."""
 
+    @functools.wraps(function)
     def wrapped(*args, **kwargs):
         try:
             return function(*args, **kwargs)
@@ -138,7 +140,6 @@ def collective(function):
             raise PeerLost(f"another training process stopped answering ({first_line(exc)}); torchrun stops the "
                            "job: resume it from its last checkpoint with --resume") from None
 
-    wrapped.__doc__, wrapped.__name__ = function.__doc__, function.__name__
     return wrapped
 
 

@@ -99,7 +99,7 @@ void tanh_in_place(float* x, int64_t n) {
 // took a sixth of the step. top and sum are scratch of b floats. The normalisers are multiplied
 // up in double (flushed before they could overflow), so that a log is taken about once per
 // hundred columns.
-void softmax_cross_entropy(const float* z, const int64_t* target, int64_t target_stride, int64_t b, int64_t V,
+void softmax_cross_entropy(const float* z, const int64_t* target, int64_t b, int64_t V,
                            double* loss, float* probs, float* top, float* sum) {
   std::memcpy(top, z, b * sizeof(float));
   for (int64_t v = 1; v < V; ++v) {
@@ -124,7 +124,7 @@ void softmax_cross_entropy(const float* z, const int64_t* target, int64_t target
   }
   double normalisers = 1.0;
   for (int64_t i = 0; i < b; ++i) {
-    const int64_t y = target[i * target_stride];
+    const int64_t y = target[i];
     *loss += static_cast<double>(top[i]) - static_cast<double>(z[y * b + i]);
     normalisers *= sum[i];  // each in [1, V]
     if (normalisers > 1e250) {
@@ -141,7 +141,7 @@ void softmax_cross_entropy(const float* z, const int64_t* target, int64_t target
 #pragma omp simd
     for (int64_t i = 0; i < b; ++i) pv[i] *= sum[i];
   }
-  for (int64_t i = 0; i < b; ++i) probs[target[i * target_stride] * b + i] -= 1.0f;
+  for (int64_t i = 0; i < b; ++i) probs[target[i] * b + i] -= 1.0f;
 }
 
 void check_ids(const at::Tensor& ids, int64_t limit, const char* name) {
@@ -223,7 +223,7 @@ std::vector<at::Tensor> rnn_lm_loss(at::Tensor X, at::Tensor Y, at::Tensor h0, a
           for (int64_t i = 0; i < b; ++i) targets[k * b + i] = y[(b0 + i) * T + t0 + k];
         TIMED(3, at::addmm_out(z, bq_column, Wq, h.t()));
         at::Tensor dz = need_grad ? probs.narrow(0, 0, V * columns).view({V, columns}) : at::Tensor();
-        TIMED(4, softmax_cross_entropy(z.data_ptr<float>(), targets.data(), 1, columns, V, &loss[c],
+        TIMED(4, softmax_cross_entropy(z.data_ptr<float>(), targets.data(), columns, V, &loss[c],
                                        need_grad ? dz.data_ptr<float>() : nullptr, scratch.data_ptr<float>(),
                                        scratch.data_ptr<float>() + columns));
         if (!need_grad) continue;
