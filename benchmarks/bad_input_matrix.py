@@ -154,6 +154,9 @@ def main() -> None:
                                                                     "Time Traveller", "-n", "10", "--greedy"]),
             ("--resume --epochs 100 (the default value) after 2 epochs", ["train", "--resume",
              broken_run("more", lambda run: None), "--epochs", "100", "--quiet"]),
+            ("--save-steps -1", ["train", *TINY, "--save-steps", "-1", "--out", str(d / "new")]),
+            ("--dist-timeout 0", ["train", *TINY, "--dist-timeout", "0", "--out", str(d / "new")]),
+            ("--dist-timeout nan", ["train", *TINY, "--dist-timeout", "nan", "--out", str(d / "new")]),
         ]
         print("| input | what rnnkit prints | exit status |")
         print("| --- | --- | --- |")
@@ -162,6 +165,21 @@ def main() -> None:
             shown = (proc.stderr.strip() or proc.stdout.strip()).replace("\n", " / ").replace(str(d), "TMP")
             assert "Traceback" not in proc.stderr, proc.stderr
             print(f"| {name} | `{shown[:230]}` | {proc.returncode} |")
+
+        # torchrun's variables, as a process started by hand might have them
+        port = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}
+        for name, env in (("RANK=0 alone (torchrun's variables half set)", {"RANK": "0"}),
+                          ("rank 1 of that (says nothing: rank 0 does)", {"RANK": "1"}),
+                          ("WORLD_SIZE=2 and --batch-size 63", {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                                                                **port}),
+                          ("WORLD_SIZE=two", {"RANK": "0", "WORLD_SIZE": "two", "LOCAL_RANK": "0", **port})):
+            clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                                       "MASTER_ADDR", "MASTER_PORT")}
+            proc = subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", *TINY, "--batch-size", "63",
+                                   "--out", str(d / "new")], cwd=d, capture_output=True, text=True,
+                                  env={**clean, **env})
+            assert "Traceback" not in proc.stderr, proc.stderr
+            print(f"| {name} | `{proc.stderr.strip().replace(str(d), 'TMP')[:230]}` | {proc.returncode} |")
 
         from rnnkit.files import DirectoryLock
 
@@ -188,7 +206,8 @@ def main() -> None:
                     proc.send_signal(signum)
                     break
             _, err = proc.communicate()
-            print(f"| {name} mid-training | `{err.strip().replace(str(d), 'TMP')}` | {proc.returncode} |")
+            shown = err.strip().replace(str(d), "TMP").replace("\n", " / ")
+            print(f"| {name} mid-training | `{shown}` | {proc.returncode} |")
 
         # Ctrl-C mid-epoch, then --resume
         run = d / "interrupted"
@@ -204,7 +223,8 @@ def main() -> None:
                 proc.send_signal(signal.SIGINT)
                 break
         _, err = proc.communicate()
-        print(f"| SIGINT mid-training | `{err.strip().replace(str(d), 'TMP')}` | {proc.returncode} |")
+        shown = err.strip().replace(str(d), "TMP").replace("\n", " / ")
+        print(f"| SIGINT mid-training | `{shown}` | {proc.returncode} |")
         resumed = rnnkit("train", "--resume", str(run), "--quiet", cwd=d)
         print(f"| then `--resume` | `{resumed.stdout.strip().splitlines()[0].replace(str(d), 'TMP')}` ... "
               f"| {resumed.returncode} |")
