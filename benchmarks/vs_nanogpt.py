@@ -2,21 +2,31 @@
 """rnnkit's time-budgeted training against nanoGPT's CPU recipe, side by side; prints JSON.
 
 Each repeat runs nanoGPT's recipe (``../shared/bench/nanogpt_reference.py``: unmodified nanoGPT,
-4 layers x 128, 2000 iterations) and then ``rnnkit train --corpus CORPUS --time-budget T`` with
-``T`` = that run's measured wall time and no model options (rnnkit sizes the model itself; raw
-characters, the last 10% held out, as nanoGPT's prepare does). Validation: nanoGPT's mean
-cross-entropy with the most context its block allows (``val_loss_sliding``), rnnkit's over the
-same characters carrying its state through them (its best checkpoint, as ``rnnkit eval`` uses).
-Medians over the repeats; a PNG of rnnkit's validation loss against wall-clock seconds, with
-nanoGPT's final loss at its wall time.
+4 layers x 128, 2000 iterations, or ``2000 x --budget-factor``) and then
+``rnnkit train --corpus CORPUS --time-budget T`` with ``T`` = that run's measured wall time and no
+model options (rnnkit sizes the model itself; raw characters, the last 10% held out, as nanoGPT's
+prepare does). Validation: nanoGPT's mean cross-entropy with the most context its block allows
+(``val_loss_sliding``), rnnkit's over the same characters carrying its state through them (its
+best checkpoint, as ``rnnkit eval`` uses). Medians over the repeats, per corpus.
+
+Curves: rnnkit logs its validation loss as it trains (``evals.jsonl``); nanoGPT logs an estimate
+every 250 iterations (20 random batches of 64-character blocks: its own measure, ~0.02-0.03 nats
+above the sliding one at the end) and each iteration's time, captured from its output. Both are
+placed on wall-clock seconds of their whole process (start-up counted at the start).
+``ahead_after_60s`` compares them at nanoGPT's evaluation times after the first minute, with
+nanoGPT's estimate lowered by its own final blocks-minus-sliding gap (in nanoGPT's favour).
 
     .venv/bin/python benchmarks/vs_nanogpt.py --repeats 3 --png benchmarks/results/vs_nanogpt.png
+    .venv/bin/python benchmarks/vs_nanogpt.py --other-texts /tmp/texts --repeats 3
+    .venv/bin/python benchmarks/vs_nanogpt.py --budget-factor 4 --repeats 3 --png benchmarks/results/vs_nanogpt_4x.png
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import statistics
 import subprocess
 import sys
@@ -25,16 +35,42 @@ import time
 from pathlib import Path
 
 from common import cpu_model
+from other_texts import build
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared"
+ITERS = 2000  # nanoGPT's recipe
+# Runs the reference in this process's child with subprocess.run wrapped, so that nanoGPT's own
+# per-iteration log (which the reference reads and drops) is kept on stderr.
+RUN_REFERENCE = """
+import runpy, subprocess, sys
+real = subprocess.run
+def keeping_log(*args, **kwargs):
+    out = real(*args, **kwargs)
+    if kwargs.get("cwd"):
+        sys.stderr.write(out.stdout)
+    return out
+subprocess.run = keeping_log
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
-
-def nanogpt(corpus: Path, seed: int) -> dict:
-    out = subprocess.run([sys.executable, str(SHARED / "bench" / "nanogpt_reference.py"), "--corpus", str(corpus),
-                          "--seed", str(seed)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def nanogpt(corpus: Path, seed: int, iters: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", RUN_REFERENCE, str(SHARED / "bench" / "nanogpt_reference.py"),
+                          "--corpus", str(corpus), "--seed", str(seed), "--max-iters", str(iters)],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    iteration_s = {int(m[1]): float(m[2]) / 1000 for m in re.finditer(r"^iter (\d+): .*time ([\d.]+)ms", out.stderr,
+                                                                       re.M)}
+    evals = [(int(m[1]), float(m[2])) for m in re.finditer(r"^step (\d+): .*val loss ([\d.]+)", out.stderr, re.M)]
+    startup = result["fit_s"] - sum(iteration_s.values())
+    elapsed, curve = startup, []
+    for it in range(max(iteration_s, default=-1) + 1):
+        elapsed += iteration_s.get(it, 0.0)
+        curve += [(round(elapsed, 2), loss) for step, loss in evals if step == it + 1]
+    result["curve"] = [(round(startup, 2), evals[0][1])] + curve if evals else []
+    return result
 
 
 def rnnkit(corpus: Path, budget_s: float, seed: int, extra: list[str]) -> dict:
@@ -48,62 +84,108 @@ def rnnkit(corpus: Path, budget_s: float, seed: int, extra: list[str]) -> dict:
         evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
         meta = json.loads((run / "config.json").read_text())
         sized = next((line for line in out.stdout.splitlines() if line.startswith("sized for")), None)
-        return {"budget_s": round(budget_s, 2), "wall_s": round(wall_s, 2), "best_val_loss": meta["best"]["val_loss"],
+        startup = wall_s - evals[-1]["seconds"]
+        # the held-out last 10% (nanoGPT's cut) read as one stream by `rnnkit eval` (the best checkpoint);
+        # training's validations read it in lanes (rnnkit.train.stream_nll), equal to ~1e-7 nats
+        text = corpus.read_text(encoding="utf-8")
+        held_out = Path(tmp) / "held_out.txt"
+        held_out.write_text(text[int(len(text) * 0.9):], encoding="utf-8")
+        scored = subprocess.run([sys.executable, "-m", "rnnkit.cli", "eval", str(run), "--corpus", str(held_out),
+                                 "--checkpoint", "best", "--json"], capture_output=True, text=True, check=True)
+        best = json.loads(scored.stdout)["bpc"] * math.log(2)
+        return {"budget_s": round(budget_s, 2), "wall_s": round(wall_s, 2), "best_val_loss": best,
+                "best_val_loss_while_training": meta["best"]["val_loss"],
                 "last_val_loss": evals[-1]["val_loss"], "sized": sized, "config": meta["config"],
-                "curve": [(e["seconds"], e["val_loss"]) for e in evals]}
+                "curve": [(round(startup + e["seconds"], 2), e["val_loss"]) for e in evals]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=str(SHARED / "data" / "tinyshakespeare.txt"))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--budget-factor", type=float, default=1.0, help="rnnkit's budget = factor x nanoGPT's time")
-    parser.add_argument("--png", help="write the validation-loss-against-seconds plot here")
-    parser.add_argument("--rnnkit-args", nargs=argparse.REMAINDER, default=[], help="extra rnnkit train options")
-    args = parser.parse_args()
-    corpus = Path(args.corpus)
+def ahead_after(rows: list[dict], after_s: float = 60.0) -> dict:
+    """At each of nanoGPT's evaluations after ``after_s``: rnnkit's best validation loss so far minus
+    nanoGPT's estimate lowered by its final blocks-minus-sliding gap (negative: rnnkit ahead)."""
+    margins = []
+    for r in rows:
+        ref, ours = r["nanogpt"], r["rnnkit"]["curve"]
+        gap = ref["val_loss_blocks"] - ref["val_loss_sliding"]
+        for t, loss in ref["curve"]:
+            seen = [v for s, v in ours if s <= t]
+            if t >= after_s and seen:
+                margins.append(round(min(seen) - (loss - gap), 4))
+    return {"points": len(margins), "worst_margin_nats": max(margins, default=None),
+            "rnnkit_ahead_everywhere": bool(margins) and max(margins) < 0}
+
+
+def compare(corpus: Path, repeats: int, factor: float, extra: list[str]) -> dict:
     rows = []
-    for repeat in range(args.repeats):
-        ref = nanogpt(corpus, 1337 + repeat)
-        ours = rnnkit(corpus, ref["fit_s"] * args.budget_factor, repeat, args.rnnkit_args)
+    for repeat in range(repeats):
+        ref = nanogpt(corpus, 1337 + repeat, round(ITERS * factor))
+        ours = rnnkit(corpus, ref["fit_s"], repeat, extra)
         rows.append({"nanogpt": ref, "rnnkit": ours})
-        print(json.dumps({"repeat": repeat, "nanogpt_s": ref["fit_s"], "nanogpt_val": ref["val_loss_sliding"],
-                          "rnnkit_s": ours["wall_s"], "rnnkit_best_val": round(ours["best_val_loss"], 4)}),
-              file=sys.stderr, flush=True)
+        print(json.dumps({"corpus": corpus.name, "repeat": repeat, "nanogpt_s": ref["fit_s"],
+                          "nanogpt_val": ref["val_loss_sliding"], "rnnkit_s": ours["wall_s"],
+                          "rnnkit_best_val": round(ours["best_val_loss"], 4)}), file=sys.stderr, flush=True)
     med = lambda values: round(statistics.median(values), 4)  # noqa: E731
-    import torch
-
     summary = {
-        "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "corpus": corpus.name, "repeats": args.repeats, "budget_factor": args.budget_factor,
+        "corpus": corpus.name, "repeats": repeats, "budget_factor": factor,
         "nanogpt_fit_s": med([r["nanogpt"]["fit_s"] for r in rows]),
         "nanogpt_val_loss_sliding": med([r["nanogpt"]["val_loss_sliding"] for r in rows]),
         "rnnkit_wall_s": med([r["rnnkit"]["wall_s"] for r in rows]),
         "rnnkit_best_val_loss": med([r["rnnkit"]["best_val_loss"] for r in rows]),
+        "per_repeat_differences": [round(r["rnnkit"]["best_val_loss"] - r["nanogpt"]["val_loss_sliding"], 4)
+                                   for r in rows],
     }
     summary["difference_nats"] = round(summary["rnnkit_best_val_loss"] - summary["nanogpt_val_loss_sliding"], 4)
-    print(json.dumps({"summary": summary, "runs": rows}, indent=1))
-    if args.png:
-        import matplotlib
+    if factor > 1:
+        summary["ahead_after_60s"] = ahead_after(rows)
+    return {"summary": summary, "runs": rows}
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for i, r in enumerate(rows):
+def plot(results: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.5), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        for i, r in enumerate(result["runs"]):
             xs, ys = zip(*r["rnnkit"]["curve"], strict=True)
-            ax.plot(xs, ys, color="tab:blue", alpha=0.8, label="rnnkit (--time-budget, sized by itself)" if i == 0
+            ax.plot(xs, ys, color="tab:blue", alpha=0.8, label="rnnkit --time-budget (sized by itself)" if i == 0
                     else None)
+            if len(r["nanogpt"]["curve"]) > 2:
+                xs, ys = zip(*r["nanogpt"]["curve"], strict=True)
+                ax.plot(xs, ys, color="tab:red", alpha=0.6, linestyle="--",
+                        label="nanoGPT CPU recipe (its logged estimate)" if i == 0 else None)
             ax.scatter([r["nanogpt"]["fit_s"]], [r["nanogpt"]["val_loss_sliding"]], color="tab:red", zorder=3,
-                       label="nanoGPT CPU recipe, end of training" if i == 0 else None)
+                       label="nanoGPT at the end (sliding window)" if i == 0 else None)
         ax.set_xlabel("wall-clock seconds")
         ax.set_ylabel("validation loss (nats/char)")
         ax.set_ylim(top=min(3.5, ax.get_ylim()[1]))
-        ax.set_title(f"{corpus.name}, {summary['cpu']}")
+        ax.set_title(f"{result['summary']['corpus']}, {title}")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.png, dpi=110)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", nargs="+", default=[str(SHARED / "data" / "tinyshakespeare.txt")])
+    parser.add_argument("--other-texts", metavar="DIR", help="build benchmarks/other_texts.py's texts in DIR and "
+                        "compare on them instead of --corpus")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budget-factor", type=float, default=1.0,
+                        help="nanoGPT runs 2000 x factor iterations; rnnkit's budget is nanoGPT's wall time")
+    parser.add_argument("--png", help="write validation loss against seconds here")
+    parser.add_argument("--rnnkit-args", nargs=argparse.REMAINDER, default=[], help="extra rnnkit train options")
+    args = parser.parse_args()
+    corpora = build(Path(args.other_texts)) if args.other_texts else [Path(c) for c in args.corpus]
+    results = [compare(corpus, args.repeats, args.budget_factor, args.rnnkit_args) for corpus in corpora]
+    import torch
+
+    machine = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    print(json.dumps({**machine, "corpora": results}, indent=1))
+    if args.png:
+        plot(results, args.png, machine["cpu"])
 
 
 if __name__ == "__main__":

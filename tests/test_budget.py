@@ -18,8 +18,9 @@ SMALL = dict(hidden=16, batch_size=16, num_steps=16, split="fraction", preproces
 
 
 def test_durations():
-    assert [duration(t) for t in ("90", "90s", "3m", "1.5h", "0.5min")] == [90, 90, 180, 5400, 30]
-    for bad in ("", "3 minutes", "-5s", "1e3", "m"):
+    assert [duration(t) for t in ("90", "90s", "3m", "1.5h", "0.5min", "1h30m", "2m30s", " 1h 5s ")] == [
+        90, 90, 180, 5400, 30, 5400, 150, 3605]
+    for bad in ("", "3 minutes", "-5s", "1e3", "m", "3m3m", "1h-5m", "5s3", "nan", "inf"):
         with pytest.raises(argparse.ArgumentTypeError):
             duration(bad)
 
@@ -161,19 +162,19 @@ def test_time_budget_config_is_checked():
 
 def test_sizing_picks_the_widest_model_the_budget_can_train(monkeypatch):
     import rnnkit.sizing as sizing
-    from rnnkit.models import parameter_count
+    from rnnkit.sizing import trained_weights
 
     speeds = {128: 60_000, 256: 40_000, 384: 25_000, 512: 15_000, 768: 8_000, 1024: 4_000}
     monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: speeds[width])
     config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=600)
-    # 512 wide: 15k tok/s x 600 s = 9M tokens >= 10 x 1.2M parameters? no; 384: 15M >= 10 x 0.7M: yes
-    assert parameter_count("lstm", 65, 512) * 10 > 15_000 * 600 and config.hidden == 384
+    # 512 wide: 15k tok/s x 600 s = 9M tokens >= 10 x 1.09M weights? no; 384: 15M >= 10 x 0.62M: yes
+    assert trained_weights(65, 512) * 10 > 15_000 * 600 >= trained_weights(65, 384) * 10 and config.hidden == 384
     assert config.model == "lstm" and config.optimizer == "adamw" and config.schedule == "cosine"
     assert report["tokens_per_s"][512] == 15_000 and 768 not in report["tokens_per_s"]
     big, _ = sizing.choose_config(TrainConfig(), 2_000_000, 65, budget_s=36000)
     assert big.hidden == 1024
     small, _ = sizing.choose_config(TrainConfig(), 60_000, 65, budget_s=3600)  # a small text caps the width
-    assert parameter_count("lstm", 65, small.hidden) <= 4 * 60_000 < parameter_count("lstm", 65, small.hidden * 2)
+    assert trained_weights(65, small.hidden) <= 4 * 60_000 < trained_weights(65, small.hidden * 2)
     with pytest.raises(RnnkitError, match="sizing a model needs at least"):
         sizing.choose_config(TrainConfig(), 500, 20, budget_s=60)
 
@@ -225,3 +226,16 @@ def test_sizing_adds_dropout_where_the_budget_reads_the_text_many_times(monkeypa
     assert few.io_dropout == 0.0 and report["epochs"] == 6.0
     many, report = sizing.choose_config(TrainConfig(), 160_000, 65, budget_s=100)  # 37.5 passes
     assert many.io_dropout == sizing.IO_DROPOUT and report["epochs"] == 37.5
+
+
+def test_sizing_does_not_count_the_one_hot_table_and_always_measures(monkeypatch):
+    import rnnkit.sizing as sizing
+    from rnnkit.models import parameter_count
+
+    # the input table is vocab x 4 width: a lookup, one row per character read
+    assert parameter_count("lstm", 1400, 128) - sizing.trained_weights(1400, 128) == 1400 * 4 * 128
+    monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: 40_000 if width == 128 else 1)
+    # a small text in a large alphabet (Chinese, say): 128 wide even so, measured, and dropout for 66 passes
+    config, report = sizing.choose_config(TrainConfig(), 60_000, 1400, budget_s=100)
+    assert config.hidden == 128 and report["tokens_per_s"] == {128: 40_000}
+    assert report["epochs"] == 66.7 and config.io_dropout == sizing.IO_DROPOUT

@@ -126,3 +126,18 @@ def test_device_selection():
             select_device("cuda")
     with pytest.raises(RnnkitError, match="unknown device"):
         select_device("tpu9")
+
+
+@pytest.mark.parametrize("kind,layers", [("lstm", 2), ("gru", 1), ("rnn", 1), ("scratch", 1)])
+def test_stream_in_lanes_predicts_every_token_once_from_the_text_before_it(kind, layers):
+    torch.manual_seed(3)
+    model = build_model(kind, vocab_size=11, hidden=8, layers=layers).eval()
+    tokens = torch.randint(0, 11, (1003,))
+    one_nll, one_count = stream_nll(model, tokens, chunk=64)
+    # a warm-up covering the text: each lane reads everything before its part, so the sum is the one-lane sum
+    nll, count = stream_nll(model, tokens, chunk=64, lanes=7, warmup=10**6)
+    assert count == one_count == 1002 and math.isclose(nll, one_nll, rel_tol=1e-5)
+    # a short warm-up: still every token once (the count), the loss within what 20 tokens of context change
+    nll, count = stream_nll(model, tokens, chunk=64, lanes=7, warmup=20)
+    assert count == 1002 and math.isclose(nll, one_nll, rel_tol=1e-3)
+    assert stream_nll(model, tokens[:5], lanes=32) == pytest.approx(stream_nll(model, tokens[:5]))  # fewer than lanes

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on a CUDA device, replay each training step as a captured CUDA graph (auto: whenever "
                         "the run allows it: not --split sequential, no dropout)")
     t.add_argument("--time-budget", type=duration, default=d.time_budget, metavar="DURATION",
-                   help="train for this wall-clock time (e.g. 90s, 3m, 1h; evaluations included) instead of "
+                   help="train for this wall-clock time (e.g. 90s, 3m, 1h, 1h30m; evaluations included) instead of "
                         "--epochs; 0: off")
     t.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
                    help="learning rate over the run (after --warmup): constant, or cosine/linear decay to "
@@ -204,13 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def duration(text: str) -> float:
-    """Seconds of a duration such as ``90``, ``90s``, ``3m``, ``1.5h`` (argparse type)."""
+    """Seconds of a duration such as ``90``, ``90s``, ``3m``, ``1.5h``, ``1h30m``, ``2m30s`` (argparse type)."""
     import re
 
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90s, 3m, 1h)")
-    return float(match.group(1)) * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
+    units = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+    plain = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*", text)
+    parts = re.findall(r"([0-9]*\.?[0-9]+)\s*(sec|min|s|m|h)\s*", text)
+    if plain:
+        return float(plain.group(1))
+    if not parts or not re.fullmatch(r"\s*(?:([0-9]*\.?[0-9]+)\s*(sec|min|s|m|h)\s*)+", text) or \
+            len({units[unit] for _, unit in parts}) < len(parts):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90s, 3m, 1h, 1h30m)")
+    return sum(float(number) * units[unit] for number, unit in parts)
 
 
 class Progress:
