@@ -157,12 +157,23 @@ def main() -> None:
             ("--save-steps -1", ["train", *TINY, "--save-steps", "-1", "--out", str(d / "new")]),
             ("--dist-timeout 0", ["train", *TINY, "--dist-timeout", "0", "--out", str(d / "new")]),
             ("--dist-timeout nan", ["train", *TINY, "--dist-timeout", "nan", "--out", str(d / "new")]),
+            ("--time-budget soon", ["train", "--time-budget", "soon", "--out", str(d / "new")]),
+            ("--time-budget=-3m", ["train", "--time-budget=-3m", "--out", str(d / "new")]),
+            ("--time-budget 0", ["train", "--time-budget", "0", "--out", str(d / "new")]),
+            ("--time-budget 3m3m", ["train", "--time-budget", "3m3m", "--out", str(d / "new")]),
+            ("--time-budget 1s (shorter than ten validations)", ["train", *TINY, "--time-budget", "1s",
+                                                                "--out", str(d / "new")]),
+            ("--time-budget 1m, a 300-character corpus, no sizes", ["train", "--corpus",
+             file("small.txt", b"a few words " * 25), "--time-budget", "1m", "--out", str(d / "new")]),
         ]
         print("| input | what rnnkit prints | exit status |")
         print("| --- | --- | --- |")
         for name, args in cases:
             proc = rnnkit(*args, cwd=d)
-            shown = (proc.stderr.strip() or proc.stdout.strip()).replace("\n", " / ").replace(str(d), "TMP")
+            shown = (proc.stderr.strip() or proc.stdout.strip()).replace(str(d), "TMP")
+            if shown.startswith("usage:"):  # argparse: its usage lines, then the one that says what is wrong
+                shown = "usage: ... / " + shown.splitlines()[-1]
+            shown = shown.replace("\n", " / ")
             assert "Traceback" not in proc.stderr, proc.stderr
             print(f"| {name} | `{shown[:230]}` | {proc.returncode} |")
 

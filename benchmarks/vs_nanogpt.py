@@ -145,8 +145,12 @@ def plot(results: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.5), squeeze=False)
-    for ax, result in zip(axes[0], results, strict=True):
+    columns = min(3, len(results))
+    rows = -(-len(results) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.5 * rows), squeeze=False)
+    for ax in axes.flat[len(results):]:
+        ax.set_visible(False)
+    for ax, result in zip(axes.flat, results, strict=False):  # the grid may have a spare cell
         for i, r in enumerate(result["runs"]):
             xs, ys = zip(*r["rnnkit"]["curve"], strict=True)
             ax.plot(xs, ys, color="tab:blue", alpha=0.8, label="rnnkit --time-budget (sized by itself)" if i == 0

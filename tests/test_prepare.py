@@ -172,3 +172,18 @@ def test_a_byte_model_generates_utf8_and_is_served_byte_by_byte(tmp_path, capsys
     scored = score(load_served_run(run, None, "bytes"), "café")
     assert "".join(c["char"] for c in scored["chars"]) == "café".encode().decode("latin-1")  # one piece per byte
     assert scored["tokens"] == len("café".encode()) - 1
+
+
+def test_held_out_tokens_are_scored_from_the_memory_map_as_from_a_tensor(tmp_path, tm_text):
+    from rnnkit.models import build_model
+    from rnnkit.train import stream_nll
+
+    (tmp_path / "tm.txt").write_text(tm_text[:50000])
+    prepare(tmp_path / "tm.txt", tmp_path / "data")
+    prepared = open_prepared(tmp_path / "data")
+    tensor = prepared.val[0:len(prepared.val)]
+    torch.manual_seed(0)
+    model = build_model("lstm", len(prepared.idx_to_token), 8).eval()
+    for lanes in (1, 3):  # read chunk by chunk from the map, never as one tensor
+        assert stream_nll(model, prepared.val, chunk=100, lanes=lanes, warmup=50) == pytest.approx(
+            stream_nll(model, tensor, chunk=100, lanes=lanes, warmup=50), rel=1e-6)
