@@ -63,13 +63,14 @@ def nanogpt(corpus: Path, seed: int, iters: int) -> dict:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     iteration_s = {int(m[1]): float(m[2]) / 1000 for m in re.finditer(r"^iter (\d+): .*time ([\d.]+)ms", out.stderr,
                                                                        re.M)}
-    evals = [(int(m[1]), float(m[2])) for m in re.finditer(r"^step (\d+): .*val loss ([\d.]+)", out.stderr, re.M)]
+    evals = {int(m[1]): float(m[2]) for m in re.finditer(r"^step (\d+): .*val loss ([\d.]+)", out.stderr, re.M)}
     startup = result["fit_s"] - sum(iteration_s.values())
-    elapsed, curve = startup, []
+    elapsed, curve = startup, [(round(startup, 2), evals[0])] if 0 in evals else []
     for it in range(max(iteration_s, default=-1) + 1):
         elapsed += iteration_s.get(it, 0.0)
-        curve += [(round(elapsed, 2), loss) for step, loss in evals if step == it + 1]
-    result["curve"] = [(round(startup, 2), evals[0][1])] + curve if evals else []
+        if it + 1 in evals:  # step k's evaluation starts when iteration k-1 has ended
+            curve.append((round(elapsed, 2), evals[it + 1]))
+    result["curve"] = curve
     return result
 
 

@@ -208,14 +208,13 @@ def duration(text: str) -> float:
     import re
 
     units = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
-    plain = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*", text)
-    parts = re.findall(r"([0-9]*\.?[0-9]+)\s*(sec|min|s|m|h)\s*", text)
-    if plain:
+    number, term = r"([0-9]*\.?[0-9]+)", r"([0-9]*\.?[0-9]+)\s*(sec|min|s|m|h)\s*"
+    if plain := re.fullmatch(rf"\s*{number}\s*", text):
         return float(plain.group(1))
-    if not parts or not re.fullmatch(r"\s*(?:([0-9]*\.?[0-9]+)\s*(sec|min|s|m|h)\s*)+", text) or \
-            len({units[unit] for _, unit in parts}) < len(parts):
+    parts = re.findall(term, text) if re.fullmatch(rf"\s*(?:{term})+", text) else []
+    if not parts or len({units[unit] for _, unit in parts}) < len(parts):  # none, or a unit twice (3m3m)
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90s, 3m, 1h, 1h30m)")
-    return sum(float(number) * units[unit] for number, unit in parts)
+    return sum(float(value) * units[unit] for value, unit in parts)
 
 
 class Progress:

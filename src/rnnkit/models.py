@@ -404,6 +404,20 @@ def detach_state(state: State) -> State:
     return state.detach()
 
 
+def join_states(states: list, batch_dim: int) -> State:
+    """One batched state from per-stream states (tensors, or tuples of tensors for an LSTM)."""
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat(parts, dim=batch_dim) for parts in zip(*states, strict=True))
+    return torch.cat(states, dim=batch_dim)
+
+
+def split_state(state: State, batch_dim: int) -> list:
+    """Per-stream states (each with a batch of one) from a batched state."""
+    if isinstance(state, tuple):
+        return list(zip(*(part.split(1, dim=batch_dim) for part in state), strict=True))
+    return list(state.split(1, dim=batch_dim))
+
+
 GATES = {"rnn": 1, "scratch": 1, "gru": 3, "lstm": 4}
 
 

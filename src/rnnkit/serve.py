@@ -23,7 +23,7 @@ import torch
 
 from rnnkit.errors import RnnkitError
 from rnnkit.generate import Sampling, check_seed
-from rnnkit.models import RNNLM, layer_states, state_batch_dim
+from rnnkit.models import RNNLM, join_states, layer_states, split_state, state_batch_dim
 from rnnkit.text import Vocab, preprocess, tokenize
 from rnnkit.train import TrainConfig, bits_per_token, characters_predicted, perplexity, stream_nll
 
@@ -222,7 +222,7 @@ class StreamBatcher:
             return [logits[-1, 0]], [state]
         X = torch.tensor(ids, dtype=torch.int64)
         logits, state = self.run.model(X, join_states(states, self.batch_dim))
-        return list(logits[-1]), split_state(state, self.batch_dim, len(ids))
+        return list(logits[-1]), split_state(state, self.batch_dim)
 
     def _round(self, out: list) -> bool:
         """Each active stream gets its next character (appended to ``out`` as ``(job, event bytes)``,
@@ -295,20 +295,6 @@ def deliver(out: list) -> None:
             loop.call_soon_threadsafe(put_all, items)
         except RuntimeError:  # the loop has closed: the server is stopping
             pass
-
-
-def join_states(states: list, batch_dim: int):
-    """One batched state from per-stream states (tensors, or tuples of tensors for an LSTM)."""
-    if isinstance(states[0], tuple):
-        return tuple(torch.cat(parts, dim=batch_dim) for parts in zip(*states, strict=True))
-    return torch.cat(states, dim=batch_dim)
-
-
-def split_state(state, batch_dim: int, count: int) -> list:
-    """Per-stream states (each with a batch of one) from a batched state."""
-    if isinstance(state, tuple):
-        return list(zip(*(part.split(1, dim=batch_dim) for part in state), strict=True))
-    return list(state.split(1, dim=batch_dim))
 
 
 def alternatives(idx_to_token: list[str], probs: list[float], ids: list[int]) -> list[list]:

@@ -29,7 +29,9 @@ from rnnkit.models import (
     check_parameter_count,
     detach_state,
     evaluating,
+    join_states,
     parameter_count,
+    split_state,
     state_batch_dim,
 )
 from rnnkit.text import PREPROCESS_MODES, TOKEN_KINDS, Vocab, build_corpus, has_unknown_token, load_corpus_text
@@ -288,14 +290,13 @@ def stream_nll(model: RNNLM, tokens: torch.Tensor, chunk: int = 1024, lanes: int
         warm = min(warmup, starts[1])
         state = None
         if warm:  # lanes 1.. read the text before them; lane 0 starts the text with a fresh state
-            _, state = model.hidden(torch.stack([tokens[s - warm:s] for s in starts[1:]]))
-            state = tuple(torch.cat([torch.zeros_like(t.narrow(dim, 0, 1)), t], dim) for t in
-                          (state if isinstance(state, tuple) else (state,)))
-            state = state if len(state) > 1 else state[0]
+            _, warmed = model.hidden(torch.stack([tokens[s - warm:s] for s in starts[1:]]))
+            row = split_state(warmed, dim)[0]
+            fresh = tuple(map(torch.zeros_like, row)) if isinstance(row, tuple) else torch.zeros_like(row)
+            state = join_states([fresh, warmed], dim)
         total, count, state = _carried_nll(model, tokens, starts, length, state, chunk)
         if targets > lanes * length:  # the last lane goes on to the end of the text
-            last = (tuple(t.narrow(dim, lanes - 1, 1) for t in state) if isinstance(state, tuple)
-                    else state.narrow(dim, lanes - 1, 1))
+            last = split_state(state, dim)[-1]
             more, counted, _ = _carried_nll(model, tokens, [lanes * length], targets - lanes * length, last, chunk)
             total, count = total + more, count + counted
     return total, count
