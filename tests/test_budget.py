@@ -179,6 +179,20 @@ def test_sizing_picks_the_widest_model_the_budget_can_train(monkeypatch):
         sizing.choose_config(TrainConfig(), 500, 20, budget_s=60)
 
 
+def test_sizing_measures_on_the_device_the_run_trains_on(monkeypatch):
+    import rnnkit.sizing as sizing
+
+    seen = []
+    monkeypatch.setattr(sizing, "measure_tokens_per_second",
+                        lambda width, *a, device, **k: seen.append(device) or 60_000)
+    config, report = sizing.choose_config(TrainConfig(device="cpu"), 100_000, 65, budget_s=60)
+    assert seen and all(device == torch.device("cpu") for device in seen) and report["device"] == "cpu"
+    with pytest.raises(RnnkitError, match="unknown device"):
+        sizing.choose_config(TrainConfig(device="tpu"), 100_000, 65, budget_s=60)
+    speed = sizing.measure_tokens_per_second(32, 20, 4, 8, steps=1, device="cpu")  # a real measurement
+    assert 0 < speed < float("inf")
+
+
 def test_zero_configuration_budget_run_sizes_itself(tmp_path, capsys):
     corpus = tmp_path / "own.txt"
     corpus.write_text("It was a bright cold day in April, and the clocks were striking thirteen.\n" * 60)
@@ -191,6 +205,21 @@ def test_zero_configuration_budget_run_sizes_itself(tmp_path, capsys):
     config = read_config(run)["config"]
     assert "sized for 8 s" in out and config["model"] == "lstm" and config["preprocess"] == "raw"
     assert config["split"] == "sequential" and config["time_budget"] <= 8.0 and took < 8.0 + 6.0
+
+
+def test_a_budget_too_short_is_refused_before_a_run_directory_stays(tmp_path, capsys):
+    corpus = tmp_path / "own.txt"
+    corpus.write_text("It was a bright cold day in April, and the clocks were striking thirteen.\n" * 60)
+    status = main(["train", "--corpus", str(corpus), "--time-budget", "4s", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "a time budget of 4 s is too short" in err[0]
+    minimum = int(err[0].rsplit("give at least ", 1)[1].split()[0])
+    assert "went to sizing the model" in err[0] and minimum >= 6  # 5 s of training after the sizing's seconds
+    assert not (tmp_path / "run").exists()
+    status = main(["train", "--corpus", str(corpus), "--hidden", "16", "--batch-size", "8", "--time-budget", "4s",
+                   "--out", str(tmp_path / "run")])  # explicit sizes: nothing measured first
+    err = capsys.readouterr().err
+    assert status == 2 and "sizing" not in err and "give at least 5 s" in err and not (tmp_path / "run").exists()
 
 
 def test_io_dropout_acts_in_training_only_and_keeps_the_kernel_out(tm_text):

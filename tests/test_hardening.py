@@ -92,6 +92,23 @@ def test_sigterm_and_sighup_save_like_ctrl_c(tmp_path, signum):
     assert main(["train", "--resume", str(run), "--epochs", str(load_run(run)[3]["epoch"] + 1), "--quiet"]) == 0
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_before_training_starts_stops_at_once_and_leaves_nothing(tmp_path, monkeypatch, capsys, signum):
+    import rnnkit.sizing
+
+    def signalled(*args, **kwargs):  # SIGTERM while the budget's sizing measures this machine
+        os.kill(os.getpid(), signum)
+        raise AssertionError("the signal did not stop the start")
+
+    monkeypatch.setattr(rnnkit.sizing, "choose_config", signalled)
+    corpus = tmp_path / "own.txt"
+    corpus.write_text("the time traveller was one of those men who are too clever to be believed. " * 100)
+    status = main(["train", "--corpus", str(corpus), "--time-budget", "30s", "--out", str(tmp_path / "run")])
+    assert status == 128 + signum and f"stopped by {signal.Signals(signum).name}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # the directory this start created is gone, lock file and all
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
 def test_a_long_epoch_still_saves_every_few_minutes(tmp_path, monkeypatch):
     clock = [0.0]
     monkeypatch.setattr("rnnkit.cli.time.monotonic", lambda: clock.__setitem__(0, clock[0] + 200) or clock[0])

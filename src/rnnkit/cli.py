@@ -331,7 +331,7 @@ def sized_for_budget(config, quiet: bool):
         print(f"sized for {config.time_budget:g} s and {train_tokens:,} training characters: LSTM 1x{sized.hidden} "
               f"({report['parameters']:,} parameters), batch {sized.batch_size}x{sized.num_steps}, "
               f"{'io-dropout ' + str(sized.io_dropout) + ', ' if sized.io_dropout else ''}AdamW "
-              f"{sized.lr:g} with warmup and cosine decay (measured tokens/s by width: {speeds}; "
+              f"{sized.lr:g} with warmup and cosine decay (measured tokens/s by width on {report['device']}: {speeds}; "
               f"{report['measuring_s']} s)", flush=True)
     return text, sized
 
@@ -350,7 +350,10 @@ def cmd_train(args: argparse.Namespace, given: set[str]) -> int:
         raise
     lock = DirectoryLock(Path(args.resume or args.out))
     try:
-        return train_locked(args, given, lock, world)
+        # SIGTERM/SIGHUP before training starts (reading the corpus, sizing, a kernel build) stop at
+        # once like Ctrl-C: a run directory this start created is removed; training sets its own
+        with signal_handlers((signal.SIGTERM, signal.SIGHUP), raise_stop):
+            return train_locked(args, given, lock, world)
     except RnnkitError as exc:
         if world.rank and not distributed.joined():
             exc.silent = True  # the same check failed on every process: rank 0 says it, once
@@ -463,11 +466,13 @@ def train_locked(args: argparse.Namespace, given: set[str], lock, world) -> int:
             if (out / CONFIG_FILE).exists() and not args.force:
                 raise RnnkitError(f"--out {out} already holds a run; --resume {out} continues it, "
                                   "--force overwrites it")
-            text = None
+            text, given_budget = None, config.time_budget
             if sizing:
                 text, config = sized_for_budget(config, args.quiet)
             world = join(config)
             trainer = Trainer(config, text=text, world=world)
+            if config.time_budget:  # refused here, a new run directory is removed again
+                trainer.check_budget(spent_s=given_budget - config.time_budget)
         except BaseException:
             lock.release()
             if created and main_process:  # leave no empty run directory behind a refused start
@@ -863,9 +868,11 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(exc, "silent", False):
             print(f"rnnkit: error: {exc}", file=sys.stderr)
         return exc.exit_status
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a Stop raised by SIGTERM/SIGHUP (raise_stop)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print("\ninterrupted" if signum == signal.SIGINT else f"\nstopped by {signal.Signals(signum).name}",
+              file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:  # e.g. `rnnkit generate ... | head`
         return 0
 

@@ -14,14 +14,15 @@ The rule, and why:
   dropout) 1x256 2.16, 2x256 2.22. Only Python code (83 s) liked depth: 2x256 1.52, 1x384 1.54,
   1x256 1.56 (batch 64: 1.59); one rule for all texts keeps one layer.
 - **The width is the largest whose measured speed leaves enough training.** In the budget's first
-  seconds the candidate widths each run a few real training steps on this machine; the budget then
-  buys ``tokens(width) = tokens_per_second(width) x budget``. A model needs several characters of
-  training per weight before more width pays (:data:`TOKENS_PER_PARAMETER`); the widest candidate
-  that gets them wins. A small corpus caps the width too (:data:`PARAMETERS_PER_TOKEN`): more
-  weights than that per character of text only memorise it. Both count the weights a step trains
-  (:func:`trained_weights`), not the one-hot input table, which is a lookup of one row per
-  character: with it counted, the 165-character alphabet of the Cyrillic tutors held the model at
-  128 wide (2.19 nats); without, 256 (2.16). The narrowest width is always measured and kept.
+  seconds the candidate widths each run a few real training steps on the device the run trains on
+  (this CPU, or the GPU); the budget then buys ``tokens(width) = tokens_per_second(width) x
+  budget``. A model needs several characters of training per weight before more width pays
+  (:data:`TOKENS_PER_PARAMETER`); the widest candidate that gets them wins. A small corpus caps the
+  width too (:data:`PARAMETERS_PER_TOKEN`): more weights than that per character of text only
+  memorise it. Both count the weights a step trains (:func:`trained_weights`), not the one-hot input
+  table, which is a lookup of one row per character: with it counted, the 165-character alphabet of
+  the Cyrillic tutors held the model at 128 wide (2.19 nats); without, 256 (2.16). The
+  narrowest width is always measured and kept.
 - **Dropout on the outputs where the budget reads the text many times** (:data:`EPOCHS_FOR_DROPOUT`
   passes or more): on The Time Machine (161k training characters, 98 s, ~37 passes) the validation
   loss was best at half the budget and then rose; ``io_dropout`` 0.2 / 0.4 gave 1.590 / 1.582
@@ -57,22 +58,33 @@ def trained_weights(vocab_size: int, width: int) -> int:
 
 
 def measure_tokens_per_second(width: int, vocab_size: int, batch_size: int, num_steps: int,
-                              steps: int = 3) -> float:
-    """Training tokens per second of the recipe's model at ``width`` on this machine (random ids,
-    one untimed step first)."""
+                              steps: int = 3, device: torch.device | str = "cpu") -> float:
+    """Training tokens per second of the recipe's model at ``width`` on ``device`` (the one the run
+    will train on; random ids, one untimed step first)."""
     from rnnkit.train import compute_gradients
 
+    device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
-    model = build_model("lstm", vocab_size, width)
+    model = build_model("lstm", vocab_size, width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    X, Y = torch.randint(0, vocab_size, (2, batch_size, num_steps), generator=generator)
+    X, Y = torch.randint(0, vocab_size, (2, batch_size, num_steps), generator=generator).to(device)
     started = 0.0
     for step in range(steps + 1):
         if step == 1:
+            synchronize(device)
             started = time.perf_counter()
         compute_gradients(model, X, Y, clip=1.0)  # the Trainer's own step, so that its speed is measured
         optimizer.step()
+    synchronize(device)
     return steps * batch_size * num_steps / (time.perf_counter() - started)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (a GPU runs asynchronously; a CPU needs nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float) -> tuple[object, dict]:
@@ -81,13 +93,17 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float) -
     if train_tokens < MIN_TRAIN_TOKENS:
         raise RnnkitError(f"the training text has {train_tokens} characters; sizing a model needs at least "
                           f"{MIN_TRAIN_TOKENS} (or give --model/--hidden yourself)")
+    from rnnkit.train import select_device
+
     recipe = replace(config, **RECIPE)
+    device = select_device(config.device)
     measured, chosen, started = {}, WIDTHS[0], time.perf_counter()
     for width in WIDTHS:
         weights = trained_weights(vocab_size, width)
         if width != WIDTHS[0] and weights > PARAMETERS_PER_TOKEN * train_tokens:
             break
-        speed = measure_tokens_per_second(width, vocab_size, recipe.batch_size, recipe.num_steps)
+        speed = measure_tokens_per_second(width, vocab_size, recipe.batch_size, recipe.num_steps,
+                                          device=device)
         measured[width] = round(speed)
         if width != WIDTHS[0] and speed * budget_s < TOKENS_PER_PARAMETER * weights:
             break
@@ -96,7 +112,8 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float) -
             break
     epochs = measured.get(chosen, 0) * budget_s / train_tokens  # passes over the text the budget buys
     io_dropout = IO_DROPOUT if epochs >= EPOCHS_FOR_DROPOUT else 0.0
-    report = {"hidden": chosen, "tokens_per_s": measured, "parameters": parameter_count("lstm", vocab_size, chosen),
+    report = {"hidden": chosen, "device": str(device),
+              "tokens_per_s": measured, "parameters": parameter_count("lstm", vocab_size, chosen),
               "epochs": round(epochs, 1), "io_dropout": io_dropout,
               "measuring_s": round(time.perf_counter() - started, 2)}
     return replace(recipe, hidden=chosen, io_dropout=io_dropout), report

@@ -515,6 +515,7 @@ class Trainer:
         self.best: dict | None = None  # {"step", "epoch", "val_loss", "model": weights} of the best evaluation
         self.finished: str | None = None  # why a run stopped before its epochs: time budget, patience
         self.wall_seconds = 0.0  # wall-clock seconds of fit() so far, evaluations included
+        self._budget_checked = False
         self._since_eval = [0.0, 0]  # training loss sum and tokens since the last evaluation
         self._bad_evals = 0  # evaluations since the best one
         self._last_eval_wall = 0.0
@@ -816,8 +817,7 @@ class Trainer:
         self.snapshot = self.state_dict()
         self.model.prepare_kernel()  # a kernel build happens here, not inside epoch 1's timing
         self.on_eval = on_eval
-        if self.config.time_budget and not self.finished:
-            self._check_budget()
+        self.check_budget()
         self._wall_t0 = time.perf_counter() - self.wall_seconds
         last_epoch = 10**9 if self.config.time_budget or self.config.max_steps else self.config.epochs
         with self._rng(), self._accepting_stop():
@@ -865,9 +865,13 @@ class Trainer:
         finally:
             self.accepts_stop = False
 
-    def _check_budget(self) -> None:
-        """A time budget must leave room for training and about ten validations: measure one
-        (rank 0's measure decides for every process)."""
+    def check_budget(self, spent_s: float = 0.0) -> None:
+        """A time budget must leave room for training and about ten validations: measure one (rank
+        0's measure decides for every process); once per run, and :meth:`fit` calls it if nobody
+        has. ``spent_s``: seconds already taken out of the user's budget (sizing), for the message."""
+        if not self.config.time_budget or self.finished or self._budget_checked:
+            return
+        self.model.prepare_kernel()  # a kernel build is not a validation's time
         started = time.perf_counter()
         self.evaluate_val()
         took = torch.tensor([time.perf_counter() - started], dtype=torch.float64, device=self.device)
@@ -875,9 +879,11 @@ class Trainer:
             distributed.broadcast_from_main([took])
         minimum = max(5.0, 20 * took.item())
         if self.config.time_budget < minimum:
-            raise RnnkitError(f"a time budget of {self.config.time_budget:g} s is too short for this run: one "
-                              f"validation takes {took.item():.2f} s here, so give at least "
-                              f"{math.ceil(minimum)} s")
+            sizing = f"{spent_s:.1f} s went to sizing the model and " if spent_s else ""
+            raise RnnkitError(f"a time budget of {self.config.time_budget + spent_s:g} s is too short for this run: "
+                              f"{sizing}one validation takes {took.item():.2f} s here, so give at least "
+                              f"{math.ceil(minimum + spent_s)} s")
+        self._budget_checked = True
 
     def evals_epoch(self, epoch: int, tokens: int) -> float:
         """Fractional epochs done when epoch ``epoch`` stopped after ``tokens`` training tokens."""
