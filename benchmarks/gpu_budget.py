@@ -72,13 +72,13 @@ def stop_and_resume(corpus: Path, device: str, seconds: float, stop_after: float
     if not (run / "config.json").exists():  # stopped before training began: nothing to resume
         return {"exit_on_sigterm": process.returncode, "stderr_tail": stderr.strip().splitlines()[-1:],
                 "saved": False}
-    first = json.loads((run / "config.json").read_text())
     resumed = rnnkit("train", "--resume", str(run), "--quiet", check=False)
     meta = json.loads((run / "config.json").read_text())
     return {"exit_on_sigterm": process.returncode, "stderr_tail": stderr.strip().splitlines()[-1:],
-            "wall_seconds_at_stop": first.get("wall_seconds"), "exit_resumed": resumed.returncode,
+            "exit_resumed": resumed.returncode,
             "resumed_stderr_tail": resumed.stderr.strip().splitlines()[-1:],
-            "wall_seconds_final": meta.get("wall_seconds"), "budget_s": meta["config"]["time_budget"],
+            "validations": len((run / "evals.jsonl").read_text().splitlines()),
+            "budget_s": meta["config"]["time_budget"],
             "best_val_loss": (meta.get("best") or {}).get("val_loss")}
 
 
@@ -86,12 +86,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--devices", nargs="+", default=["cuda", "cpu"])
     parser.add_argument("--dry-run", action="store_true", help="CPU only, 8-second budgets")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = Path(os.environ.get("RNNKIT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
     corpus, small = data / "tinyshakespeare.txt", data / "timemachine.txt"
-    devices = ["cpu"] if args.dry_run else ["cuda", "cpu"]
+    devices = ["cpu"] if args.dry_run else args.devices
     seconds = 8.0 if args.dry_run else args.seconds
     RESULTS["machine"] = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}

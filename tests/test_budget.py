@@ -193,6 +193,25 @@ def test_sizing_measures_on_the_device_the_run_trains_on(monkeypatch):
     assert 0 < speed < float("inf")
 
 
+def test_sizing_does_not_count_the_devices_start_against_its_cap(monkeypatch):
+    import types
+
+    import rnnkit.sizing as sizing
+
+    clock = [0.0]
+    costs = iter([6.7, 0.1, 0.1, 0.1, 0.1, 0.1])  # the first measurement starts CUDA (seen on an H200: 6.7 s)
+
+    def measure(width, *args, **kwargs):
+        clock[0] += next(costs)
+        return 500_000  # a GPU: every width as fast
+
+    monkeypatch.setattr(sizing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(sizing, "measure_tokens_per_second", measure)
+    config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=60)  # cap: 3 s
+    assert len(report["tokens_per_s"]) > 1 and config.hidden > sizing.WIDTHS[0]
+    assert report["measuring_s"] == round(clock[0], 2)  # all of it still comes out of the budget
+
+
 def test_zero_configuration_budget_run_sizes_itself(tmp_path, capsys):
     corpus = tmp_path / "own.txt"
     corpus.write_text("It was a bright cold day in April, and the clocks were striking thirteen.\n" * 60)
