@@ -266,14 +266,14 @@ def test_io_dropout_acts_in_training_only_and_keeps_the_kernel_out(tm_text):
         TrainConfig(io_dropout=1.0).validate()
 
 
-def test_sizing_adds_dropout_where_the_budget_reads_the_text_many_times(monkeypatch):
+def test_sizing_adds_dropout_and_averaging_where_the_budget_reads_the_text_many_times(monkeypatch):
     import rnnkit.sizing as sizing
 
     monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: 60_000 if width <= 256 else 1)
     few, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=100)  # 6M tokens: 6 passes
-    assert few.io_dropout == 0.0 and report["epochs"] == 6.0
+    assert few.io_dropout == 0.0 and few.ema == 0.0 and report["epochs"] == 6.0
     many, report = sizing.choose_config(TrainConfig(), 160_000, 65, budget_s=100)  # 37.5 passes
-    assert many.io_dropout == sizing.IO_DROPOUT and report["epochs"] == 37.5
+    assert many.io_dropout == sizing.IO_DROPOUT and many.ema == sizing.EMA and report["epochs"] == 37.5
 
 
 def test_sizing_does_not_count_the_one_hot_table_and_always_measures(monkeypatch):
@@ -287,3 +287,71 @@ def test_sizing_does_not_count_the_one_hot_table_and_always_measures(monkeypatch
     config, report = sizing.choose_config(TrainConfig(), 60_000, 1400, budget_s=100)
     assert config.hidden == 128 and report["tokens_per_s"] == {128: 40_000}
     assert report["epochs"] == 66.7 and config.io_dropout == sizing.IO_DROPOUT
+
+
+def test_ema_keeps_a_moving_average_that_validation_and_the_best_checkpoint_use(tm_text):
+    from rnnkit.models import build_model
+    from rnnkit.train import stream_nll
+
+    config = TrainConfig(**SMALL, epochs=1, max_steps=3, ema=0.9)
+    trainer = Trainer(config, text=tm_text[:20000])
+    start = [p.detach().clone() for p in trainer.model.parameters()]
+    weights, expected = [], [p.clone() for p in start]
+    trainer.optimizer.register_step_post_hook(lambda *a: weights.append([p.detach().clone()
+                                                                          for p in trainer.model.parameters()]))
+    trainer.fit()
+    for taken, after in enumerate(weights, start=1):  # an independent average: decay (1 + t) / (10 + t) after
+        decay = min(0.9, (1 + taken) / (10 + taken))  # t steps, capped at --ema
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, after, strict=True)]
+    assert len(weights) == 3
+    for kept, mine in zip(trainer.average, expected, strict=True):
+        torch.testing.assert_close(kept, mine)
+    live = [p.detach().clone() for p in trainer.model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(live, weights[-1], strict=True))  # training weights untouched
+    val_nll, val_count = trainer.evaluate_val()
+    assert all(torch.equal(p, b) for p, b in zip(trainer.model.parameters(), live, strict=True))  # put back
+    averaged = build_model(config.model, len(trainer.vocab), config.hidden)
+    with torch.no_grad():
+        for p, a in zip(averaged.parameters(), trainer.average, strict=True):
+            p.copy_(a)
+    lanes = min(32, len(trainer.data.val_text) // 2048)
+    assert val_nll == pytest.approx(stream_nll(averaged, trainer.data.val_text, lanes=lanes)[0], rel=1e-6)
+    best = trainer.best["model"]  # the evaluation's weights: the average, not the last step's
+    assert all(torch.equal(best[name], a) for (name, _), a in zip(trainer.model.named_parameters(), trainer.average,
+                                                                   strict=True))
+
+
+def test_ema_is_saved_resumed_exactly_and_checked(tm_text, tmp_path, capsys):
+    config = dict(**SMALL, epochs=3, ema=0.95, eval_every=9)
+    a = Trainer(TrainConfig(**config), text=tm_text[:20000])
+    a.fit()
+    b = Trainer(TrainConfig(**config), text=tm_text[:20000])
+
+    def interrupt(stats):
+        if stats.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        b.fit(interrupt)
+    c = Trainer(TrainConfig(**config), text=tm_text[:20000])
+    c.load_state_dict(b.snapshot)
+    c.fit()
+    assert all(torch.equal(x, y) for x, y in zip(a.average, c.average, strict=True))
+    assert a.best["val_loss"] == c.best["val_loss"]
+    without = dict(b.snapshot, average=None)  # a state saved before --ema existed: the average starts at the weights
+    d = Trainer(TrainConfig(**config), text=tm_text[:20000])
+    d.load_state_dict(without)
+    assert all(torch.equal(x, y) for x, y in zip(d.average, d.model.parameters(), strict=True))
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(RnnkitError, match="ema must be a decay"):
+            TrainConfig(ema=bad).validate()
+    assert main(["train", "--ema", "1", "--out", str(tmp_path / "run")]) == 2
+    assert "ema must be a decay in [0, 1)" in capsys.readouterr().err
+    run = tmp_path / "ema"  # through the CLI and a checkpoint on disk
+    assert main(["train", "--corpus", "timemachine", "--preprocess", "raw",
+                 "--split", "fraction", "--hidden", "16", "--batch-size", "16", "--num-steps", "16",
+                 "--max-steps", "12", "--eval-every", "4", "--ema", "0.9", "--out", str(run), "--quiet"]) == 0
+    from rnnkit.checkpoint import load_state
+
+    state, saved = load_state(run, read_config(run)), load_run(run)[0]
+    assert read_config(run)["config"]["ema"] == 0.9 and len(state["average"]) == len(list(saved.parameters()))

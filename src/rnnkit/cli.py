@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=d.max_steps, metavar="STEPS",
                    help="stop after this many training steps, whatever --epochs says (0: no limit); with "
                         "--resume, a larger count continues a run that stopped there")
+    t.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                   help="validate and keep as best a moving average of the weights (0.998: ~the last 500 steps; "
+                        "0: off)")
     t.add_argument("--patience", type=int, default=d.patience,
                    help="stop after this many evaluations without a better validation loss (0: never)")
     t.add_argument("--out", default="runs/tm", help="run directory to write")
@@ -309,8 +312,8 @@ def raise_stop(signum, frame):
 
 
 SIZING_OPTIONS = {"model", "hidden", "layers", "embedding", "dropout", "io_dropout", "tie_weights", "activation",
-                  "batch_size",
-                  "num_steps", "optimizer", "lr", "weight_decay", "clip", "schedule", "warmup", "min_lr_ratio"}
+                  "batch_size", "num_steps", "optimizer", "lr", "weight_decay", "clip", "schedule", "warmup",
+                  "min_lr_ratio", "ema"}
 
 
 def sized_for_budget(config, quiet: bool):
@@ -330,7 +333,8 @@ def sized_for_budget(config, quiet: bool):
         speeds = ", ".join(f"{w}: {v:,}" for w, v in report["tokens_per_s"].items())
         print(f"sized for {config.time_budget:g} s and {train_tokens:,} training characters: LSTM 1x{sized.hidden} "
               f"({report['parameters']:,} parameters), batch {sized.batch_size}x{sized.num_steps}, "
-              f"{'io-dropout ' + str(sized.io_dropout) + ', ' if sized.io_dropout else ''}AdamW "
+              f"{'io-dropout ' + str(sized.io_dropout) + ', ' if sized.io_dropout else ''}"
+              f"{'weight average (ema) ' + str(sized.ema) + ', ' if sized.ema else ''}AdamW "
               f"{sized.lr:g} with warmup and cosine decay (measured tokens/s by width on {report['device']}: {speeds}; "
               f"{report['measuring_s']} s)", flush=True)
     return text, sized

@@ -46,6 +46,7 @@ PARAMETERS_PER_TOKEN = 4.0  # at most this many parameters per character of trai
 MIN_TRAIN_TOKENS = 2_000  # below this there is nothing to size a model for
 EPOCHS_FOR_DROPOUT = 10.0  # a budget that reads the text this often overfits without dropout
 IO_DROPOUT = 0.4
+EMA = 0.998  # the weight average's decay where the budget reads the text many times
 RECIPE = dict(model="lstm", layers=1, embedding=0, dropout=0.0, batch_size=32, num_steps=64, optimizer="adamw",
               lr=5e-3, weight_decay=0.01, clip=1.0, schedule="cosine", warmup=0.02, min_lr_ratio=0.1)
 
@@ -114,9 +115,10 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float) -
         if time.perf_counter() - capped_from > 0.05 * budget_s:  # measuring may take 5% of the budget at most
             break
     epochs = measured.get(chosen, 0) * budget_s / train_tokens  # passes over the text the budget buys
-    io_dropout = IO_DROPOUT if epochs >= EPOCHS_FOR_DROPOUT else 0.0
+    many_passes = epochs >= EPOCHS_FOR_DROPOUT
+    io_dropout, ema = (IO_DROPOUT, EMA) if many_passes else (0.0, 0.0)
     report = {"hidden": chosen, "device": str(device),
               "tokens_per_s": measured, "parameters": parameter_count("lstm", vocab_size, chosen),
-              "epochs": round(epochs, 1), "io_dropout": io_dropout,
+              "epochs": round(epochs, 1), "io_dropout": io_dropout, "ema": ema,
               "measuring_s": round(time.perf_counter() - started, 2)}
-    return replace(recipe, hidden=chosen, io_dropout=io_dropout), report
+    return replace(recipe, hidden=chosen, io_dropout=io_dropout, ema=ema), report

@@ -85,6 +85,7 @@ class TrainConfig:
     eval_every: int = 0  # evaluate every N training steps (0: at each epoch's end; time budgets: ~every 5%)
     patience: int = 0  # stop after this many evaluations without a better validation loss (0: never)
     max_steps: int = 0  # stop after this many optimizer steps, whatever --epochs says (0: no limit)
+    ema: float = 0.0  # decay of a moving average of the weights that validation and the best checkpoint use (0: off)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -160,6 +161,8 @@ class TrainConfig:
             raise RnnkitError(f"time_budget must be between 0 (off) and ten years of seconds, got {self.time_budget}")
         if not 0 <= self.warmup < 1:
             raise RnnkitError(f"warmup must be a fraction of the run in [0, 1), got {self.warmup}")
+        if not 0 <= self.ema < 1:
+            raise RnnkitError(f"ema must be a decay in [0, 1) (0: off; 0.998 averages ~500 steps), got {self.ema}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise RnnkitError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.dropout and self.layers < 2:
@@ -497,6 +500,9 @@ class Trainer:
                                      config.embedding, config.activation, config.tie_weights).to(self.device)
         self.model.io_dropout = config.io_dropout
         self.optimizer = make_optimizer(config, self.model)
+        # --ema: the weights' exponential moving average (a copy of each parameter), see averaged_weights
+        self.average = [p.detach().clone() for p in self.model.parameters()] if config.ema else None
+        self._averaged_in = False
         self.captured: CapturedGradients | None = None
         if config.cuda_graphs == "on" and self.device.type != "cuda":
             raise RnnkitError(f"--cuda-graphs on needs a CUDA device, not {self.device}")
@@ -576,6 +582,7 @@ class Trainer:
             "since_eval": self._global_sums(float(self._since_eval[0]), self._since_eval[1]),
             "last_eval_wall": self._last_eval_wall,
             "position": self._position_state(),
+            "average": None if self.average is None else [t.detach().clone() for t in self.average],
         }
         return state
 
@@ -632,6 +639,9 @@ class Trainer:
         self._last_eval_wall = state.get("last_eval_wall", self.wall_seconds)
         self._position = state.get("position")
         self._epoch_run = None
+        if self.average is not None:  # a run saved without one starts its average from the weights
+            for kept, saved in zip(self.average, state.get("average") or self.model.parameters(), strict=True):
+                kept.copy_(saved)
 
     def train_epoch(self, epoch: int, on_batch: Callable[[int, torch.Tensor], None] | None = None
                     ) -> tuple[float, int]:
@@ -667,6 +677,8 @@ class Trainer:
                 loss, state = compute_gradients(model, X, Y, clip, carried)
             self.optimizer.step()
             self.step += 1
+            if self.average is not None:
+                self._update_average()
             total += loss * Y.numel()
             count += Y.numel()
             run["batch"], run["count"] = k + 1, count
@@ -737,9 +749,42 @@ class Trainer:
             self.finished = f"no better validation loss in {self.config.patience} evaluations"
         return self.finished is not None
 
+    def _update_average(self) -> None:
+        """average <- decay * average + (1 - decay) * weights after a step, the decay ramped up over
+        the first steps ((1 + t) / (10 + t) after t steps, capped at ``ema``) so that the start's
+        weights fade fast."""
+        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.average, [p.detach() for p in self.model.parameters()], 1 - decay)
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Within the block the model holds the weights' moving average (``--ema``), else nothing
+        changes; the training weights are put back after it. Validation and the best checkpoint use
+        the average: near the end of a run it sits nearer a minimum than the last noisy step."""
+        if self.average is None or self._averaged_in:
+            yield
+            return
+        parameters = list(self.model.parameters())
+        training = [p.detach().clone() for p in parameters]
+        with torch.no_grad():
+            torch._foreach_copy_([p.detach() for p in parameters], self.average)
+        self._averaged_in = True
+        try:
+            yield
+        finally:
+            self._averaged_in = False
+            with torch.no_grad():
+                torch._foreach_copy_([p.detach() for p in parameters], training)
+
     def evaluate_point(self, epoch: float, val: tuple[float, int] | None = None) -> EvalPoint | None:
-        """Validate now (or record ``val``, an already computed (nll, count)), keep the best weights,
-        count evaluations without improvement. None where there is no validation data."""
+        """Validate now (or record ``val``, an already computed (nll, count)), keep the best weights
+        (the moving average's, with ``--ema``), count evaluations without improvement. None where
+        there is no validation data."""
+        with self.averaged_weights():
+            return self._evaluate_point(epoch, val)
+
+    def _evaluate_point(self, epoch: float, val: tuple[float, int] | None) -> EvalPoint | None:
         started = time.perf_counter()
         val_nll, val_count = self.evaluate_val() if val is None else val
         self._eval_seconds += time.perf_counter() - started
@@ -762,13 +807,16 @@ class Trainer:
         return point
 
     def evaluate_val(self) -> tuple[float, int]:
-        """Summed NLL and count on the validation data (windows for ``d2l``, else the held-out text);
-        under torchrun, rank 0's, sent to all (every process then decides alike)."""
+        """Summed NLL and count on the validation data (windows for ``d2l``, else the held-out text)
+        of the weights' moving average where there is one; under torchrun, rank 0's, sent to all
+        (every process then decides alike)."""
         if not self.world.started:
-            return self._validate()
+            with self.averaged_weights():
+                return self._validate()
         result = torch.zeros(2, dtype=torch.float64, device=self.device)
         if self.world.is_main:
-            result += torch.tensor(self._validate(), dtype=torch.float64, device=self.device)
+            with self.averaged_weights():
+                result += torch.tensor(self._validate(), dtype=torch.float64, device=self.device)
         distributed.broadcast_from_main([result])
         return result[0].item(), int(result[1].item())
 
