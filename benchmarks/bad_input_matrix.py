@@ -165,6 +165,10 @@ def main() -> None:
                                                                 "--out", str(d / "new")]),
             ("--time-budget 1m, a 300-character corpus, no sizes", ["train", "--corpus",
              file("small.txt", b"a few words " * 25), "--time-budget", "1m", "--out", str(d / "new")]),
+            ("--time-budget 4s, a 20,000-character corpus, no sizes (sizing's seconds count)", ["train", "--corpus",
+             file("own.txt", b"the time traveller smiled round at us. " * 500), "--time-budget", "4s", "--out",
+             str(d / "new")]),
+            ("--ema 1", ["train", *TINY, "--ema", "1", "--out", str(d / "new")]),
         ]
         print("| input | what rnnkit prints | exit status |")
         print("| --- | --- | --- |")
