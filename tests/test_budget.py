@@ -355,3 +355,15 @@ def test_ema_is_saved_resumed_exactly_and_checked(tm_text, tmp_path, capsys):
 
     state, saved = load_state(run, read_config(run)), load_run(run)[0]
     assert read_config(run)["config"]["ema"] == 0.9 and len(state["average"]) == len(list(saved.parameters()))
+
+
+def test_each_validation_line_says_whether_it_is_the_best_so_far(tmp_path, capsys):
+    assert main(["train", "--corpus", "timemachine", "--preprocess", "raw", "--split", "fraction", "--hidden", "16",
+                 "--batch-size", "16", "--num-steps", "16", "--optimizer", "adam", "--lr", "0.01", "--max-steps", "30",
+                 "--eval-every", "10", "--sample-every", "0", "--out", str(tmp_path / "run")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    evals = [json.loads(line) for line in (tmp_path / "run" / "evals.jsonl").read_text().splitlines()]
+    assert len(lines) == len(evals) >= 3 and "(best)" in lines[0]
+    for line, point in zip(lines, evals, strict=True):
+        best_so_far = point["val_loss"] <= min(e["val_loss"] for e in evals[:evals.index(point) + 1])
+        assert ("(best)" in line) == best_so_far, line

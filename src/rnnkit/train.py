@@ -796,14 +796,14 @@ class Trainer:
                           bits_per_token(val_nll, val_count), self.optimizer.param_groups[0]["lr"])
         self.evals.append(point)
         self._since_eval, self._last_eval_wall = [0.0, 0], self._elapsed()
-        if self.on_eval is not None:
-            self.on_eval(point)
         if self.best is None or point.val_loss < self.best["val_loss"]:
             self.best = {"step": point.step, "epoch": point.epoch, "val_loss": point.val_loss,
                          "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
             self._bad_evals = 0
         else:
             self._bad_evals += 1
+        if self.on_eval is not None:  # after the best is updated: it may say "(best)"
+            self.on_eval(point)
         return point
 
     def evaluate_val(self) -> tuple[float, int]:
