@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from common import cpu_model
+from vs_nanogpt import budgeted_run
 
 RESULTS: dict = {}
 
@@ -38,25 +38,17 @@ def rnnkit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def budget_run(corpus: Path, device: str, seconds: float, tmp: Path) -> dict:
-    """One zero-configuration budgeted run on ``device``, scored like benchmarks/vs_nanogpt.py."""
+    """One zero-configuration budgeted run on ``device``, scored as benchmarks/vs_nanogpt.py scores
+    its runs (the curve's seconds count from the command's start), and a sample from its best
+    checkpoint."""
     run = tmp / f"run-{device}"
-    started = time.perf_counter()
-    out = rnnkit("train", "--corpus", str(corpus), "--time-budget", f"{seconds:g}s", "--device", device,
-                 "--sample-every", "0", "--out", str(run))
-    wall_s = time.perf_counter() - started
-    evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
-    meta = json.loads((run / "config.json").read_text())
-    text = corpus.read_text(encoding="utf-8")
-    held_out = tmp / "held_out.txt"
-    held_out.write_text(text[int(len(text) * 0.9):], encoding="utf-8")
-    scored = json.loads(rnnkit("eval", str(run), "--corpus", str(held_out), "--checkpoint", "best", "--json").stdout)
+    result = budgeted_run(corpus, seconds, 0, ["--device", device], run)
     sample = rnnkit("generate", str(run), "--prefix", "ROMEO:", "-n", "200", "--seed", "0").stdout
-    return {"device": device, "wall_s": round(wall_s, 2),
-            "sized": next((line for line in out.stdout.splitlines() if line.startswith("sized for")), None),
-            "hidden": meta["config"]["hidden"], "validations": len(evals),
-            "best_val_loss_eval": scored["bpc"] * math.log(2), "best_val_loss_while_training": meta["best"]["val_loss"],
-            "last_val_loss": evals[-1]["val_loss"],
-            "curve": [(round(e["seconds"], 1), round(e["val_loss"], 4)) for e in evals], "sample": sample}
+    return {"device": device, "wall_s": result["wall_s"], "sized": result["sized"],
+            "hidden": result["config"]["hidden"], "validations": len(result["curve"]),
+            "best_val_loss_eval": result["best_val_loss"],
+            "best_val_loss_while_training": result["best_val_loss_while_training"],
+            "last_val_loss": result["last_val_loss"], "curve": result["curve"], "sample": sample}
 
 
 def stop_and_resume(corpus: Path, device: str, seconds: float, stop_after: float, tmp: Path) -> dict:

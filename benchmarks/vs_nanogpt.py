@@ -76,28 +76,33 @@ def nanogpt(corpus: Path, seed: int, iters: int) -> dict:
 
 def rnnkit(corpus: Path, budget_s: float, seed: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", "--corpus", str(corpus),
-                              "--time-budget", f"{budget_s:.2f}s", "--seed", str(seed), "--sample-every", "0",
-                              "--out", str(run), *extra], capture_output=True, text=True, check=True)
-        wall_s = time.perf_counter() - started
-        evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
-        meta = json.loads((run / "config.json").read_text())
-        sized = next((line for line in out.stdout.splitlines() if line.startswith("sized for")), None)
-        startup = wall_s - evals[-1]["seconds"]
-        # the held-out last 10% (nanoGPT's cut) read as one stream by `rnnkit eval` (the best checkpoint);
-        # training's validations read it in lanes (rnnkit.train.stream_nll), equal to ~1e-7 nats
-        text = corpus.read_text(encoding="utf-8")
-        held_out = Path(tmp) / "held_out.txt"
-        held_out.write_text(text[int(len(text) * 0.9):], encoding="utf-8")
-        scored = subprocess.run([sys.executable, "-m", "rnnkit.cli", "eval", str(run), "--corpus", str(held_out),
-                                 "--checkpoint", "best", "--json"], capture_output=True, text=True, check=True)
-        best = json.loads(scored.stdout)["bpc"] * math.log(2)
-        return {"budget_s": round(budget_s, 2), "wall_s": round(wall_s, 2), "best_val_loss": best,
-                "best_val_loss_while_training": meta["best"]["val_loss"],
-                "last_val_loss": evals[-1]["val_loss"], "sized": sized, "config": meta["config"],
-                "curve": [(round(startup + e["seconds"], 2), e["val_loss"]) for e in evals]}
+        return budgeted_run(corpus, budget_s, seed, extra, Path(tmp) / "run")
+
+
+def budgeted_run(corpus: Path, budget_s: float, seed: int, extra: list[str], run: Path) -> dict:
+    """``rnnkit train --time-budget`` into ``run`` (the held-out text is written beside it), then its
+    best checkpoint scored on the held-out last 10%."""
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", "--corpus", str(corpus),
+                          "--time-budget", f"{budget_s:.2f}s", "--seed", str(seed), "--sample-every", "0",
+                          "--out", str(run), *extra], capture_output=True, text=True, check=True)
+    wall_s = time.perf_counter() - started
+    evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
+    meta = json.loads((run / "config.json").read_text())
+    sized = next((line for line in out.stdout.splitlines() if line.startswith("sized for")), None)
+    startup = wall_s - evals[-1]["seconds"]
+    # the held-out last 10% (nanoGPT's cut) read as one stream by `rnnkit eval` (the best checkpoint);
+    # training's validations read it in lanes (rnnkit.train.stream_nll), equal to ~1e-7 nats
+    text = corpus.read_text(encoding="utf-8")
+    held_out = run.parent / "held_out.txt"
+    held_out.write_text(text[int(len(text) * 0.9):], encoding="utf-8")
+    scored = subprocess.run([sys.executable, "-m", "rnnkit.cli", "eval", str(run), "--corpus", str(held_out),
+                             "--checkpoint", "best", "--json"], capture_output=True, text=True, check=True)
+    best = json.loads(scored.stdout)["bpc"] * math.log(2)
+    return {"budget_s": round(budget_s, 2), "wall_s": round(wall_s, 2), "best_val_loss": best,
+            "best_val_loss_while_training": meta["best"]["val_loss"],
+            "last_val_loss": evals[-1]["val_loss"], "sized": sized, "config": meta["config"],
+            "curve": [(round(startup + e["seconds"], 2), e["val_loss"]) for e in evals]}
 
 
 def ahead_after(rows: list[dict], after_s: float = 60.0) -> dict:

@@ -811,22 +811,22 @@ class Trainer:
         of the weights' moving average where there is one; under torchrun, rank 0's, sent to all
         (every process then decides alike)."""
         if not self.world.started:
-            with self.averaged_weights():
-                return self._validate()
+            return self._validate()
         result = torch.zeros(2, dtype=torch.float64, device=self.device)
         if self.world.is_main:
-            with self.averaged_weights():
-                result += torch.tensor(self._validate(), dtype=torch.float64, device=self.device)
+            result += torch.tensor(self._validate(), dtype=torch.float64, device=self.device)
         distributed.broadcast_from_main([result])
         return result[0].item(), int(result[1].item())
 
     def _validate(self) -> tuple[float, int]:
-        if self.data.val_windows is not None:
-            return window_nll(self.model, self.data.val_windows.batched(EVAL_BATCH_TOKENS // self.config.num_steps))
-        if self.data.val_text is not None:
-            lanes = min(VALIDATION_LANES, len(self.data.val_text) // (4 * STREAM_WARMUP))
-            return stream_nll(self.model, self.data.val_text, lanes=lanes)
-        return 0.0, 0
+        with self.averaged_weights():  # --ema: the average is what is validated
+            if self.data.val_windows is not None:
+                batches = self.data.val_windows.batched(EVAL_BATCH_TOKENS // self.config.num_steps)
+                return window_nll(self.model, batches)
+            if self.data.val_text is not None:
+                lanes = min(VALIDATION_LANES, len(self.data.val_text) // (4 * STREAM_WARMUP))
+                return stream_nll(self.model, self.data.val_text, lanes=lanes)
+            return 0.0, 0
 
     def _open_prepared(self, vocab: Vocab | None) -> None:
         """Train from a prepared directory: its token files stay on disk, read through memory maps."""
