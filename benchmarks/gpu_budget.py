@@ -2,10 +2,15 @@
 """``rnnkit train --time-budget`` on a GPU, end to end, in one short run (a lent GPU comes with
 minutes): what the zero-configuration command chooses there and what it reaches.
 
-  1. budget: Tiny Shakespeare for ``--seconds`` on the GPU and then on the same machine's CPUs
-     (``--device cpu``): the sizing line (it measures the device the run trains on), the validation
-     curve, the best checkpoint's held-out loss from ``rnnkit eval``, a sample from ``generate``.
-  2. stop: a budgeted GPU run sent SIGTERM part-way, then resumed: exit codes, the budget kept.
+  1. speeds: the recipe's training tokens/s on each device by batch rows and width (the grid the
+     sizing samples from).
+  2. budget: Tiny Shakespeare and The Time Machine for ``--seconds`` on each device: the sizing
+     line (it measures the device the run trains on and chooses the batch rows there), the
+     validation curve, the best checkpoint's held-out loss from ``rnnkit eval``, a sample from
+     ``generate``; and beside it the same budget with the recipe's 32 rows kept (the width chosen
+     for 32 rows, given explicitly, its budget less the sizing's seconds), so that what the row
+     choice buys is measured on the same machine.
+  3. stop: a budgeted run sent SIGTERM part-way, then resumed: exit codes, the budget kept.
 
 Each section is written to ``--out``/gpu_budget.json as soon as it is done.
 
@@ -28,6 +33,9 @@ from pathlib import Path
 import torch
 
 from common import cpu_model
+from rnnkit.sizing import ROWS, WIDTHS, choose_config, measure_tokens_per_second
+from rnnkit.text import build_corpus, load_corpus_text
+from rnnkit.train import TrainConfig
 from vs_nanogpt import budgeted_run
 
 RESULTS: dict = {}
@@ -37,18 +45,39 @@ def rnnkit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rnnkit.cli", *args], capture_output=True, text=True, check=check)
 
 
-def budget_run(corpus: Path, device: str, seconds: float, tmp: Path) -> dict:
-    """One zero-configuration budgeted run on ``device``, scored as benchmarks/vs_nanogpt.py scores
-    its runs (the curve's seconds count from the command's start), and a sample from its best
-    checkpoint."""
-    run = tmp / f"run-{device}"
-    result = budgeted_run(corpus, seconds, 0, ["--device", device], run)
-    sample = rnnkit("generate", str(run), "--prefix", "ROMEO:", "-n", "200", "--seed", "0").stdout
-    return {"device": device, "wall_s": result["wall_s"], "sized": result["sized"],
-            "hidden": result["config"]["hidden"], "validations": len(result["curve"]),
-            "best_val_loss_eval": result["best_val_loss"],
+def speeds(device: str, widths: tuple[int, ...] = WIDTHS, rows: tuple[int, ...] = ROWS,
+           vocab_size: int = 65) -> dict:
+    """{rows: {width: tokens/s}} of the recipe's training step on ``device``."""
+    return {count: {width: round(measure_tokens_per_second(width, vocab_size, count, 64, device=device))
+                    for width in widths} for count in rows}
+
+
+def budget_run(corpus: Path, device: str, seconds: float, tmp: Path, extra: tuple[str, ...] = (),
+               name: str = "sized") -> dict:
+    """One budgeted run on ``device`` (zero-configuration unless ``extra`` gives sizes), scored as
+    benchmarks/vs_nanogpt.py scores its runs (the curve's seconds count from the command's start),
+    and a sample from its best checkpoint."""
+    run = tmp / f"{corpus.stem}-{device}-{name}"
+    result = budgeted_run(corpus, seconds, 0, ["--device", device, *extra], run)
+    sample = rnnkit("generate", str(run), "--prefix", "The ", "-n", "200", "--seed", "0").stdout
+    return {"device": device, "budget_s": result["budget_s"], "wall_s": result["wall_s"], "sized": result["sized"],
+            "hidden": result["config"]["hidden"], "batch_size": result["config"]["batch_size"],
+            "validations": len(result["curve"]), "best_val_loss_eval": result["best_val_loss"],
             "best_val_loss_while_training": result["best_val_loss_while_training"],
             "last_val_loss": result["last_val_loss"], "curve": result["curve"], "sample": sample}
+
+
+def recipe_rows_flags(corpus: Path, device: str, seconds: float) -> tuple[list[str], float]:
+    """The flags of the configuration the sizing chooses when it keeps the recipe's 32 rows, and
+    the seconds that sizing took."""
+    text = load_corpus_text(str(corpus))
+    ids, vocab = build_corpus(text, "raw")
+    config, report = choose_config(TrainConfig(device=device), int(len(ids) * 0.9), len(vocab), seconds,
+                                   rows=(ROWS[0],))
+    names = ("model", "hidden", "layers", "embedding", "dropout", "io_dropout", "batch_size", "num_steps",
+             "optimizer", "lr", "weight_decay", "clip", "schedule", "warmup", "min_lr_ratio", "ema")
+    flags = [item for name in names for item in (f"--{name.replace('_', '-')}", str(getattr(config, name)))]
+    return flags, report["measuring_s"]
 
 
 def stop_and_resume(corpus: Path, device: str, seconds: float, stop_after: float, tmp: Path) -> dict:
@@ -80,10 +109,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--devices", nargs="+", default=["cuda", "cpu"])
     parser.add_argument("--dry-run", action="store_true", help="CPU only, 8-second budgets")
+    parser.add_argument("--no-stop", action="store_true", help="skip the SIGTERM-and-resume check")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = Path(os.environ.get("RNNKIT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    corpus, small = data / "tinyshakespeare.txt", data / "timemachine.txt"
     devices = ["cpu"] if args.dry_run else args.devices
     seconds = 8.0 if args.dry_run else args.seconds
     RESULTS["machine"] = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -95,12 +124,27 @@ def main() -> None:
     save()
     with tempfile.TemporaryDirectory() as tmp:
         for device in devices:
-            RESULTS[f"budget_{device}"] = budget_run(corpus, device, seconds, Path(tmp))
+            RESULTS[f"speeds_{device}"] = speeds(device, *((WIDTHS[:2], ROWS[:2]) if args.dry_run else ()))
             save()
-        stop_after = seconds / 2 if args.dry_run else 15.0
-        RESULTS["stop_and_resume"] = stop_and_resume(small, devices[0], seconds, stop_after, Path(tmp))
-        save()
-    print(json.dumps(RESULTS, indent=1))
+        if "cpu" not in devices:  # the row choice on this machine's CPUs too (the narrowest width: seconds)
+            RESULTS["speeds_cpu"] = speeds("cpu", WIDTHS[:1])
+            save()
+        for corpus in (data / "tinyshakespeare.txt", data / "timemachine.txt"):
+            for device in devices:
+                sized = budget_run(corpus, device, seconds, Path(tmp))
+                RESULTS[f"budget_{corpus.stem}_{device}"] = sized
+                save()
+                if sized["batch_size"] != ROWS[0]:  # the row choice changed something: what did it buy?
+                    flags, measuring_s = recipe_rows_flags(corpus, device, seconds)
+                    RESULTS[f"budget_{corpus.stem}_{device}_32_rows"] = budget_run(
+                        corpus, device, seconds - measuring_s, Path(tmp), tuple(flags), "32-rows")
+                    save()
+        if not args.no_stop:
+            stop_after = seconds / 2 if args.dry_run else 15.0
+            RESULTS["stop_and_resume"] = stop_and_resume(data / "timemachine.txt", devices[0], seconds, stop_after,
+                                                         Path(tmp))
+            save()
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in RESULTS.items()}, indent=1))
 
 
 if __name__ == "__main__":
