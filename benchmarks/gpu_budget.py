@@ -2,15 +2,17 @@
 """``rnnkit train --time-budget`` on a GPU, end to end, in one short run (a lent GPU comes with
 minutes): what the zero-configuration command chooses there and what it reaches.
 
-  1. speeds: the recipe's training tokens/s on each device by batch rows and width (the grid the
-     sizing samples from).
+  1. speeds: the recipe's training tokens/s on each device by batch rows and width.
   2. budget: Tiny Shakespeare and The Time Machine for ``--seconds`` on each device: the sizing
-     line (it measures the device the run trains on and chooses the batch rows there), the
-     validation curve, the best checkpoint's held-out loss from ``rnnkit eval``, a sample from
-     ``generate``; and beside it the same budget with the recipe's 32 rows kept (the width chosen
-     for 32 rows, given explicitly, its budget less the sizing's seconds), so that what the row
-     choice buys is measured on the same machine.
+     line (it measures the device the run trains on), the validation curve, the best checkpoint's
+     held-out loss from ``rnnkit eval``, a sample from ``generate``. ``--rows N`` adds the same
+     budget with the sized configuration given explicitly but N batch rows (its budget less the
+     sizing's seconds), to measure what more rows buy on that device.
   3. stop: a budgeted run sent SIGTERM part-way, then resumed: exit codes, the budget kept.
+
+On an H200 (benchmarks/results/gpu_budget_rows_h200.json, made by this script at 8afbd39 when the
+sizing also chose the rows) more rows were 2-20 times the tokens/s and worse models: Tiny
+Shakespeare 512 rows 1.508 against 32 rows 1.449, The Time Machine 128 rows 1.563 against 1.508.
 
 Each section is written to ``--out``/gpu_budget.json as soon as it is done.
 
@@ -33,12 +35,13 @@ from pathlib import Path
 import torch
 
 from common import cpu_model
-from rnnkit.sizing import ROWS, WIDTHS, choose_config, measure_tokens_per_second
+from rnnkit.sizing import WIDTHS, choose_config, measure_tokens_per_second
 from rnnkit.text import build_corpus, load_corpus_text
 from rnnkit.train import TrainConfig
 from vs_nanogpt import budgeted_run
 
 RESULTS: dict = {}
+ROWS = (32, 64, 128, 256, 512)
 
 
 def rnnkit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -67,13 +70,13 @@ def budget_run(corpus: Path, device: str, seconds: float, tmp: Path, extra: tupl
             "last_val_loss": result["last_val_loss"], "curve": result["curve"], "sample": sample}
 
 
-def recipe_rows_flags(corpus: Path, device: str, seconds: float) -> tuple[list[str], float]:
-    """The flags of the configuration the sizing chooses when it keeps the recipe's 32 rows, and
-    the seconds that sizing took."""
+def sized_flags(corpus: Path, device: str, seconds: float, rows: int) -> tuple[list[str], float]:
+    """The flags of the configuration the sizing chooses, with ``rows`` batch rows, and the seconds
+    that sizing took."""
     text = load_corpus_text(str(corpus))
     ids, vocab = build_corpus(text, "raw")
-    config, report = choose_config(TrainConfig(device=device), int(len(ids) * 0.9), len(vocab), seconds,
-                                   rows=(ROWS[0],))
+    config, report = choose_config(TrainConfig(device=device), int(len(ids) * 0.9), len(vocab), seconds)
+    config.batch_size = rows
     names = ("model", "hidden", "layers", "embedding", "dropout", "io_dropout", "batch_size", "num_steps",
              "optimizer", "lr", "weight_decay", "clip", "schedule", "warmup", "min_lr_ratio", "ema")
     flags = [item for name in names for item in (f"--{name.replace('_', '-')}", str(getattr(config, name)))]
@@ -109,6 +112,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--devices", nargs="+", default=["cuda", "cpu"])
     parser.add_argument("--dry-run", action="store_true", help="CPU only, 8-second budgets")
+    parser.add_argument("--rows", type=int, nargs="*", default=[], help="also train the sized model with N rows")
     parser.add_argument("--no-stop", action="store_true", help="skip the SIGTERM-and-resume check")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -134,10 +138,10 @@ def main() -> None:
                 sized = budget_run(corpus, device, seconds, Path(tmp))
                 RESULTS[f"budget_{corpus.stem}_{device}"] = sized
                 save()
-                if sized["batch_size"] != ROWS[0]:  # the row choice changed something: what did it buy?
-                    flags, measuring_s = recipe_rows_flags(corpus, device, seconds)
-                    RESULTS[f"budget_{corpus.stem}_{device}_32_rows"] = budget_run(
-                        corpus, device, seconds - measuring_s, Path(tmp), tuple(flags), "32-rows")
+                for rows in args.rows:
+                    flags, measuring_s = sized_flags(corpus, device, seconds, rows)
+                    RESULTS[f"budget_{corpus.stem}_{device}_{rows}_rows"] = budget_run(
+                        corpus, device, seconds - measuring_s, Path(tmp), tuple(flags), f"{rows}-rows")
                     save()
         if not args.no_stop:
             stop_after = seconds / 2 if args.dry_run else 15.0

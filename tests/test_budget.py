@@ -194,13 +194,12 @@ def test_sizing_measures_on_the_device_the_run_trains_on(monkeypatch):
 
 
 def test_sizing_does_not_count_the_devices_start_against_its_cap(monkeypatch):
-    import itertools
     import types
 
     import rnnkit.sizing as sizing
 
     clock = [0.0]
-    costs = itertools.chain([6.7], itertools.repeat(0.1))  # the first measurement starts CUDA (seen on an H200: 6.7 s)
+    costs = iter([6.7, 0.1, 0.1, 0.1, 0.1, 0.1])  # the first measurement starts CUDA (seen on an H200: 6.7 s)
 
     def measure(width, *args, **kwargs):
         clock[0] += next(costs)
@@ -211,31 +210,6 @@ def test_sizing_does_not_count_the_devices_start_against_its_cap(monkeypatch):
     config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=60)  # cap: 3 s
     assert len(report["tokens_per_s"]) > 1 and config.hidden > sizing.WIDTHS[0]
     assert report["measuring_s"] == round(clock[0], 2)  # all of it still comes out of the budget
-
-
-def test_sizing_takes_more_rows_only_where_they_come_nearly_free(monkeypatch):
-    import rnnkit.sizing as sizing
-
-    def gpu(width, vocab_size, rows, num_steps, **kwargs):  # launch-bound up to 128 rows, then saturated
-        return min(rows, 128) * 4_000 * 128 / width
-
-    def cpu(width, vocab_size, rows, num_steps, **kwargs):  # a step's time grows with its rows
-        return 160_000 * 128 / width
-
-    monkeypatch.setattr(sizing, "measure_tokens_per_second", gpu)
-    config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=60)
-    assert config.batch_size == 128 and report["tokens_per_s_by_rows"] == {32: 128_000, 64: 256_000,
-                                                                          128: 512_000, 256: 512_000}
-    assert report["tokens_per_s"][128] == 512_000  # the widths are measured at the chosen rows
-    small, report = sizing.choose_config(TrainConfig(), 100_000, 65, budget_s=60)  # 10 windows a lane: 156 rows
-    assert small.batch_size == 128 and 256 not in report["tokens_per_s_by_rows"]
-    tiny, _ = sizing.choose_config(TrainConfig(), 30_000, 65, budget_s=60)
-    assert tiny.batch_size == 32
-    kept, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=60, rows=(32,))
-    assert kept.batch_size == 32 and report["tokens_per_s_by_rows"] == {32: 128_000}
-    monkeypatch.setattr(sizing, "measure_tokens_per_second", cpu)
-    config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=60)
-    assert config.batch_size == 32 and list(report["tokens_per_s_by_rows"]) == [32, 64]
 
 
 def test_zero_configuration_budget_run_sizes_itself(tmp_path, capsys):

@@ -331,13 +331,11 @@ def sized_for_budget(config, quiet: bool):
     sized = replace(sized, time_budget=max(config.time_budget - report["measuring_s"], 1e-3))
     if not quiet:
         speeds = ", ".join(f"{w}: {v:,}" for w, v in report["tokens_per_s"].items())
-        rows = ", ".join(f"{r}: {v:,}" for r, v in report["tokens_per_s_by_rows"].items())
         print(f"sized for {config.time_budget:g} s and {train_tokens:,} training characters: LSTM 1x{sized.hidden} "
               f"({report['parameters']:,} parameters), batch {sized.batch_size}x{sized.num_steps}, "
               f"{'io-dropout ' + str(sized.io_dropout) + ', ' if sized.io_dropout else ''}"
               f"{'weight average (ema) ' + str(sized.ema) + ', ' if sized.ema else ''}AdamW "
-              f"{sized.lr:g} with warmup and cosine decay (measured tokens/s on {report['device']} by batch rows at "
-              f"1x{next(iter(report['tokens_per_s']))}: {rows}; by width at {sized.batch_size} rows: {speeds}; "
+              f"{sized.lr:g} with warmup and cosine decay (measured tokens/s by width on {report['device']}: {speeds}; "
               f"{report['measuring_s']} s)", flush=True)
     return text, sized
 

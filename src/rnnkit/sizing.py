@@ -45,9 +45,6 @@ from rnnkit.errors import RnnkitError
 from rnnkit.models import GATES, build_model, parameter_count
 
 WIDTHS = (128, 256, 384, 512, 768, 1024)
-ROWS = (32, 64, 128, 256, 512)  # batch rows tried, the recipe's 32 first
-ROWS_SPEEDUP = 1.6  # twice the rows must give this many times the tokens per second to be taken
-WINDOWS_PER_LANE = 10  # each row's lane of the text holds at least this many windows
 TOKENS_PER_PARAMETER = 10.0  # training characters a parameter needs within the budget
 PARAMETERS_PER_TOKEN = 4.0  # at most this many parameters per character of training text
 MIN_TRAIN_TOKENS = 2_000  # below this there is nothing to size a model for
@@ -95,30 +92,9 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def choose_rows(vocab_size: int, train_tokens: int, num_steps: int, device: torch.device,
-                rows: tuple[int, ...] = ROWS) -> tuple[int, dict[int, int]]:
-    """(rows, {rows: tokens/s}): the batch rows for the narrowest width. Twice the rows is taken while
-    it gives :data:`ROWS_SPEEDUP` times the speed, i.e. while a step's time hardly grows: a device
-    that is not yet busy (a GPU at 32 rows waits on its kernel launches) gets the larger batch for
-    nearly nothing, while a CPU, whose step time grows with the rows, keeps 32. A lane of the text
-    per row must hold :data:`WINDOWS_PER_LANE` windows, so a small text keeps few rows."""
-    chosen, measured = rows[0], {}
-    for count in rows:
-        if count != rows[0] and train_tokens < count * num_steps * WINDOWS_PER_LANE:
-            break
-        speed = measure_tokens_per_second(WIDTHS[0], vocab_size, count, num_steps, device=device)
-        measured[count] = round(speed)
-        if count != rows[0] and speed < ROWS_SPEEDUP * measured[chosen]:
-            break
-        chosen = count
-    return chosen, measured
-
-
-def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float,
-                  rows: tuple[int, ...] = ROWS) -> tuple[object, dict]:
-    """The recipe with the batch rows (:func:`choose_rows`) and the width chosen for ``budget_s``
-    seconds and ``train_tokens`` characters of training text; returns (config, report) where the
-    report says what was measured and why. ``rows=(32,)`` keeps the recipe's batch."""
+def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float) -> tuple[object, dict]:
+    """The recipe with the width chosen for ``budget_s`` seconds and ``train_tokens`` characters of
+    training text; returns (config, report) where the report says what was measured and why."""
     if train_tokens < MIN_TRAIN_TOKENS:
         raise RnnkitError(f"the training text has {train_tokens} characters; sizing a model needs at least "
                           f"{MIN_TRAIN_TOKENS} (or give --model/--hidden yourself)")
@@ -126,28 +102,27 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float,
 
     recipe = replace(config, **RECIPE)
     device = select_device(config.device)
-    started = time.perf_counter()
-    batch_size, rows_measured = choose_rows(vocab_size, train_tokens, recipe.num_steps, device, rows)
-    capped_from = time.perf_counter()  # the first measurement also starts the device (a CUDA context, the
-    # CPU kernel's build: seconds that training would pay anyway), so the 5% cap counts from the rows' end
-    measured, chosen = {WIDTHS[0]: rows_measured[batch_size]}, WIDTHS[0]
-    for width in WIDTHS[1:]:
+    measured, chosen, started = {}, WIDTHS[0], time.perf_counter()
+    capped_from = None  # the first measurement also starts the device (a CUDA context, the CPU kernel's
+    # build: seconds that training would pay anyway), so the 5% cap counts from its end
+    for width in WIDTHS:
         weights = trained_weights(vocab_size, width)
-        if weights > PARAMETERS_PER_TOKEN * train_tokens:
+        if width != WIDTHS[0] and weights > PARAMETERS_PER_TOKEN * train_tokens:
             break
-        if time.perf_counter() - capped_from > 0.05 * budget_s:  # measuring may take 5% of the budget at most
-            break
-        speed = measure_tokens_per_second(width, vocab_size, batch_size, recipe.num_steps, device=device)
+        speed = measure_tokens_per_second(width, vocab_size, recipe.batch_size, recipe.num_steps,
+                                          device=device)
         measured[width] = round(speed)
-        if speed * budget_s < TOKENS_PER_PARAMETER * weights:
+        capped_from = capped_from or time.perf_counter()
+        if width != WIDTHS[0] and speed * budget_s < TOKENS_PER_PARAMETER * weights:
             break
         chosen = width
-    epochs = measured[chosen] * budget_s / train_tokens  # passes over the text the budget buys
+        if time.perf_counter() - capped_from > 0.05 * budget_s:  # measuring may take 5% of the budget at most
+            break
+    epochs = measured.get(chosen, 0) * budget_s / train_tokens  # passes over the text the budget buys
     many_passes = epochs >= EPOCHS_FOR_DROPOUT
     io_dropout, ema = (IO_DROPOUT, EMA) if many_passes else (0.0, 0.0)
-    report = {"hidden": chosen, "batch_size": batch_size, "device": str(device),
-              "tokens_per_s": measured, "tokens_per_s_by_rows": rows_measured,
-              "parameters": parameter_count("lstm", vocab_size, chosen),
+    report = {"hidden": chosen, "device": str(device),
+              "tokens_per_s": measured, "parameters": parameter_count("lstm", vocab_size, chosen),
               "epochs": round(epochs, 1), "io_dropout": io_dropout, "ema": ema,
               "measuring_s": round(time.perf_counter() - started, 2)}
-    return replace(recipe, hidden=chosen, batch_size=batch_size, io_dropout=io_dropout, ema=ema), report
+    return replace(recipe, hidden=chosen, io_dropout=io_dropout, ema=ema), report
