@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from common import cpu_model
+from rnnkit.cli import SIZING_OPTIONS
 from rnnkit.sizing import WIDTHS, choose_config, measure_tokens_per_second
 from rnnkit.text import build_corpus, load_corpus_text
 from rnnkit.train import TrainConfig
@@ -77,8 +78,7 @@ def sized_flags(corpus: Path, device: str, seconds: float, rows: int) -> tuple[l
     ids, vocab = build_corpus(text, "raw")
     config, report = choose_config(TrainConfig(device=device), int(len(ids) * 0.9), len(vocab), seconds)
     config.batch_size = rows
-    names = ("model", "hidden", "layers", "embedding", "dropout", "io_dropout", "batch_size", "num_steps",
-             "optimizer", "lr", "weight_decay", "clip", "schedule", "warmup", "min_lr_ratio", "ema")
+    names = sorted(SIZING_OPTIONS - {"tie_weights"})  # a store_true flag, off in the recipe
     flags = [item for name in names for item in (f"--{name.replace('_', '-')}", str(getattr(config, name)))]
     return flags, report["measuring_s"]
 
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--devices", nargs="+", default=["cuda", "cpu"])
     parser.add_argument("--dry-run", action="store_true", help="CPU only, 8-second budgets")
     parser.add_argument("--rows", type=int, nargs="*", default=[], help="also train the sized model with N rows")
+    parser.add_argument("--no-speeds", action="store_true", help="skip the rows-by-width speeds")
     parser.add_argument("--no-stop", action="store_true", help="skip the SIGTERM-and-resume check")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -127,10 +128,10 @@ def main() -> None:
 
     save()
     with tempfile.TemporaryDirectory() as tmp:
-        for device in devices:
+        for device in devices if not args.no_speeds else ():
             RESULTS[f"speeds_{device}"] = speeds(device, *((WIDTHS[:2], ROWS[:2]) if args.dry_run else ()))
             save()
-        if "cpu" not in devices:  # the row choice on this machine's CPUs too (the narrowest width: seconds)
+        if "cpu" not in devices and not args.no_speeds:  # this machine's CPUs by rows too (the narrowest width)
             RESULTS["speeds_cpu"] = speeds("cpu", WIDTHS[:1])
             save()
         for corpus in (data / "tinyshakespeare.txt", data / "timemachine.txt"):

@@ -266,14 +266,76 @@ def test_io_dropout_acts_in_training_only_and_keeps_the_kernel_out(tm_text):
         TrainConfig(io_dropout=1.0).validate()
 
 
-def test_sizing_adds_dropout_and_averaging_where_the_budget_reads_the_text_many_times(monkeypatch):
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_weight_drop_is_dropconnect_on_the_recurrent_weights_in_training_only(kind):
+    """The layer's output equals the same layer with its hidden-to-hidden weights multiplied by
+    an independently drawn dropout mask (one mask for the call), and nothing is dropped in eval."""
+    import copy
+
+    from rnnkit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(kind, 12, 16, layers=2 if kind == "lstm" else 1)
+    model.weight_drop = 0.5
+    X = torch.randint(0, 12, (3, 7))
+    model.train()
+    assert model._cpu_kernel(X) is None  # the fused kernel has no weight drop
+    torch.manual_seed(1)
+    dropped, _ = model.hidden(X)
+    torch.manual_seed(1)
+    masked = copy.deepcopy(model)
+    masked.weight_drop = 0.0
+    rnn = masked.rnn.rnn
+    names = [n for n in rnn._flat_weights_names if n.startswith("weight_hh")]
+    masks = {}
+    for name in names:  # the masks in the order the layer draws them
+        masks[name] = torch.nn.functional.dropout(torch.ones_like(getattr(rnn, name)), 0.5)
+    assert 0.3 < float((masks[names[0]] == 0).float().mean()) < 0.7
+    with torch.no_grad():
+        for name in names:
+            getattr(rnn, name).mul_(masks[name])
+    expected, _ = masked.hidden(X)
+    torch.testing.assert_close(dropped, expected)
+    loss = dropped.square().sum()
+    loss.backward()
+    grad = model.rnn.rnn.weight_hh_l0.grad
+    assert (grad[masks[names[0]] == 0] == 0).all() and grad.abs().sum() > 0  # dropped weights learn nothing this step
+    model.eval()
+    plain = copy.deepcopy(model)
+    plain.weight_drop = 0.0
+    torch.testing.assert_close(model.hidden(X)[0], plain.hidden(X)[0], rtol=0, atol=0)
+
+
+def test_weight_drop_trains_and_is_checked(tm_text, tmp_path):
+    config = TrainConfig(**{**SMALL, "model": "lstm"}, epochs=2, weight_drop=0.3)
+    assert not config.graphs_possible()
+    trainer = Trainer(config, text=tm_text[:8000])
+    assert trainer.model.weight_drop == 0.3
+    history = trainer.fit()
+    assert history[-1].train_loss < history[0].train_loss
+    for bad, message in ((dict(weight_drop=1.0), "weight_drop must be in"), (dict(weight_drop=-0.1), "weight_drop"),
+                         (dict(weight_drop=0.2, model="scratch"), "not scratch")):
+        with pytest.raises(RnnkitError, match=message):
+            TrainConfig(**bad).validate()
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(tm_text[:6000])
+    assert main(["train", "--corpus", str(corpus), "--model", "lstm", "--hidden", "16", "--epochs", "1",
+                 "--weight-drop", "0.25", "--split", "fraction", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert read_config(tmp_path / "run")["config"]["weight_drop"] == 0.25
+
+
+def test_sizing_adds_regularisation_where_the_budget_reads_the_text_many_times(monkeypatch):
     import rnnkit.sizing as sizing
 
     monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: 60_000 if width <= 256 else 1)
-    few, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=100)  # 6M tokens: 6 passes
-    assert few.io_dropout == 0.0 and few.ema == 0.0 and report["epochs"] == 6.0
+    once, report = sizing.choose_config(TrainConfig(), 2_000_000, 65, budget_s=100)  # 6M tokens: 3 passes
+    assert (once.weight_drop, once.io_dropout, once.ema, report["epochs"]) == (0.0, 0.0, 0.0, 3.0)
+    few, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=100)  # 6 passes
+    assert few.weight_drop == sizing.WEIGHT_DROP and few.io_dropout == 0.0 and few.ema == 0.0
     many, report = sizing.choose_config(TrainConfig(), 160_000, 65, budget_s=100)  # 37.5 passes
-    assert many.io_dropout == sizing.IO_DROPOUT and many.ema == sizing.EMA and report["epochs"] == 37.5
+    assert many.weight_drop == sizing.WEIGHT_DROP and many.io_dropout == sizing.IO_DROPOUT
+    assert many.ema == sizing.EMA and report["epochs"] == 37.5
+    assert many.batch_size == 8 and many.model == "lstm"
 
 
 def test_sizing_does_not_count_the_one_hot_table_and_always_measures(monkeypatch):

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dropout", type=float, default=d.dropout)
     t.add_argument("--io-dropout", type=float, default=d.io_dropout,
                    help="dropout on the learned embedding and on the recurrent outputs (any number of layers)")
+    t.add_argument("--weight-drop", type=float, default=d.weight_drop, metavar="P",
+                   help="DropConnect on the recurrent layers' hidden-to-hidden weights (rnn, gru, lstm; AWD-LSTM)")
     t.add_argument("--embedding", type=int, default=d.embedding, metavar="DIM",
                    help="learned embedding size (0: one-hot input, as the book)")
     t.add_argument("--activation", default=d.activation, choices=["tanh", "relu"])
@@ -311,9 +313,9 @@ def raise_stop(signum, frame):
     raise Stop(signum)
 
 
-SIZING_OPTIONS = {"model", "hidden", "layers", "embedding", "dropout", "io_dropout", "tie_weights", "activation",
-                  "batch_size", "num_steps", "optimizer", "lr", "weight_decay", "clip", "schedule", "warmup",
-                  "min_lr_ratio", "ema"}
+SIZING_OPTIONS = {"model", "hidden", "layers", "embedding", "dropout", "io_dropout", "weight_drop", "tie_weights",
+                  "activation", "batch_size", "num_steps", "optimizer", "lr", "weight_decay", "clip", "schedule",
+                  "warmup", "min_lr_ratio", "ema"}
 
 
 def sized_for_budget(config, quiet: bool):
@@ -333,6 +335,7 @@ def sized_for_budget(config, quiet: bool):
         speeds = ", ".join(f"{w}: {v:,}" for w, v in report["tokens_per_s"].items())
         print(f"sized for {config.time_budget:g} s and {train_tokens:,} training characters: LSTM 1x{sized.hidden} "
               f"({report['parameters']:,} parameters), batch {sized.batch_size}x{sized.num_steps}, "
+              f"{'weight drop ' + str(sized.weight_drop) + ', ' if sized.weight_drop else ''}"
               f"{'io-dropout ' + str(sized.io_dropout) + ', ' if sized.io_dropout else ''}"
               f"{'weight average (ema) ' + str(sized.ema) + ', ' if sized.ema else ''}AdamW "
               f"{sized.lr:g} with warmup and cosine decay (measured tokens/s by width on {report['device']}: {speeds}; "

@@ -9,6 +9,7 @@ Recurrent layers are time-major: ``layer(inputs, state) -> (outputs (T, B, H), s
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -139,15 +140,26 @@ class Recurrent(nn.Module):
         table = (rnn.weight_ih_l0.t() + (rnn.bias_ih_l0 + rnn.bias_hh_l0)).contiguous()  # row-major: rows are read
         return table, rnn.weight_hh_l0.t(), rnn.nonlinearity
 
-    def forward(self, inputs: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
+    def forward(self, inputs: torch.Tensor, state: State = None,
+                weight_drop: float = 0.0) -> tuple[torch.Tensor, State]:
+        """``weight_drop``: DropConnect on the hidden-to-hidden weights, one mask for the whole call
+        (the same dropped connections at every time step; Merity et al.'s AWD-LSTM)."""
         one_hot = inputs.dtype in (torch.int64, torch.int32)
         if one_hot and inputs.device.type == "cpu" and (weights := self.one_hot_weights()) is not None:
             # The book's model on the CPU: the one-hot product is a row lookup and BPTT runs in
             # :class:`_Recurrence` (faster here than nn.RNN).
-            outputs, last = recurrence(inputs, *weights, state=None if state is None else state[0])
+            table, W_hh, activation = weights
+            outputs, last = recurrence(inputs, table, F.dropout(W_hh, weight_drop) if weight_drop else W_hh,
+                                       activation, None if state is None else state[0])
             return outputs, last.unsqueeze(0)
         if one_hot:  # rows of the identity: the one-hot vectors, without F.one_hot's int64 scatter
             inputs = F.embedding(inputs, self.identity)
+        if weight_drop:
+            dropped = {name: F.dropout(getattr(self.rnn, name), weight_drop)
+                       for name in self.rnn._flat_weights_names if name.startswith("weight_hh")}
+            with warnings.catch_warnings():  # cuDNN copies weights that are not its flat buffer: these must be
+                warnings.filterwarnings("ignore", "RNN module weights are not part of single contiguous")
+                return torch.func.functional_call(self.rnn, dropped, (inputs, state))
         return self.rnn(inputs, state)
 
 
@@ -169,14 +181,19 @@ class RNNLM(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     io_dropout = 0.0  # dropout on the learned embedding and on the recurrent outputs, in training only
+    weight_drop = 0.0  # DropConnect on the recurrent layer's hidden-to-hidden weights, in training only
 
     def hidden(self, X: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
-        """Recurrent outputs (T, B, H) for tokens X (B, T), and the final state. With ``io_dropout``
-        (training only) the embedding and the outputs are dropped out, as in Zaremba et al.'s
-        regularised LSTM language model; the recurrent connections are not."""
+        """Recurrent outputs (T, B, H) for tokens X (B, T), and the final state. In training,
+        ``io_dropout`` drops out the embedding and the outputs, as in Zaremba et al.'s regularised
+        LSTM language model, and ``weight_drop`` the hidden-to-hidden weights (one mask per call),
+        as in Merity et al.'s AWD-LSTM."""
         drop = self.io_dropout if self.training else 0.0
         inputs = X.T if self.embedding is None else F.dropout(self.embedding(X.T), drop, True)
-        outputs, state = self.rnn(inputs, state)
+        if self.training and self.weight_drop:
+            outputs, state = self.rnn(inputs, state, weight_drop=self.weight_drop)
+        else:
+            outputs, state = self.rnn(inputs, state)
         return (F.dropout(outputs, drop, True) if drop else outputs), state
 
     def forward(self, X: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
@@ -217,7 +234,7 @@ class RNNLM(nn.Module):
     def _cpu_kernel(self, X: torch.Tensor) -> tuple[object, tuple[torch.Tensor, torch.Tensor, str]] | None:
         """(rnnkit's compiled kernel, the layer's one-hot weights) if the kernel applies, else None."""
         if (X.device.type != "cpu" or self.embedding is not None or X.dtype not in (torch.int64, torch.int32)
-                or (self.training and self.io_dropout)
+                or (self.training and (self.io_dropout or self.weight_drop))
                 or self.head.weight.dtype != torch.float32 or _autocast_on_cpu()
                 or not hasattr(self.rnn, "one_hot_weights")):
             return None

@@ -65,6 +65,7 @@ class TrainConfig:
     layers: int = 1
     dropout: float = 0.0  # between recurrent layers
     io_dropout: float = 0.0  # on the learned embedding and the recurrent outputs (any number of layers)
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights, one mask per step (rnn, gru, lstm)
     tie_weights: bool = False  # the output layer shares the embedding's weight (needs embedding == hidden)
     embedding: int = 0  # 0: one-hot input (the book); >0: learned embedding of this size
     activation: str = "tanh"  # tanh | relu (rnn and scratch)
@@ -155,6 +156,10 @@ class TrainConfig:
             raise RnnkitError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.io_dropout < 1:
             raise RnnkitError(f"io_dropout must be in [0, 1), got {self.io_dropout}")
+        if not 0 <= self.weight_drop < 1:
+            raise RnnkitError(f"weight_drop must be in [0, 1), got {self.weight_drop}")
+        if self.weight_drop and self.model == "scratch":
+            raise RnnkitError("--weight-drop applies to --model rnn, gru and lstm, not scratch")
         if not 0 <= self.val_fraction < 1:
             raise RnnkitError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not (0 <= self.time_budget <= 10 * 365 * 86400):
@@ -173,7 +178,7 @@ class TrainConfig:
 
     def graphs_possible(self) -> bool:
         """Whether training steps can be captured: no state carried between batches, no dropout."""
-        return self.split != "sequential" and not self.dropout and not self.io_dropout
+        return self.split != "sequential" and not self.dropout and not self.io_dropout and not self.weight_drop
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -498,7 +503,7 @@ class Trainer:
         with self._rng(seed=config.seed):
             self.model = build_model(config.model, len(self.vocab), config.hidden, config.layers, config.dropout,
                                      config.embedding, config.activation, config.tie_weights).to(self.device)
-        self.model.io_dropout = config.io_dropout
+        self.model.io_dropout, self.model.weight_drop = config.io_dropout, config.weight_drop
         self.optimizer = make_optimizer(config, self.model)
         # --ema: the weights' exponential moving average (a copy of each parameter), see averaged_weights
         self.average = [p.detach().clone() for p in self.model.parameters()] if config.ema else None
