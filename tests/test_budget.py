@@ -335,7 +335,19 @@ def test_sizing_adds_regularisation_where_the_budget_reads_the_text_many_times(m
     many, report = sizing.choose_config(TrainConfig(), 160_000, 65, budget_s=100)  # 37.5 passes
     assert many.weight_drop == sizing.WEIGHT_DROP and many.io_dropout == sizing.IO_DROPOUT
     assert many.ema == sizing.EMA and report["epochs"] == 37.5
-    assert many.batch_size == 8 and many.model == "lstm"
+    assert many.batch_size == sizing.ROWS_ON_CPU == 8 and many.model == "lstm"
+
+
+def test_sizing_keeps_32_rows_on_a_gpu(monkeypatch):
+    import rnnkit.sizing as sizing
+    import rnnkit.train
+
+    rows = []
+    monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, vocab, batch, *a, **k: rows.append(batch)
+                        or 500_000)
+    monkeypatch.setattr(rnnkit.train, "select_device", lambda name: torch.device("cuda"))
+    config, report = sizing.choose_config(TrainConfig(device="cuda"), 1_000_000, 65, budget_s=60)
+    assert config.batch_size == 32 and set(rows) == {32} and report["device"] == "cuda"
 
 
 def test_sizing_does_not_count_the_one_hot_table_and_always_measures(monkeypatch):

@@ -18,9 +18,12 @@ The rule, and why:
   single runs at nanoGPT's time (32 / 16 / 8 rows, the rest as sized for 32): Tiny Shakespeare
   1.546 / 1.513 / 1.500, The Time Machine 1.555 / 1.514 / 1.496, Cyrillic tutors 2.135 / 2.094 /
   2.051, European tutors 2.330 / 2.311 / 2.314; code (8 rows) 1.449 and the Vim manual 1.459,
-  against 1.506 and 1.559 for 32 rows in the previous table. On an H200 the other way (more rows,
-  many times the characters per second) was worse too (``benchmarks/gpu_budget.py``: 512 rows
-  1.508 against 32 rows 1.449 on Tiny Shakespeare).
+  against 1.506 and 1.559 for 32 rows in the previous table. **A GPU keeps 32 rows**: its step
+  takes about the same time for 8 rows as for 32 (it waits on kernel launches), so 8 rows buy no
+  more updates there, only fewer characters: on an H200 (``benchmarks/gpu_budget.py``, 60 s, the
+  same sized model) Tiny Shakespeare 1.532 with 8 rows, 1.484 with 32; The Time Machine 1.403 with
+  both. More rows than 32 were worse there too (512 rows 1.508 against 32 rows 1.449 on Tiny
+  Shakespeare, 128 against 32 rows 1.563 / 1.508 on The Time Machine, with the previous recipe).
 - **DropConnect on the recurrent weights where the budget reads the text five times or more**
   (``weight_drop`` :data:`WEIGHT_DROP`, Merity et al.'s AWD-LSTM): with 8 rows the small texts
   overfit within the first half of the budget; dropping 30% of the hidden-to-hidden weights (one
@@ -69,7 +72,8 @@ WEIGHT_DROP = 0.3
 EPOCHS_FOR_DROPOUT = 30.0  # a budget that reads the text this often overfits with DropConnect alone
 IO_DROPOUT = 0.4
 EMA = 0.998  # the weight average's decay where the budget reads the text many times
-RECIPE = dict(model="lstm", layers=1, embedding=0, dropout=0.0, batch_size=8, num_steps=64, optimizer="adamw",
+ROWS_ON_CPU, ROWS_ON_ACCELERATOR = 8, 32  # batch rows: see the module's docstring
+RECIPE = dict(model="lstm", layers=1, embedding=0, dropout=0.0, batch_size=ROWS_ON_CPU, num_steps=64, optimizer="adamw",
               lr=5e-3, weight_decay=0.01, clip=1.0, schedule="cosine", warmup=0.02, min_lr_ratio=0.1)
 
 
@@ -118,8 +122,8 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float) -
                           f"{MIN_TRAIN_TOKENS} (or give --model/--hidden yourself)")
     from rnnkit.train import select_device
 
-    recipe = replace(config, **RECIPE)
     device = select_device(config.device)
+    recipe = replace(config, **{**RECIPE, "batch_size": ROWS_ON_CPU if device.type == "cpu" else ROWS_ON_ACCELERATOR})
     measured, chosen, started = {}, WIDTHS[0], time.perf_counter()
     capped_from = None  # the first measurement also starts the device (a CUDA context, the CPU kernel's
     # build: seconds that training would pay anyway), so the 5% cap counts from its end
