@@ -322,6 +322,9 @@ def test_weight_drop_trains_and_is_checked(tm_text, tmp_path):
     assert main(["train", "--corpus", str(corpus), "--model", "lstm", "--hidden", "16", "--epochs", "1",
                  "--weight-drop", "0.25", "--split", "fraction", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert read_config(tmp_path / "run")["config"]["weight_drop"] == 0.25
+    for bad in (["--weight-drop", "1"], ["--weight-drop", "nan"], ["--model", "scratch", "--weight-drop", "0.2"]):
+        assert main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "bad"), *bad]) == 2
+        assert not (tmp_path / "bad").exists()
 
 
 def test_sizing_adds_regularisation_where_the_budget_reads_the_text_many_times(monkeypatch):

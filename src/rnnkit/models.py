@@ -157,7 +157,8 @@ class Recurrent(nn.Module):
         if weight_drop:
             dropped = {name: F.dropout(getattr(self.rnn, name), weight_drop)
                        for name in self.rnn._flat_weights_names if name.startswith("weight_hh")}
-            with warnings.catch_warnings():  # cuDNN copies weights that are not its flat buffer: these must be
+            with warnings.catch_warnings():  # cuDNN copies weights outside its flat buffer (dropped ones always
+                # are) and would warn at every step
                 warnings.filterwarnings("ignore", "RNN module weights are not part of single contiguous")
                 return torch.func.functional_call(self.rnn, dropped, (inputs, state))
         return self.rnn(inputs, state)
