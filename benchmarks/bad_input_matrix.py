@@ -169,6 +169,9 @@ def main() -> None:
              file("own.txt", b"the time traveller smiled round at us. " * 500), "--time-budget", "4s", "--out",
              str(d / "new")]),
             ("--ema 1", ["train", *TINY, "--ema", "1", "--out", str(d / "new")]),
+            ("--weight-drop 1", ["train", *TINY, "--weight-drop", "1", "--out", str(d / "new")]),
+            ("--weight-drop with --model scratch", ["train", *TINY, "--model", "scratch", "--weight-drop", "0.3",
+                                                    "--out", str(d / "new")]),
         ]
         print("| input | what rnnkit prints | exit status |")
         print("| --- | --- | --- |")
