@@ -36,9 +36,7 @@ import torch
 
 from common import cpu_model
 from rnnkit.cli import SIZING_OPTIONS
-from rnnkit.sizing import WIDTHS, choose_config, measure_tokens_per_second
-from rnnkit.text import build_corpus, load_corpus_text
-from rnnkit.train import TrainConfig
+from rnnkit.sizing import WIDTHS, measure_tokens_per_second
 from vs_nanogpt import budgeted_run
 
 RESULTS: dict = {}
@@ -65,22 +63,17 @@ def budget_run(corpus: Path, device: str, seconds: float, tmp: Path, extra: tupl
     result = budgeted_run(corpus, seconds, 0, ["--device", device, *extra], run)
     sample = rnnkit("generate", str(run), "--prefix", "The ", "-n", "200", "--seed", "0").stdout
     return {"device": device, "budget_s": result["budget_s"], "wall_s": result["wall_s"], "sized": result["sized"],
-            "hidden": result["config"]["hidden"], "batch_size": result["config"]["batch_size"],
+            "config": result["config"],
             "validations": len(result["curve"]), "best_val_loss_eval": result["best_val_loss"],
             "best_val_loss_while_training": result["best_val_loss_while_training"],
             "last_val_loss": result["last_val_loss"], "curve": result["curve"], "sample": sample}
 
 
-def sized_flags(corpus: Path, device: str, seconds: float, rows: int) -> tuple[list[str], float]:
-    """The flags of the configuration the sizing chooses, with ``rows`` batch rows, and the seconds
-    that sizing took."""
-    text = load_corpus_text(str(corpus))
-    ids, vocab = build_corpus(text, "raw")
-    config, report = choose_config(TrainConfig(device=device), int(len(ids) * 0.9), len(vocab), seconds)
-    config.batch_size = rows
+def sized_flags(config: dict, rows: int) -> list[str]:
+    """The flags of a sized run's configuration (its config.json), with ``rows`` batch rows."""
     names = sorted(SIZING_OPTIONS - {"tie_weights"})  # a store_true flag, off in the recipe
-    flags = [item for name in names for item in (f"--{name.replace('_', '-')}", str(getattr(config, name)))]
-    return flags, report["measuring_s"]
+    return [item for name in names
+            for item in (f"--{name.replace('_', '-')}", str(rows if name == "batch_size" else config[name]))]
 
 
 def stop_and_resume(corpus: Path, device: str, seconds: float, stop_after: float, tmp: Path) -> dict:
@@ -139,10 +132,10 @@ def main() -> None:
                 sized = budget_run(corpus, device, seconds, Path(tmp))
                 RESULTS[f"budget_{corpus.stem}_{device}"] = sized
                 save()
-                for rows in args.rows:
-                    flags, measuring_s = sized_flags(corpus, device, seconds, rows)
+                for rows in args.rows:  # the same sized model and budget (less the sizing's seconds), N rows
                     RESULTS[f"budget_{corpus.stem}_{device}_{rows}_rows"] = budget_run(
-                        corpus, device, seconds - measuring_s, Path(tmp), tuple(flags), f"{rows}-rows")
+                        corpus, device, sized["config"]["time_budget"], Path(tmp),
+                        tuple(sized_flags(sized["config"], rows)), f"{rows}-rows")
                     save()
         if not args.no_stop:
             stop_after = seconds / 2 if args.dry_run else 15.0

@@ -73,7 +73,7 @@ EPOCHS_FOR_DROPOUT = 30.0  # a budget that reads the text this often overfits wi
 IO_DROPOUT = 0.4
 EMA = 0.998  # the weight average's decay where the budget reads the text many times
 ROWS_ON_CPU, ROWS_ON_ACCELERATOR = 8, 32  # batch rows: see the module's docstring
-RECIPE = dict(model="lstm", layers=1, embedding=0, dropout=0.0, batch_size=ROWS_ON_CPU, num_steps=64, optimizer="adamw",
+RECIPE = dict(model="lstm", layers=1, embedding=0, dropout=0.0, num_steps=64, optimizer="adamw",
               lr=5e-3, weight_decay=0.01, clip=1.0, schedule="cosine", warmup=0.02, min_lr_ratio=0.1)
 
 
@@ -123,7 +123,7 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float) -
     from rnnkit.train import select_device
 
     device = select_device(config.device)
-    recipe = replace(config, **{**RECIPE, "batch_size": ROWS_ON_CPU if device.type == "cpu" else ROWS_ON_ACCELERATOR})
+    recipe = replace(config, **RECIPE, batch_size=ROWS_ON_CPU if device.type == "cpu" else ROWS_ON_ACCELERATOR)
     measured, chosen, started = {}, WIDTHS[0], time.perf_counter()
     capped_from = None  # the first measurement also starts the device (a CUDA context, the CPU kernel's
     # build: seconds that training would pay anyway), so the 5% cap counts from its end
