@@ -166,9 +166,11 @@ def test_sizing_picks_the_widest_model_the_budget_can_train(monkeypatch):
 
     speeds = {128: 60_000, 256: 40_000, 384: 25_000, 512: 15_000, 768: 8_000, 1024: 4_000}
     monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: speeds[width])
-    config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=600)
-    # 512 wide: 15k tok/s x 600 s = 9M tokens >= 10 x 1.09M weights? no; 384: 15M >= 10 x 0.62M: yes
-    assert trained_weights(65, 512) * 10 > 15_000 * 600 >= trained_weights(65, 384) * 10 and config.hidden == 384
+    config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=480)
+    # 512 wide: 15k tok/s x 480 s = 7.2M tokens >= 8 x 1.09M weights? no; 384: 25k x 480 = 12M >= 8 x 0.62M: yes
+    need = sizing.TOKENS_PER_PARAMETER
+    assert trained_weights(65, 512) * need > 15_000 * 480 and 25_000 * 480 >= trained_weights(65, 384) * need
+    assert config.hidden == 384
     assert config.model == "lstm" and config.optimizer == "adamw" and config.schedule == "cosine"
     assert report["tokens_per_s"][512] == 15_000 and 768 not in report["tokens_per_s"]
     big, _ = sizing.choose_config(TrainConfig(), 2_000_000, 65, budget_s=36000)
