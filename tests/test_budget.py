@@ -337,10 +337,25 @@ def test_sizing_adds_regularisation_where_the_budget_reads_the_text_many_times(m
     assert (once.weight_drop, once.io_dropout, once.ema, report["epochs"]) == (0.0, 0.0, 0.0, 3.0)
     few, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=100)  # 6 passes
     assert few.weight_drop == sizing.WEIGHT_DROP and few.io_dropout == 0.0 and few.ema == 0.0
-    many, report = sizing.choose_config(TrainConfig(), 160_000, 65, budget_s=100)  # 37.5 passes
-    assert many.weight_drop == sizing.WEIGHT_DROP and many.io_dropout == sizing.IO_DROPOUT
-    assert many.ema == sizing.EMA and report["epochs"] == 37.5
+    weights = sizing.trained_weights(65, 256)
+    # The Time Machine's case: 37.5 passes, 1.76 weights per character: DropConnect alone
+    many, report = sizing.choose_config(TrainConfig(), 160_000, 65, budget_s=100)
+    assert many.hidden == 256 and report["epochs"] == 37.5
+    assert report["weights_per_character"] == round(weights / 160_000, 2) == 1.76
+    assert many.weight_drop == sizing.WEIGHT_DROP and many.io_dropout == 0.0 and many.ema == 0.0
     assert many.batch_size == sizing.ROWS_ON_CPU == 8 and many.model == "lstm"
+    # the Cyrillic tutors' case: more weights per character than 2.5 (from a larger alphabet)
+    dense, report = sizing.choose_config(TrainConfig(), 98_000, 165, budget_s=45)  # 27.6 passes
+    assert dense.hidden == 256 and report["weights_per_character"] >= sizing.WEIGHTS_PER_CHARACTER_FOR_DROPOUT
+    assert report["epochs"] < sizing.EPOCHS_FOR_DROPOUT
+    assert (dense.weight_drop, dense.io_dropout, dense.ema) == (sizing.WEIGHT_DROP, sizing.IO_DROPOUT, sizing.EMA)
+    # a very small text read more than fifty times: 1x128 (256 is over the corpus cap), 1.49 per character
+    small, report = sizing.choose_config(TrainConfig(), 50_000, 65, budget_s=60)  # 72 passes
+    assert small.hidden == 128 and report["weights_per_character"] < sizing.WEIGHTS_PER_CHARACTER_FOR_DROPOUT
+    assert (small.io_dropout, small.ema) == (sizing.IO_DROPOUT, sizing.EMA)
+    # many weights per character but fewer than 5 passes: no DropConnect, so neither
+    brief, report = sizing.choose_config(TrainConfig(), 98_000, 165, budget_s=6)
+    assert report["epochs"] < sizing.EPOCHS_FOR_WEIGHT_DROP and (brief.weight_drop, brief.io_dropout) == (0.0, 0.0)
 
 
 def test_sizing_keeps_32_rows_on_a_gpu(monkeypatch):

@@ -334,7 +334,9 @@ def sized_for_budget(config, quiet: bool):
     if not quiet:
         speeds = ", ".join(f"{w}: {v:,}" for w, v in report["tokens_per_s"].items())
         print(f"sized for {config.time_budget:g} s and {train_tokens:,} training characters: LSTM 1x{sized.hidden} "
-              f"({report['parameters']:,} parameters), batch {sized.batch_size}x{sized.num_steps}, "
+              f"({report['parameters']:,} parameters; {report['epochs']:g} passes over the text, "
+              f"{report['weights_per_character']:g} trained weights per character), "
+              f"batch {sized.batch_size}x{sized.num_steps}, "
               f"{'weight drop ' + str(sized.weight_drop) + ', ' if sized.weight_drop else ''}"
               f"{'io-dropout ' + str(sized.io_dropout) + ', ' if sized.io_dropout else ''}"
               f"{'weight average (ema) ' + str(sized.ema) + ', ' if sized.ema else ''}AdamW "

@@ -52,16 +52,25 @@ The rule, and why:
   table, which is a lookup of one row per character: with it counted, the 165-character alphabet of
   the Cyrillic tutors held the model at 128 wide (2.19 nats); without, 256 (2.16). The
   narrowest width is always measured and kept.
-- **Dropout on the outputs and a moving average of the weights only where the budget reads the
-  text thirty times or more** (:data:`EPOCHS_FOR_DROPOUT`; ``io_dropout`` :data:`IO_DROPOUT` and
-  ``ema`` :data:`EMA`, which validation and the best checkpoint then use). With 32 rows and no
-  DropConnect they helped from ten passes (The Time Machine 1.608 without, 1.582 with dropout 0.4;
-  the average moved paired runs by 0.00-0.03). Beside DropConnect they cost where it suffices and
-  helped where it did not (paired single runs, 8 rows, DropConnect alone / with the average / with
-  both): The Time Machine (26 passes) 1.444 / 1.455 / 1.487 and code (8.5 passes) 1.374 / - /
-  1.439, but the Cyrillic tutors (45 passes; best checkpoint at half the budget with DropConnect
-  alone) 2.063 / 2.036 / 2.007. The threshold lies between those two texts' passes, not at a
-  measured optimum.
+- **Dropout on the outputs and a moving average of the weights, beside DropConnect, where the model
+  has many weights for its text or the budget reads a small text very often**: 2.5 trained weights
+  or more per training character (:data:`WEIGHTS_PER_CHARACTER_FOR_DROPOUT`), or fifty passes
+  (``io_dropout`` :data:`IO_DROPOUT` and ``ema`` :data:`EMA`, which validation and the best
+  checkpoint then use). With 32 rows and no DropConnect they helped from ten passes (The
+  Time Machine 1.608 without, 1.582 with dropout 0.4; the average moved paired runs by 0.00-0.03).
+  Beside DropConnect they cost where it suffices and helped where it did not: paired single runs, 8
+  rows, DropConnect alone / with the average / with both: The Time Machine (1x256, 1.75 weights per
+  character) 1.444 / 1.455 / 1.487 and code (0.53) 1.374 / - / 1.439, but the Cyrillic tutors (3.1)
+  2.063 / 2.036 / 2.007. This rule first counted passes (30 or more), which sat inside the passes
+  that 80-100 s budgets buy on these small texts, so the measured speed decided run by run; in the
+  side-by-side table (3 repeats each, AdamW 1e-2) the repeats that got them were the better ones on
+  the Cyrillic tutors (3.1 weights per character: 1.975 with, 2.044 / 2.047 without) and the CJK
+  tutors (1x128, 3.8: 3.012 with, 3.053 / 3.083 without), and the worse one on The Time Machine
+  (1.75: 1.445 with, 1.423 / 1.425 without). Weights per character separates them where passes did
+  not. A very small text read fifty times or more gets them too (:data:`EPOCHS_FOR_DROPOUT`): the
+  first 56,000 characters of The Time Machine in 60 s (1x128, 84 passes, 1.49 weights per
+  character; paired runs, seeds 0 and 1) 1.648 / 1.652 with them, 1.706 / 1.672 without. Fifty lies
+  between that and The Time Machine's 26-32 passes.
 """
 
 from __future__ import annotations
@@ -80,7 +89,8 @@ PARAMETERS_PER_TOKEN = 4.0  # at most this many parameters per character of trai
 MIN_TRAIN_TOKENS = 2_000  # below this there is nothing to size a model for
 EPOCHS_FOR_WEIGHT_DROP = 5.0  # a budget that reads the text this often gets DropConnect on the recurrent weights
 WEIGHT_DROP = 0.3
-EPOCHS_FOR_DROPOUT = 30.0  # a budget that reads the text this often overfits with DropConnect alone
+WEIGHTS_PER_CHARACTER_FOR_DROPOUT = 2.5  # trained weights per training character that overfit with DropConnect alone
+EPOCHS_FOR_DROPOUT = 50.0  # ... and so does a budget that reads the text this often
 IO_DROPOUT = 0.4
 EMA = 0.998  # the weight average's decay where the budget reads the text many times
 ROWS_ON_CPU, ROWS_ON_ACCELERATOR = 8, 32  # batch rows: see the module's docstring
@@ -153,9 +163,12 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float) -
             break
     epochs = measured.get(chosen, 0) * budget_s / train_tokens  # passes over the text the budget buys
     weight_drop = WEIGHT_DROP if epochs >= EPOCHS_FOR_WEIGHT_DROP else 0.0
-    io_dropout, ema = (IO_DROPOUT, EMA) if epochs >= EPOCHS_FOR_DROPOUT else (0.0, 0.0)
+    weights_per_character = trained_weights(vocab_size, chosen) / train_tokens
+    overfits = weights_per_character >= WEIGHTS_PER_CHARACTER_FOR_DROPOUT or epochs >= EPOCHS_FOR_DROPOUT
+    io_dropout, ema = (IO_DROPOUT, EMA) if weight_drop and overfits else (0.0, 0.0)
     report = {"hidden": chosen, "device": str(device),
               "tokens_per_s": measured, "parameters": parameter_count("lstm", vocab_size, chosen),
-              "epochs": round(epochs, 1), "weight_drop": weight_drop, "io_dropout": io_dropout, "ema": ema,
+              "epochs": round(epochs, 1), "weights_per_character": round(weights_per_character, 2),
+              "weight_drop": weight_drop, "io_dropout": io_dropout, "ema": ema,
               "measuring_s": round(time.perf_counter() - started, 2)}
     return replace(recipe, hidden=chosen, weight_drop=weight_drop, io_dropout=io_dropout, ema=ema), report
