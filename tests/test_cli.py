@@ -11,6 +11,21 @@ from rnnkit.cli import main
 TINY = ["--hidden", "16", "--batch-size", "64", "--num-steps", "8", "--num-train", "512", "--num-val", "128"]
 
 
+OPENINGS = [("\n  Первый урок: как двигать курсор\nи так далее. ", "Первый урок: как"),
+            ("First Citizen:\nBefore we proceed any further. ", "First Citizen:"),
+            ("日本語のチュートリアルへようこそ。これは説明です。", "日本語のチュートリアルへ")]
+
+
+@pytest.mark.parametrize("opening, prefix", OPENINGS)
+def test_samples_start_from_the_texts_own_opening(tmp_path, capsys, opening, prefix):
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text(opening * 60, encoding="utf-8")
+    assert main(["train", "--corpus", str(corpus), "--preprocess", "raw", "--epochs", "1", "--hidden", "8",
+                 "--batch-size", "4", "--num-steps", "8", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    sample = capsys.readouterr().out.split("sample: ", 1)[1]
+    assert sample.startswith(prefix) and sample.endswith("\n") and len(sample) == len(prefix) + 100 + 1
+
+
 def test_train_generate_eval_round_trip(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "2", *TINY, "--out", str(out), "--sample-chars", "10"]) == 0

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "rank 0 validates or saves) before giving up")
     t.add_argument("--sample-every", type=int, default=10, help="print samples every N epochs (0: never)")
     t.add_argument("--sample-prefix", action="append", dest="sample_prefixes", metavar="TEXT",
-                   help=f"prefix for the periodic samples (repeatable; default: {SAMPLE_PREFIXES})")
+                   help=f"prefix for the periodic samples (repeatable; default: {SAMPLE_PREFIXES} for the book, "
+                        "the opening words of the training text for any other)")
     t.add_argument("--sample-chars", type=int, default=50, help="length of the periodic samples")
     t.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
 
@@ -222,13 +223,27 @@ def duration(text: str) -> float:
     return sum(float(value) * units[unit] for value, unit in parts)
 
 
+def default_sample_prefixes(trainer) -> list[str]:
+    """The samples' prefixes when ``--sample-prefix`` is not given: the d2l notebook's for the book
+    (and word or byte models); for a character model of any other text, the opening words of its
+    training text, which are in its alphabet (a Russian text has no "time traveller")."""
+    config = trainer.config
+    if config.corpus == "timemachine" or config.tokens != "char" or len(trainer.corpus) == 0:
+        return SAMPLE_PREFIXES
+    opening = "".join(trainer.vocab.to_tokens(trainer.corpus[:64].tolist())).strip().split("\n")[0].strip()
+    if len(opening) > 20:  # whole words up to 20 characters; 12 characters of a text without spaces
+        cut = opening[:21].rfind(" ")
+        opening = opening[:cut] if cut > 4 else opening[:12]
+    return [opening] if opening else SAMPLE_PREFIXES
+
+
 class Progress:
     """What a training run shows: a tqdm bar per epoch, one line per epoch, periodic samples."""
 
     def __init__(self, trainer, args: argparse.Namespace) -> None:
         self.trainer, self.args, self.bar = trainer, args, None
         self.last_postfix = 0.0
-        prefixes = args.sample_prefixes or SAMPLE_PREFIXES
+        prefixes = args.sample_prefixes or default_sample_prefixes(trainer)
         self.prefixes = [p for p in prefixes if not trainer.vocab.unknown(p) or trainer.vocab.unk_token]
 
     def on_batch(self, tokens: int, loss) -> None:
