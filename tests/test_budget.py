@@ -329,14 +329,18 @@ def test_weight_drop_trains_and_is_checked(tm_text, tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
-def test_sizing_adds_regularisation_where_the_budget_reads_the_text_many_times(monkeypatch):
+def test_sizing_adds_regularisation_where_the_model_is_large_for_its_text(monkeypatch):
     import rnnkit.sizing as sizing
 
     monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: 60_000 if width <= 256 else 1)
-    once, report = sizing.choose_config(TrainConfig(), 2_000_000, 65, budget_s=100)  # 6M tokens: 3 passes
-    assert (once.weight_drop, once.io_dropout, once.ema, report["epochs"]) == (0.0, 0.0, 0.0, 3.0)
-    few, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=100)  # 6 passes
-    assert few.weight_drop == sizing.WEIGHT_DROP and few.io_dropout == 0.0 and few.ema == 0.0
+    # Tiny Shakespeare's case: 1x256 reads a million characters 6 times with 0.28 weights each: nothing
+    few, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=100)
+    assert few.hidden == 256 and report["epochs"] == 6.0 and report["weights_per_character"] == 0.28
+    assert (few.weight_drop, few.io_dropout, few.ema) == (0.0, 0.0, 0.0)
+    # the Vim manual's case: 0.51 weights per character (a larger alphabet, a smaller text), 4.4 passes
+    vim, report = sizing.choose_config(TrainConfig(), 577_000, 117, budget_s=42.5)
+    assert vim.hidden == 256 and report["weights_per_character"] == 0.51 and report["epochs"] == 4.4
+    assert (vim.weight_drop, vim.io_dropout, vim.ema) == (sizing.WEIGHT_DROP, 0.0, 0.0)
     weights = sizing.trained_weights(65, 256)
     # The Time Machine's case: 37.5 passes, 1.76 weights per character: DropConnect alone
     many, report = sizing.choose_config(TrainConfig(), 160_000, 65, budget_s=100)
@@ -353,8 +357,8 @@ def test_sizing_adds_regularisation_where_the_budget_reads_the_text_many_times(m
     small, report = sizing.choose_config(TrainConfig(), 50_000, 65, budget_s=60)  # 72 passes
     assert small.hidden == 128 and report["weights_per_character"] < sizing.WEIGHTS_PER_CHARACTER_FOR_DROPOUT
     assert (small.io_dropout, small.ema) == (sizing.IO_DROPOUT, sizing.EMA)
-    # many weights per character but fewer than 5 passes: no DropConnect, so neither
-    brief, report = sizing.choose_config(TrainConfig(), 98_000, 165, budget_s=6)
+    # many weights per character but fewer than 3 passes (the narrowest width, kept whatever its speed)
+    brief, report = sizing.choose_config(TrainConfig(), 98_000, 165, budget_s=4)
     assert report["epochs"] < sizing.EPOCHS_FOR_WEIGHT_DROP and (brief.weight_drop, brief.io_dropout) == (0.0, 0.0)
 
 

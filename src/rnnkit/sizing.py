@@ -30,13 +30,23 @@ The rule, and why:
   same sized model) Tiny Shakespeare 1.532 with 8 rows, 1.484 with 32; The Time Machine 1.403 with
   both. More rows than 32 were worse there too (512 rows 1.508 against 32 rows 1.449 on Tiny
   Shakespeare, 128 against 32 rows 1.563 / 1.508 on The Time Machine, with the previous recipe).
-- **DropConnect on the recurrent weights where the budget reads the text five times or more**
-  (``weight_drop`` :data:`WEIGHT_DROP`, Merity et al.'s AWD-LSTM): with 8 rows the small texts
-  overfit within the first half of the budget; dropping 30% of the hidden-to-hidden weights (one
-  mask per step) let them improve to the end. Paired single runs, 8 rows without / with it: The
-  Time Machine (26 passes) 1.496 / 1.487, Cyrillic tutors (45 passes) 2.051 / 2.007 (0.5: 2.037),
-  European tutors (6.5 passes) 2.314 / 2.226, code (8.5 passes) 1.449 / 1.439; where it cost: the
-  Vim manual (6.5 passes) 1.459 / 1.481, Tiny Shakespeare (4.6 passes: none) 1.500 / 1.539.
+- **DropConnect on the recurrent weights where the model has 0.4 trained weights or more per
+  training character** (:data:`WEIGHTS_PER_CHARACTER_FOR_WEIGHT_DROP`; and the budget reads the
+  text three times or more, :data:`EPOCHS_FOR_WEIGHT_DROP`), ``weight_drop`` :data:`WEIGHT_DROP`,
+  Merity et al.'s AWD-LSTM: with 8 rows the small texts overfit within the first half of the
+  budget; dropping 30% of the hidden-to-hidden weights (one mask per step) let them improve to the
+  end. Paired single runs (AdamW 5e-3), 8 rows without / with it: The Time Machine (1.75 weights per
+  character) 1.496 / 1.487, Cyrillic tutors (3.1) 2.051 / 2.007 (0.5: 2.037), European tutors
+  (0.58) 2.314 / 2.226, code (0.53) 1.449 / 1.439; where it cost: the Vim manual (0.51) 1.459 /
+  1.481, Tiny Shakespeare (0.28) 1.500 / 1.539. This rule first counted passes (five or more), and
+  at nanoGPT's time Tiny Shakespeare, the Vim manual and the European tutors get 4-7, so the
+  measured speed turned it on or off run by run. With AdamW 1e-2, the side-by-side table's repeats
+  at nearly equal budgets: Vim manual 1.424 with it, 1.470 without (80-81 s; 1.411 with at 102 s),
+  European tutors 2.154 / 2.127 with, 2.194 without (101 s), Tiny Shakespeare 1.470 / 1.480 without
+  (81 s), 1.525 with (98 s). Weights per character separates Tiny Shakespeare (0.28) from the texts
+  it helps (0.5 and more). As the width rule gives each weight 8 characters of training, 0.4
+  weights per character means 3.2 passes or more, except for the narrowest width, which is kept
+  whatever its speed: hence the three passes too.
 - **The width is the largest whose measured speed leaves enough training.** In the budget's first
   seconds the candidate widths each run a few real training steps on the device the run trains on
   (this CPU, or the GPU); the budget then buys ``tokens(width) = tokens_per_second(width) x
@@ -87,7 +97,8 @@ WIDTHS = (128, 256, 384, 512, 768, 1024)
 TOKENS_PER_PARAMETER = 8.0  # training characters a parameter needs within the budget
 PARAMETERS_PER_TOKEN = 4.0  # at most this many parameters per character of training text
 MIN_TRAIN_TOKENS = 2_000  # below this there is nothing to size a model for
-EPOCHS_FOR_WEIGHT_DROP = 5.0  # a budget that reads the text this often gets DropConnect on the recurrent weights
+WEIGHTS_PER_CHARACTER_FOR_WEIGHT_DROP = 0.4  # a model this large for its text gets DropConnect ...
+EPOCHS_FOR_WEIGHT_DROP = 3.0  # ... where the budget reads the text this often
 WEIGHT_DROP = 0.3
 WEIGHTS_PER_CHARACTER_FOR_DROPOUT = 2.5  # trained weights per training character that overfit with DropConnect alone
 EPOCHS_FOR_DROPOUT = 50.0  # ... and so does a budget that reads the text this often
@@ -162,8 +173,9 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float) -
         if time.perf_counter() - capped_from > 0.05 * budget_s:  # measuring may take 5% of the budget at most
             break
     epochs = measured.get(chosen, 0) * budget_s / train_tokens  # passes over the text the budget buys
-    weight_drop = WEIGHT_DROP if epochs >= EPOCHS_FOR_WEIGHT_DROP else 0.0
     weights_per_character = trained_weights(vocab_size, chosen) / train_tokens
+    dense = weights_per_character >= WEIGHTS_PER_CHARACTER_FOR_WEIGHT_DROP and epochs >= EPOCHS_FOR_WEIGHT_DROP
+    weight_drop = WEIGHT_DROP if dense else 0.0
     overfits = weights_per_character >= WEIGHTS_PER_CHARACTER_FOR_DROPOUT or epochs >= EPOCHS_FOR_DROPOUT
     io_dropout, ema = (IO_DROPOUT, EMA) if weight_drop and overfits else (0.0, 0.0)
     report = {"hidden": chosen, "device": str(device),
