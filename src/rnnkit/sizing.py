@@ -40,13 +40,13 @@ The rule, and why:
   (0.58) 2.314 / 2.226, code (0.53) 1.449 / 1.439; where it cost: the Vim manual (0.51) 1.459 /
   1.481, Tiny Shakespeare (0.28) 1.500 / 1.539. This rule first counted passes (five or more), and
   at nanoGPT's time Tiny Shakespeare, the Vim manual and the European tutors get 4-7, so the
-  measured speed turned it on or off run by run. With AdamW 1e-2, the side-by-side table's repeats
-  at nearly equal budgets: Vim manual 1.424 with it, 1.470 without (80-81 s; 1.411 with at 102 s),
-  European tutors 2.154 / 2.127 with, 2.194 without (101 s), Tiny Shakespeare 1.470 / 1.480 without
-  (81 s), 1.525 with (98 s). Weights per character separates Tiny Shakespeare (0.28) from the texts
-  it helps (0.5 and more). As the width rule gives each weight 8 characters of training, 0.4
-  weights per character means 3.2 passes or more, except for the narrowest width, which is kept
-  whatever its speed: hence the three passes too.
+  measured speed turned it on or off run by run. With AdamW 1e-2, the side-by-side tables' repeats
+  with the same seed and nearly the same budget, without / with it: European tutors (seed 2, 101 s)
+  2.194 / 2.104, the Vim manual (seed 1, 80 s) 1.470 / 1.465, Tiny Shakespeare (seed 2, 98-100 s)
+  1.487 / 1.525. Weights per character separates Tiny Shakespeare (0.28), where it costs, from the
+  texts where it helps or is even at this rate (0.5 and more). As the width rule gives each weight
+  8 characters of training, 0.4 weights per character means 3.2 passes or more, except for the
+  narrowest width, which is kept whatever its speed: hence the three passes too.
 - **The width is the largest whose measured speed leaves enough training.** In the budget's first
   seconds the candidate widths each run a few real training steps on the device the run trains on
   (this CPU, or the GPU); the budget then buys ``tokens(width) = tokens_per_second(width) x
