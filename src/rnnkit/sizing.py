@@ -103,7 +103,7 @@ WEIGHT_DROP = 0.3
 WEIGHTS_PER_CHARACTER_FOR_DROPOUT = 2.5  # trained weights per training character that overfit with DropConnect alone
 EPOCHS_FOR_DROPOUT = 50.0  # ... and so does a budget that reads the text this often
 IO_DROPOUT = 0.4
-EMA = 0.998  # the weight average's decay where the budget reads the text many times
+EMA = 0.998  # the weight average's decay, given with the output dropout
 ROWS_ON_CPU, ROWS_ON_ACCELERATOR = 8, 32  # batch rows: see the module's docstring
 RECIPE = dict(model="lstm", layers=1, embedding=0, dropout=0.0, num_steps=64, optimizer="adamw",
               lr=1e-2, weight_decay=0.01, clip=1.0, schedule="cosine", warmup=0.02, min_lr_ratio=0.1)
