@@ -177,7 +177,7 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float) -
     dense = weights_per_character >= WEIGHTS_PER_CHARACTER_FOR_WEIGHT_DROP and epochs >= EPOCHS_FOR_WEIGHT_DROP
     weight_drop = WEIGHT_DROP if dense else 0.0
     overfits = weights_per_character >= WEIGHTS_PER_CHARACTER_FOR_DROPOUT or epochs >= EPOCHS_FOR_DROPOUT
-    io_dropout, ema = (IO_DROPOUT, EMA) if weight_drop and overfits else (0.0, 0.0)
+    io_dropout, ema = (IO_DROPOUT, EMA) if dense and overfits else (0.0, 0.0)
     report = {"hidden": chosen, "device": str(device),
               "tokens_per_s": measured, "parameters": parameter_count("lstm", vocab_size, chosen),
               "epochs": round(epochs, 1), "weights_per_character": round(weights_per_character, 2),
