@@ -42,7 +42,8 @@ CONFIG_FILE, METRICS_FILE, EVALS_FILE = "config.json", "metrics.jsonl", "evals.j
 LEGACY_FILES = {"model": "model.safetensors", "state": "state.safetensors"}  # format 1
 CHECKPOINT_FILE = re.compile(r"(model|state|best)-[0-9]+-[0-9a-f]{12}\.safetensors")
 
-__all__ = ["atomic_write", "save_run", "load_run", "load_state", "read_config", "checkpoint_files", "checkpoint_path"]
+__all__ = ["atomic_write", "save_run", "load_run", "load_state", "read_config", "checkpoint_files", "checkpoint_path",
+           "chosen_checkpoint"]
 
 
 def pack(obj) -> tuple[dict[str, torch.Tensor], str]:
@@ -259,6 +260,13 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
         raise RnnkitError(f"{run_dir}: weights do not match config.json ({'; '.join(problems[:4])})")
     model.load_state_dict(tensors)
     return model.to(device).eval(), vocab, config, meta
+
+
+def chosen_checkpoint(meta: dict, choice: str | None = None) -> str:
+    """Which checkpoint ``generate``, ``eval`` and ``serve`` use: ``choice`` where given, else the
+    best one where the run kept one (the weights of its lowest validation loss: a run that went on
+    past its best is not served its overfitted end), else the last."""
+    return choice or ("best" if meta.get("best") else "last")
 
 
 def load_state(run_dir: str | os.PathLike, meta: dict) -> dict:

@@ -25,7 +25,8 @@ from rnnkit.errors import RnnkitError
 from rnnkit.generate import Sampling, check_seed
 from rnnkit.models import RNNLM, join_states, layer_states, split_state, state_batch_dim
 from rnnkit.text import Vocab, preprocess, tokenize
-from rnnkit.train import TrainConfig, bits_per_token, characters_predicted, perplexity, stream_nll
+from rnnkit.evaluate import bits_per_token, characters_predicted, perplexity, stream_nll
+from rnnkit.train import TrainConfig
 
 STATIC = Path(__file__).with_name("static")
 TOP = 5  # alternatives reported per character

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rnnkit.errors import RnnkitError
 from rnnkit.files import TEMP_SUFFIX, UMASK, atomic_write
+from rnnkit.tokens import TOKEN_KINDS, tokenizer_for  # noqa: F401 - TOKEN_KINDS: its old home
 
 D2L_DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
 
@@ -292,14 +293,9 @@ def preprocess(text: str, mode: str = "d2l") -> str:
 
 def tokenize(text: str, token: str = "char") -> list[str]:
     """Characters (d2l's ``list(text)``), words (d2l's ``text.split()``), or the UTF-8 bytes of the
-    text (each as the character of that code, 0-255: a prepared ``--tokens bytes`` corpus)."""
-    if token == "char":
-        return list(text)
-    if token == "word":
-        return text.split()
-    if token == "bytes":
-        return [chr(b) for b in text.encode("utf-8")]
-    raise RnnkitError(f"unknown token type '{token}' (choose char or word)")
+    text (each as the character of that code, 0-255: a prepared ``--tokens bytes`` corpus); see
+    :mod:`rnnkit.tokens`."""
+    return tokenizer_for(token).split(text)
 
 
 class Vocab:
@@ -371,14 +367,11 @@ class Vocab:
         return list(dict.fromkeys(t for t in tokens if t not in self.token_to_idx))
 
 
-TOKEN_KINDS = ("char", "word", "bytes")
-
-
 def has_unknown_token(mode: str, token: str) -> bool:
     """Whether a vocabulary built for this preprocessing and token kind has ``<unk>``: d2l's
     character vocabulary does, rnnkit's ``raw`` characters do not (every character is known), and
     a word vocabulary always does (rare words, and words never seen, are read as ``<unk>``)."""
-    return mode == "d2l" or token == "word"
+    return mode == "d2l" or tokenizer_for(token).open_vocabulary
 
 
 def build_corpus(

@@ -9,16 +9,28 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
 from rnnkit import distributed
-from rnnkit.data import SPLITS, DataSplit, RandomWindows, WindowBatches, check_sizes, part_rows, split_corpus
+from rnnkit.data import SPLITS, DataSplit, RandomWindows, check_sizes, part_rows, split_corpus
 from rnnkit.distributed import ONE_PROCESS, World
 from rnnkit.errors import RnnkitError, Stop, TrainingDiverged
+from rnnkit.evaluate import (  # noqa: F401 - their old home
+    EVAL_BATCH_TOKENS,
+    STREAM_WARMUP,
+    VALIDATION_LANES,
+    bits_per_token,
+    characters_predicted,
+    perplexity,
+    safe_exp,
+    stream_nll,
+    validation_lanes,
+    window_nll,
+)
 from rnnkit.models import (
     ACTIVATIONS,
     GATES,
@@ -28,10 +40,7 @@ from rnnkit.models import (
     build_model,
     check_parameter_count,
     detach_state,
-    evaluating,
-    join_states,
     parameter_count,
-    split_state,
     state_batch_dim,
 )
 from rnnkit.text import PREPROCESS_MODES, TOKEN_KINDS, Vocab, build_corpus, has_unknown_token, load_corpus_text
@@ -39,9 +48,6 @@ from rnnkit.text import PREPROCESS_MODES, TOKEN_KINDS, Vocab, build_corpus, has_
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "linear")
 CUDA_GRAPHS = ("auto", "on", "off")
-EVAL_BATCH_TOKENS = 1 << 18  # evaluation needs no gradients: fewer, larger batches are faster
-STREAM_WARMUP = 4096  # tokens each validation lane reads before its part (see stream_nll, validation_lanes)
-VALIDATION_LANES = 8  # held-out text read as this many lanes side by side, at most
 
 
 @dataclass
@@ -262,103 +268,6 @@ def compute_shared_gradients(model: RNNLM, X: torch.Tensor, Y: torch.Tensor, cli
     if clip > 0:
         clip_gradients(model.parameters(), clip)
     return total.detach() / max(Y.numel(), 1), state, flags
-
-
-def window_nll(model: RNNLM, batches: WindowBatches) -> tuple[float, int]:
-    """Summed NLL (nats) and token count over every window, each from a fresh state (d2l's validation)."""
-    total, count = 0.0, 0
-    with evaluating(model):
-        for X, Y in batches:
-            total += model.loss(X, Y, reduction="sum")[0].double().item()
-            count += Y.numel()
-    return total, count
-
-
-def stream_nll(model: RNNLM, tokens: torch.Tensor, chunk: int = 1024, lanes: int = 1,
-               warmup: int = STREAM_WARMUP) -> tuple[float, int]:
-    """Summed NLL (nats) and count over a token stream (N,), carrying the state across chunks so
-    that every token after the first is predicted once, from all the text before it. ``tokens`` may
-    be a memory-mapped file's tokens: they are read ``chunk`` at a time.
-
-    With ``lanes`` > 1 the text is cut into that many consecutive parts read side by side as one
-    batch (one token at a time keeps a CPU waiting: Tiny Shakespeare's 111k held-out characters
-    took a 2x256 LSTM 4.5 s in one lane, 1.5 s in 32). Each part after the first first reads the
-    ``warmup`` tokens before it, unscored, so every token is still predicted once, from at least
-    ``warmup`` tokens of text before it (all of it where ``warmup`` covers the text: then the result
-    equals one lane's up to float rounding). Used by training's validations; ``rnnkit eval`` reads
-    the text as one lane."""
-    targets = len(tokens) - 1
-    length = targets // max(lanes, 1)
-    with evaluating(model):
-        if lanes <= 1 or length < 1:
-            total, count, _ = _carried_nll(model, tokens, [0], targets, None, chunk)
-            return total, count
-        starts = [lane * length for lane in range(lanes)]
-        dim = state_batch_dim(model)
-        warm = min(warmup, starts[1])
-        state = None
-        if warm:  # lanes 1.. read the text before them; lane 0 starts the text with a fresh state
-            _, warmed = model.hidden(torch.stack([tokens[s - warm:s] for s in starts[1:]]))
-            row = split_state(warmed, dim)[0]
-            fresh = tuple(map(torch.zeros_like, row)) if isinstance(row, tuple) else torch.zeros_like(row)
-            state = join_states([fresh, warmed], dim)
-        total, count, state = _carried_nll(model, tokens, starts, length, state, chunk)
-        if targets > lanes * length:  # the last lane goes on to the end of the text
-            last = split_state(state, dim)[-1]
-            more, counted, _ = _carried_nll(model, tokens, [lanes * length], targets - lanes * length, last, chunk)
-            total, count = total + more, count + counted
-    return total, count
-
-
-def validation_lanes(tokens: int) -> int:
-    """How many lanes training's validations read a held-out text of ``tokens`` in: up to
-    :data:`VALIDATION_LANES`, each at least twice :data:`STREAM_WARMUP` long. The warmup is long because
-    a carried state can remember far back: on a text whose held-out part is languages training never
-    read (Vim's tutor in 18 European languages), a 1x256 LSTM scored 2.2601 nats in 16 lanes warmed up
-    on 512 characters, 2.2701 on 2048, 2.2728 on 4096 and 2.2732 as one stream (``rnnkit eval``), and
-    one budgeted run's best checkpoint 2.24 in 29 lanes of 512 against 2.37 as one stream. Read in 8
-    lanes of 4096 its validation took 0.59 s instead of 0.49 s (16 lanes of 512) or 0.80 s (one
-    stream); Tiny Shakespeare's 111k held-out characters with a 1x256 LSTM 0.67 s instead of 0.56 s
-    (32 lanes of 512) or 1.11 s."""
-    return max(1, min(VALIDATION_LANES, tokens // (2 * STREAM_WARMUP)))
-
-
-def _carried_nll(model: RNNLM, tokens: torch.Tensor, starts: list[int], length: int, state: State,
-                 chunk: int) -> tuple[float, int, State]:
-    """Summed NLL and count of lanes side by side: lane i predicts ``tokens[s_i + 1 : s_i + length + 1]``
-    from the tokens before them, ``chunk`` steps at a time with the state carried; and the state
-    after the last step."""
-    total, count = 0.0, 0
-    for offset in range(0, length, chunk):
-        steps = min(chunk, length - offset)
-        piece = torch.stack([tokens[s + offset:s + offset + steps + 1] for s in starts])
-        loss, state = model.loss(piece[:, :-1], piece[:, 1:], state, reduction="sum")
-        total += loss.double().item()
-        count += piece[:, 1:].numel()
-    return total, count, state
-
-
-def safe_exp(x: float) -> float:
-    """exp(x), ``inf`` where it overflows (a diverged loss) instead of raising OverflowError."""
-    return math.inf if x >= 709.0 else math.exp(x)  # NaN stays NaN
-
-
-def perplexity(nll: float, count: int) -> float:
-    """exp(mean token cross-entropy); ``inf`` where that overflows, NaN for no tokens."""
-    return safe_exp(nll / count) if count else float("nan")
-
-
-def bits_per_token(nll: float, count: int) -> float:
-    """Mean cross-entropy in bits (bits per character for character models)."""
-    return nll / count / math.log(2) if count else float("nan")
-
-
-def characters_predicted(tokens: Sequence[str], kind: str = "char") -> int:
-    """Characters of the text that the predicted tokens (all but the first) stand for: one per
-    character token; a word and the space before it per word token. Bits per character of a word
-    model are its summed bits over this count, which makes word and character models comparable
-    (words read as ``<unk>`` make it optimistic: their spelling is not scored)."""
-    return sum(len(t) + 1 for t in tokens[1:]) if kind == "word" else max(len(tokens) - 1, 0)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
