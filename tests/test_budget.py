@@ -160,25 +160,74 @@ def test_time_budget_config_is_checked():
         TrainConfig(warmup=1.0).validate()
 
 
-def test_sizing_picks_the_widest_model_the_budget_can_train(monkeypatch):
+SPEEDS = {128: 60_000, 256: 40_000, 384: 25_000, 512: 15_000, 768: 8_000, 1024: 4_000}  # a CPU's tokens/s by width
+
+
+@pytest.fixture
+def no_measuring(monkeypatch):
+    """The sizing module, with measuring this machine's speed made an error: a test that passes
+    ``speeds`` must not depend on how fast (or busy) the machine is."""
     import rnnkit.sizing as sizing
+
+    def measure(*args, **kwargs):
+        raise AssertionError("choose_config measured this machine although speeds were given")
+
+    monkeypatch.setattr(sizing, "measure_tokens_per_second", measure)
+    return sizing
+
+
+def test_sizing_picks_the_widest_model_the_budget_can_train(no_measuring):
+    sizing = no_measuring
     from rnnkit.sizing import trained_weights
 
-    speeds = {128: 60_000, 256: 40_000, 384: 25_000, 512: 15_000, 768: 8_000, 1024: 4_000}
-    monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: speeds[width])
-    config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=480)
+    config, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=480, speeds=SPEEDS)
     # 512 wide: 15k tok/s x 480 s = 7.2M tokens >= 8 x 1.09M weights? no; 384: 25k x 480 = 12M >= 8 x 0.62M: yes
     need = sizing.TOKENS_PER_PARAMETER
     assert trained_weights(65, 512) * need > 15_000 * 480 and 25_000 * 480 >= trained_weights(65, 384) * need
     assert config.hidden == 384
     assert config.model == "lstm" and config.optimizer == "adamw" and config.schedule == "cosine"
     assert report["tokens_per_s"][512] == 15_000 and 768 not in report["tokens_per_s"]
-    big, _ = sizing.choose_config(TrainConfig(), 2_000_000, 65, budget_s=36000)
+    big, _ = sizing.choose_config(TrainConfig(), 2_000_000, 65, budget_s=36000, speeds=SPEEDS)
     assert big.hidden == 1024
-    small, _ = sizing.choose_config(TrainConfig(), 60_000, 65, budget_s=3600)  # a small text caps the width
+    small, _ = sizing.choose_config(TrainConfig(), 60_000, 65, budget_s=3600, speeds=SPEEDS)  # a small text caps it
     assert trained_weights(65, small.hidden) <= 4 * 60_000 < trained_weights(65, small.hidden * 2)
     with pytest.raises(RnnkitError, match="sizing a model needs at least"):
-        sizing.choose_config(TrainConfig(), 500, 20, budget_s=60)
+        sizing.choose_config(TrainConfig(), 500, 20, budget_s=60, speeds=SPEEDS)
+
+
+@pytest.mark.parametrize("train_tokens, vocab_size, budget_s, hidden, weight_drop, dropout_and_ema", [
+    (1_000_000, 65, 480, 384, True, False),  # 0.62 weights per character, 12 passes: DropConnect alone
+    (1_000_000, 65, 100, 256, False, False),  # 0.28 weights per character: nothing
+    (50_000, 65, 60, 128, True, True),  # capped at 128 by the text, 72 passes: all three
+    (98_000, 165, 4, 128, False, False),  # 0.89 weights per character but 2.4 passes: nothing
+])
+def test_sizing_chooses_from_given_speeds_without_measuring(no_measuring, train_tokens, vocab_size, budget_s,
+                                                            hidden, weight_drop, dropout_and_ema):
+    sizing = no_measuring
+    config, report = sizing.choose_config(TrainConfig(), train_tokens, vocab_size, budget_s, speeds=SPEEDS)
+    assert config.hidden == report["hidden"] == hidden
+    assert config.weight_drop == (sizing.WEIGHT_DROP if weight_drop else 0.0)
+    assert (config.io_dropout, config.ema) == ((sizing.IO_DROPOUT, sizing.EMA) if dropout_and_ema else (0.0, 0.0))
+    assert report["speeds"] == "given" and report["measuring_s"] == 0
+    assert report["tokens_per_s"] == {w: SPEEDS[w] for w in report["tokens_per_s"]} and hidden in report["tokens_per_s"]
+
+
+def test_given_speeds_follow_the_measured_rule_and_are_checked(monkeypatch):
+    import rnnkit.sizing as sizing
+
+    monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: SPEEDS[width])
+    for case in ((1_000_000, 65, 480), (160_000, 65, 100), (60_000, 1400, 100), (98_000, 165, 45)):
+        measured = sizing.choose_config(TrainConfig(), *case)
+        given = sizing.choose_config(TrainConfig(), *case, speeds=SPEEDS)
+        assert given[0] == measured[0], case
+        assert measured[1]["speeds"] == "measured"
+        assert {**given[1], "speeds": "measured", "measuring_s": measured[1]["measuring_s"]} == measured[1]
+    # the given widths are the candidates: none wider, and any width
+    assert sizing.choose_config(TrainConfig(), 2_000_000, 65, 36000, speeds={128: 1e6, 256: 1e6})[0].hidden == 256
+    assert sizing.choose_config(TrainConfig(), 2_000_000, 65, 36000, speeds={64: 1e6, 96: 1e6})[0].hidden == 96
+    for bad in ({}, {128: 0}, {128: float("nan")}, {0: 1000}, {"128": 1000}, {128: True}):
+        with pytest.raises(RnnkitError, match="speeds must"):
+            sizing.choose_config(TrainConfig(), 100_000, 65, 60, speeds=bad)
 
 
 def test_sizing_measures_on_the_device_the_run_trains_on(monkeypatch):
@@ -329,36 +378,39 @@ def test_weight_drop_trains_and_is_checked(tm_text, tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
-def test_sizing_adds_regularisation_where_the_model_is_large_for_its_text(monkeypatch):
-    import rnnkit.sizing as sizing
+def test_sizing_adds_regularisation_where_the_model_is_large_for_its_text(no_measuring):
+    sizing = no_measuring
+    speeds = {width: 60_000 if width <= 256 else 1 for width in sizing.WIDTHS}
 
-    monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, *a, **k: 60_000 if width <= 256 else 1)
+    def choose_config(*args, **kwargs):
+        return sizing.choose_config(*args, **kwargs, speeds=speeds)
+
     # Tiny Shakespeare's case: 1x256 reads a million characters 6 times with 0.28 weights each: nothing
-    few, report = sizing.choose_config(TrainConfig(), 1_000_000, 65, budget_s=100)
+    few, report = choose_config(TrainConfig(), 1_000_000, 65, budget_s=100)
     assert few.hidden == 256 and report["epochs"] == 6.0 and report["weights_per_character"] == 0.28
     assert (few.weight_drop, few.io_dropout, few.ema) == (0.0, 0.0, 0.0)
     # the Vim manual's case: 0.51 weights per character (a larger alphabet, a smaller text), 4.4 passes
-    vim, report = sizing.choose_config(TrainConfig(), 577_000, 117, budget_s=42.5)
+    vim, report = choose_config(TrainConfig(), 577_000, 117, budget_s=42.5)
     assert vim.hidden == 256 and report["weights_per_character"] == 0.51 and report["epochs"] == 4.4
     assert (vim.weight_drop, vim.io_dropout, vim.ema) == (sizing.WEIGHT_DROP, 0.0, 0.0)
     weights = sizing.trained_weights(65, 256)
     # The Time Machine's case: 37.5 passes, 1.76 weights per character: DropConnect alone
-    many, report = sizing.choose_config(TrainConfig(), 160_000, 65, budget_s=100)
+    many, report = choose_config(TrainConfig(), 160_000, 65, budget_s=100)
     assert many.hidden == 256 and report["epochs"] == 37.5
     assert report["weights_per_character"] == round(weights / 160_000, 2) == 1.76
     assert many.weight_drop == sizing.WEIGHT_DROP and many.io_dropout == 0.0 and many.ema == 0.0
     assert many.batch_size == sizing.ROWS_ON_CPU == 8 and many.model == "lstm"
     # the Cyrillic tutors' case: more weights per character than 2.5 (from a larger alphabet)
-    dense, report = sizing.choose_config(TrainConfig(), 98_000, 165, budget_s=45)  # 27.6 passes
+    dense, report = choose_config(TrainConfig(), 98_000, 165, budget_s=45)  # 27.6 passes
     assert dense.hidden == 256 and report["weights_per_character"] >= sizing.WEIGHTS_PER_CHARACTER_FOR_DROPOUT
     assert report["epochs"] < sizing.EPOCHS_FOR_DROPOUT
     assert (dense.weight_drop, dense.io_dropout, dense.ema) == (sizing.WEIGHT_DROP, sizing.IO_DROPOUT, sizing.EMA)
     # a very small text read more than fifty times: 1x128 (256 is over the corpus cap), 1.49 per character
-    small, report = sizing.choose_config(TrainConfig(), 50_000, 65, budget_s=60)  # 72 passes
+    small, report = choose_config(TrainConfig(), 50_000, 65, budget_s=60)  # 72 passes
     assert small.hidden == 128 and report["weights_per_character"] < sizing.WEIGHTS_PER_CHARACTER_FOR_DROPOUT
     assert (small.io_dropout, small.ema) == (sizing.IO_DROPOUT, sizing.EMA)
     # many weights per character but fewer than 3 passes (the narrowest width, kept whatever its speed)
-    brief, report = sizing.choose_config(TrainConfig(), 98_000, 165, budget_s=4)
+    brief, report = choose_config(TrainConfig(), 98_000, 165, budget_s=4)
     assert report["epochs"] < sizing.EPOCHS_FOR_WEIGHT_DROP and (brief.weight_drop, brief.io_dropout) == (0.0, 0.0)
 
 

@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 def torchrun_command(launcher: list[str], train: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "rnnkit.cli", "train", *train]
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "rnnkit", "train", *train]
 
 
 def environment() -> dict[str, str]:

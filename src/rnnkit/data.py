@@ -1,6 +1,6 @@
 """Minibatches of token windows, pre-built as tensors on the training device (no DataLoader).
 
-Four ways to cut a corpus, selected by ``split``:
+Five ways to cut a corpus, selected by ``split``:
 
 - ``d2l``: d2l 1.0's ``TimeMachine``: overlapping windows ``corpus[i:i+num_steps+1]``; the first
   ``num_train`` for training (shuffled every epoch), the next ``num_val`` for validation.
@@ -13,7 +13,6 @@ Four ways to cut a corpus, selected by ``split``:
 - ``fraction``: the first ``1 - val_fraction`` of the corpus cut into consecutive windows from a
   random offset each epoch, shuffled; one window more at each end where the offset or the length
   leaves tokens over, so every token is read every epoch (those few at the ends twice).
-
 - ``sample``: windows drawn at random positions of the first ``1 - val_fraction`` (with
   replacement, nanoGPT's ``get_batch``); an epoch is as many batches as would cover it once. Its
   memory does not grow with the corpus (no list of windows), which is what a memory-mapped corpus
@@ -210,7 +209,8 @@ class SequentialBatches:
 
 @dataclass
 class DataSplit:
-    """Training batches plus validation data: windows (``d2l``) or one contiguous text (others)."""
+    """Training batches (:class:`WindowBatches`, :class:`SequentialBatches` or :class:`RandomWindows`)
+    plus validation data: windows (``d2l``) or one contiguous text (the other splits)."""
 
     train: WindowBatches | SequentialBatches
     val_windows: WindowBatches | None

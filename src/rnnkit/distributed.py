@@ -155,7 +155,7 @@ def all_reduce_step(parameters: Iterable[torch.nn.Parameter], count: int, flags:
     batch) count as zeros. Returns the global count and the summed flags.
 
     One all-reduce, not one per tensor: on a small model its latency (about a millisecond with gloo
-    between two processes here) is what a step costs beyond its arithmetic."""
+    between two processes on one machine) is what a step costs beyond its arithmetic."""
     parameters = list(parameters)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
     extras = torch.tensor([count // COUNT_BASE, count % COUNT_BASE, *flags], dtype=grads[0].dtype,

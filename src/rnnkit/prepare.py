@@ -148,10 +148,10 @@ class MappedTokens:
     """Token ids in a file, read through a memory map: ``len``, ``[index tensor]`` and
     ``[a:b]`` give int64 tensors of just those tokens (the rest stays on disk).
 
-    The map is made for each lookup and dropped after it (as nanoGPT does): a mapping kept open
-    counts every page it ever touched, and the kernel's fault-around brings in neighbouring cached
-    pages too, so after a few thousand random batches a kept 1 GB map had all of the file in the
-    process's resident memory (measured); made per batch, it costs a few microseconds."""
+    The map is made for each lookup and dropped after it (as nanoGPT does): a map kept open counts
+    every page it ever touched as the process's memory, and the kernel's fault-around brings in
+    neighbouring cached pages too, so random batches make all of the file resident (a 1 GB file
+    within a few thousand batches); a map per batch costs a few microseconds."""
 
     device = torch.device("cpu")
 

@@ -36,8 +36,8 @@ GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/{0}/pg{0}.txt"
 class CorpusEntry:
     """A built-in corpus: where to fetch it and the sha1 its bytes must have.
 
-    ``sha1=None``: not pinned (its bytes could not be checked when the entry was written); the sha1
-    seen at first use is recorded in the cache's ``pins.json`` and required from then on.
+    ``sha1=None``: not pinned in the code; the sha1 seen at first use is recorded in the cache's
+    ``pins.json`` and required from then on, so a copy that changes later is refused all the same.
     ``gutenberg``: a Project Gutenberg file, whose licence header and footer are stripped.
     """
 
