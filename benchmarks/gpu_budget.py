@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from common import cpu_model
-from rnnkit.cli import SIZING_OPTIONS
+from rnnkit.config import SIZING as SIZING_OPTIONS
 from rnnkit.sizing import WIDTHS, measure_tokens_per_second
 from vs_nanogpt import budgeted_run
 

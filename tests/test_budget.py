@@ -58,7 +58,7 @@ def test_a_time_budget_stops_on_time_with_evaluations_and_the_best_weights(tm_te
     assert [e.step for e in trainer.evals] == sorted(e.step for e in trainer.evals)
     assert trainer.evals[-1].lr < config.lr * 0.2  # the cosine ran over the budget, down to its floor
     best = min(trainer.evals, key=lambda e: e.val_loss)
-    assert trainer.best["step"] == best.step and trainer.best["val_loss"] == best.val_loss
+    assert trainer.best.step == best.step and trainer.best.val_loss == best.val_loss
     assert trainer.evals[-1].val_loss < trainer.evals[0].val_loss  # it learned
 
 
@@ -293,14 +293,14 @@ def test_a_budget_too_short_is_refused_before_a_run_directory_stays(tmp_path, ca
 
 
 def test_io_dropout_acts_in_training_only_and_keeps_the_kernel_out(tm_text):
-    from rnnkit.models import build_model
+    from rnnkit.models import build_model, choose_path
 
     torch.manual_seed(0)
     model = build_model("rnn", 28, 16)
     model.io_dropout = 0.5
     X = torch.randint(0, 28, (4, 10))
     model.train()
-    assert model._cpu_kernel(X) is None  # the fused kernel has no dropout
+    assert choose_path(model, X).name != "kernel"  # the fused kernel has no dropout
     a, _ = model.hidden(X)
     assert (a == 0).float().mean() > 0.3  # about half the outputs dropped
     model.eval()
@@ -323,14 +323,14 @@ def test_weight_drop_is_dropconnect_on_the_recurrent_weights_in_training_only(ki
     an independently drawn dropout mask (one mask for the call), and nothing is dropped in eval."""
     import copy
 
-    from rnnkit.models import build_model
+    from rnnkit.models import build_model, choose_path
 
     torch.manual_seed(0)
     model = build_model(kind, 12, 16, layers=2 if kind == "lstm" else 1)
     model.weight_drop = 0.5
     X = torch.randint(0, 12, (3, 7))
     model.train()
-    assert model._cpu_kernel(X) is None  # the fused kernel has no weight drop
+    assert choose_path(model, X).name != "kernel"  # the fused kernel has no weight drop
     torch.manual_seed(1)
     dropped, _ = model.hidden(X)
     torch.manual_seed(1)
@@ -416,12 +416,12 @@ def test_sizing_adds_regularisation_where_the_model_is_large_for_its_text(no_mea
 
 def test_sizing_keeps_32_rows_on_a_gpu(monkeypatch):
     import rnnkit.sizing as sizing
-    import rnnkit.train
+    import rnnkit.training.device
 
     rows = []
     monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, vocab, batch, *a, **k: rows.append(batch)
                         or 500_000)
-    monkeypatch.setattr(rnnkit.train, "select_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(rnnkit.training.device, "select_device", lambda name: torch.device("cuda"))
     config, report = sizing.choose_config(TrainConfig(device="cuda"), 1_000_000, 65, budget_s=60)
     assert config.batch_size == 32 and set(rows) == {32} and report["device"] == "cuda"
 
@@ -465,7 +465,7 @@ def test_ema_keeps_a_moving_average_that_validation_and_the_best_checkpoint_use(
         for p, a in zip(averaged.parameters(), trainer.average, strict=True):
             p.copy_(a)
     assert val_nll == pytest.approx(stream_nll(averaged, trainer.data.val_text)[0], rel=1e-6)
-    best = trainer.best["model"]  # the evaluation's weights: the average, not the last step's
+    best = trainer.best.model  # the evaluation's weights: the average, not the last step's
     assert all(torch.equal(best[name], a) for (name, _), a in zip(trainer.model.named_parameters(), trainer.average,
                                                                    strict=True))
 
@@ -486,7 +486,7 @@ def test_ema_is_saved_resumed_exactly_and_checked(tm_text, tmp_path, capsys):
     c.load_state_dict(b.snapshot)
     c.fit()
     assert all(torch.equal(x, y) for x, y in zip(a.average, c.average, strict=True))
-    assert a.best["val_loss"] == c.best["val_loss"]
+    assert a.best.val_loss == c.best.val_loss
     without = dict(b.snapshot, average=None)  # a state saved before --ema existed: the average starts at the weights
     d = Trainer(TrainConfig(**config), text=tm_text[:20000])
     d.load_state_dict(without)

@@ -89,3 +89,25 @@ def test_loaded_tensors_are_owned_and_aligned(run):
     for t in tensors.values():
         assert t.data_ptr() % 64 == 0  # not views into the file's bytes
         t.add_(1)  # writable
+
+
+def test_commit_files_commits_then_removes_the_previous_checkpoint(tmp_path):
+    from rnnkit.checkpoint import commit_files
+
+    run = tmp_path / "run"
+    commit_files(run, {"state-1-0123456789ab.safetensors": b"one"}, b'{"n": 1}\n', {"metrics.jsonl": b"1\n"})
+    (run / ".config.json.killed.tmp").write_bytes(b"a killed write")
+    commit_files(run, {"state-2-0123456789ab.safetensors": b"two"}, b'{"n": 2}\n')
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "state-2-0123456789ab.safetensors"]
+    assert (run / "config.json").read_bytes() == b'{"n": 2}\n' and (run / "metrics.jsonl").read_bytes() == b"1\n"
+
+
+def test_commit_files_turns_an_os_error_into_one_line(tmp_path):
+    from rnnkit.checkpoint import commit_files
+
+    (tmp_path / "afile").write_text("x")
+    expected = "^cannot save checkpoint in .*afile/run: .*; the previous checkpoint, if any, is unchanged$"
+    with pytest.raises(RnnkitError, match=expected):
+        commit_files(tmp_path / "afile" / "run", {}, b"{}")
+    with pytest.raises(RnnkitError, match="^could not: "):
+        commit_files(tmp_path / "afile" / "run", {}, b"{}", failure="could not: {reason}")

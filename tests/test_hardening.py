@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import rnnkit.train
+import rnnkit.training.device
 from rnnkit.checkpoint import checkpoint_path, load_run, load_state
 from rnnkit.cli import build_parser, given_train_options, main
 from rnnkit.errors import RnnkitError
@@ -114,10 +115,10 @@ def test_a_long_epoch_still_saves_every_few_minutes(tmp_path, monkeypatch):
     monkeypatch.setattr("rnnkit.cli.time.monotonic", lambda: clock.__setitem__(0, clock[0] + 200) or clock[0])
     run = tmp_path / "run"
     saves = []
-    import rnnkit.checkpoint
+    import rnnkit.run.saving
 
-    real = rnnkit.checkpoint.save_run
-    monkeypatch.setattr(rnnkit.checkpoint, "save_run", lambda *a, **k: saves.append(a[4]) or real(*a, **k))
+    real = rnnkit.run.saving.save_run
+    monkeypatch.setattr(rnnkit.run.saving, "save_run", lambda *a, **k: saves.append(a[4]) or real(*a, **k))
     assert main(["train", *TINY, "--epochs", "4", "--save-every", "0", "--save-minutes", "10", "--out", str(run),
                  "--quiet"]) == 0
     assert len(saves) >= 3  # epochs that found the last save 10 minutes old, and the end
@@ -203,7 +204,7 @@ def test_argparse_errors_are_status_2(trained, capsys):
 
 
 def test_the_memory_a_run_needs_is_checked_before_allocating(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(rnnkit.train, "available_memory", lambda device: 8 << 30)
+    monkeypatch.setattr(rnnkit.training.device, "available_memory", lambda device: 8 << 30)
     status = main(["train", "--hidden", "40000", "--out", str(tmp_path / "o")])
     line = one_line_error(capsys, status)
     assert "needs about" in line and "8.0 GiB free" in line and "weights and gradients" in line

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rnnkit.kernels as kernels
-from rnnkit.models import build_model, linear_cross_entropy
+from rnnkit.models import KERNEL, build_model, choose_path, linear_cross_entropy
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_kernel_loss_gradients_and_state_are_as_accurate_as_the_pytorch_path(ker
         X, Y = torch.randint(0, 13, (2, batch, 11))
         h0 = (torch.randn(batch, 16) * 0.5).requires_grad_()
         state = h0 if kind == "scratch" else h0.unsqueeze(0)
-        assert (model._cpu_kernel(X) is not None) == (kernel is not None)
+        assert (choose_path(model, X).name == KERNEL) == (kernel is not None)
         loss, last = model.loss(X, Y, state, reduction="sum")
         grads = torch.autograd.grad(loss * 0.5, [*model.parameters(), h0])
         ref, ref_last = pytorch_path_loss(model, X, Y, state)
@@ -105,15 +105,19 @@ def test_kernel_applies_to_the_book_model_only(kernel):
     if kernel is None:
         pytest.skip("no kernel here (no C++ compiler): every model runs as PyTorch operations")
     X = torch.zeros(4, 5, dtype=torch.int64)
-    assert build_model("rnn", 7, 8)._cpu_kernel(X)[0] is kernel
-    assert build_model("scratch", 7, 8)._cpu_kernel(X)[0] is kernel
+    assert choose_path(build_model("rnn", 7, 8), X).name == KERNEL
+    assert choose_path(build_model("scratch", 7, 8), X).name == KERNEL
     for model in (build_model("lstm", 7, 8), build_model("gru", 7, 8), build_model("rnn", 7, 8, layers=2),
                   build_model("rnn", 7, 8, embedding=4)):
-        assert model._cpu_kernel(X) is None
+        assert choose_path(model, X).name != KERNEL
     book = build_model("rnn", 7, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert book._cpu_kernel(X) is None
-    assert book._cpu_kernel(X.float()) is None
+        assert choose_path(book, X).name != KERNEL
+    assert choose_path(book, X.float()).name != KERNEL
+    assert choose_path(book.double(), X).name != KERNEL
+    book = build_model("rnn", 7, 8, io_dropout=0.1)
+    assert choose_path(book, X).name != KERNEL and choose_path(book.eval(), X).name == KERNEL  # dropout: training only
+    assert book.prepare_kernel()
 
 
 def test_kernel_refuses_ids_out_of_range(kernel):
@@ -141,13 +145,15 @@ def test_without_a_kernel_rnnkit_says_so_and_uses_pytorch(monkeypatch, tmp_path,
     torch.manual_seed(0)
     model = build_model("rnn", 7, 8)
     X, Y = torch.randint(0, 7, (2, 4, 5))
-    assert model._cpu_kernel(X) is None
+    path = choose_path(model, X)
+    assert path.name != KERNEL and "the kernel is not built (" in path.reason and not model.prepare_kernel()
     loss, _ = model.loss(X, Y, reduction="sum")
     ref, _ = pytorch_path_loss(model, X, Y, None)
     torch.testing.assert_close(loss, ref)
     monkeypatch.setattr(kernels, "_tried", False)
     monkeypatch.setenv("RNNKIT_NO_KERNEL", "1")
     assert kernels.rnn_lm_kernel() is None  # switched off: no build, no warning
+    assert "the kernel is switched off (RNNKIT_NO_KERNEL)" in choose_path(model, X).reason
 
 
 def test_kernel_gradients_repeat_bit_for_bit_across_processes(kernel, tmp_path):

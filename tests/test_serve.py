@@ -213,6 +213,39 @@ def test_page_and_api_docs_load_only_from_the_server(server):
     assert head.status_code == 200 and head.headers["content-security-policy"] == "default-src 'self'"
 
 
+def test_openapi_describes_every_request_and_response_body(server):
+    schema = server.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+
+    def body(operation, status="200"):
+        return operation["responses"][status]["content"]["application/json"]["schema"]
+
+    runs, score, activations = (schema["paths"][path][method] for path, method in (
+        ("/api/runs", "get"), ("/api/score", "post"), ("/api/activations", "post")))
+    assert body(runs) == {**body(runs), "type": "array", "items": {"$ref": "#/components/schemas/RunInfo"}}
+    assert body(score) == {"$ref": "#/components/schemas/ScoreResult"}
+    assert body(activations) == {"$ref": "#/components/schemas/ActivationsResult"}
+    assert {"val_bpc", "vocab", "checkpoint"} <= set(components["RunInfo"]["properties"])
+    assert {"ppl", "bpc", "tokens", "chars"} <= set(components["ScoreResult"]["required"])
+    assert {"h", "c", "stats"} <= set(components["ActivationsResult"]["required"])
+    assert score["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TextRequest"}
+    events = schema["paths"]["/api/generate"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+    kinds = events["itemSchema"]["properties"]["data"]["contentSchema"]["oneOf"]
+    assert [kind["title"] for kind in kinds] == ["StartEvent", "CharEvent", "DoneEvent", "ErrorBody"]
+    for operation in (score, activations):
+        assert body(operation, "404") == {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def test_the_package_imports_without_fastapi():
+    # the CLI reads rnnkit.serve.Limits at every start; FastAPI is an extra, loaded by the serving pieces
+    import subprocess
+    import sys
+
+    code = ("import sys, rnnkit.serve as s; assert 'fastapi' not in sys.modules, 'fastapi imported'; "
+            "s.create_app; assert 'fastapi' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def open_stream_and_leave(client, deadline: float) -> int:
     """Open a long stream, read its first event and go away; retries while all slots are taken.
     Returns how many 429s it met first."""

@@ -164,10 +164,21 @@ def test_command_writes_results_plots_and_json(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["mse"] == mse
     for name in ("predictions.png", "mse.png", "config.json", "metrics.jsonl"):
         assert (out / name).stat().st_size > 0
+    state = json.loads((out / "config.json").read_text())["files"]["state"]
+    assert [p.name for p in out.glob("state-*")] == [state]  # each save removed the one before
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["model"] == "linear" and rows[-1] == {**rows[-1], "model": "rnn", "epoch": 20}
     assert main(["timeseries", *QUICK, "--out", str(out)]) == 2  # an existing run is not overwritten
     assert "--force" in capsys.readouterr().err
+
+
+def test_a_save_that_cannot_be_written_is_one_error(tmp_path):
+    from rnnkit.timeseries import save_series_run
+
+    (tmp_path / "afile").write_text("x")
+    trainer = SeriesTrainer(SeriesConfig(models=("linear",), ks=(1,)), synthetic_d2l())
+    with pytest.raises(RnnkitError, match=r"^cannot save in .*afile/run: .*; the previous checkpoint is unchanged$"):
+        save_series_run(tmp_path / "afile" / "run", trainer)
 
 
 def weights(run_dir):

@@ -8,7 +8,8 @@ history: what ``--resume`` needs), ``metrics.jsonl`` and ``curves.png``.
 A save writes the new checkpoint's files under new names (each through a temp file, fsynced), and
 then replaces ``config.json``, which names them, with one rename: the commit point. At every
 instant the directory therefore loads as the previous checkpoint or the new one; the previous
-checkpoint's files and temp files of killed saves are removed afterwards. Loading never
+checkpoint's files and temp files of killed saves are removed afterwards. :func:`commit_files` is
+that protocol, for every writer of a run directory (``rnnkit timeseries`` too). Loading never
 unpickles: tensors are read with safetensors, the rest is JSON, and a pickle or ``torch.save``
 file is refused. Runs written by format 1 (``model.safetensors`` and ``state.safetensors``
 renamed one by one) still load.
@@ -30,11 +31,11 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from rnnkit import __version__
+from rnnkit.config import TrainConfig
 from rnnkit.errors import RnnkitError
 from rnnkit.files import atomic_write, fsync_directory, remove_temp_files, write_temp
 from rnnkit.models import RNNLM, build_model
 from rnnkit.text import Vocab
-from rnnkit.train import TrainConfig
 
 FORMAT = "rnnkit-run"
 FORMAT_VERSION = 2
@@ -42,8 +43,10 @@ CONFIG_FILE, METRICS_FILE, EVALS_FILE = "config.json", "metrics.jsonl", "evals.j
 LEGACY_FILES = {"model": "model.safetensors", "state": "state.safetensors"}  # format 1
 CHECKPOINT_FILE = re.compile(r"(model|state|best)-[0-9]+-[0-9a-f]{12}\.safetensors")
 
-__all__ = ["atomic_write", "save_run", "load_run", "load_state", "read_config", "checkpoint_files", "checkpoint_path",
-           "chosen_checkpoint"]
+SAVE_FAILED = "cannot save checkpoint in {run_dir}: {reason}; the previous checkpoint, if any, is unchanged"
+
+__all__ = ["atomic_write", "commit_files", "save_run", "load_run", "load_state", "read_config", "checkpoint_files",
+           "checkpoint_path", "chosen_checkpoint"]
 
 
 def pack(obj) -> tuple[dict[str, torch.Tensor], str]:
@@ -94,7 +97,6 @@ def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: Tra
     With ``state`` (a :meth:`Trainer.state_dict`, possibly of an earlier epoch than the live model)
     the weights written are the state's. ``corpus_sha1`` (of the training text) lets a resume check
     that it reads the same corpus."""
-    run_dir = Path(run_dir)
     checkpoint = f"{epoch}-{uuid.uuid4().hex[:12]}"
     meta = {"format": FORMAT, "checkpoint": checkpoint}
     names = {"model": f"model-{checkpoint}.safetensors"}
@@ -127,27 +129,55 @@ def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: Tra
         "config": asdict(config),
         "vocab": {"idx_to_token": vocab.idx_to_token, "unk_token": vocab.unk_token},
     }
+    extra = None if state is None else metrics_files(state["history"], state.get("evals", []))
+    commit_files(run_dir, payload, (json.dumps(config_json, indent=1, ensure_ascii=False) + "\n").encode(), extra)
+
+
+def commit_files(run_dir: str | os.PathLike, files: dict[str, bytes], config: bytes,
+                 extra: dict[str, bytes] | None = None, failure: str = SAVE_FAILED) -> None:
+    """Commit a checkpoint to ``run_dir`` (module doc): each of ``files`` (name: bytes; names new to
+    this checkpoint) through a temp file, an fsync of the directory, then ``config`` replacing
+    ``config.json`` with one rename (the commit point), then ``extra`` (``metrics.jsonl`` and the
+    like, each replaced atomically), and finally the removal of what the previous checkpoint and
+    killed saves left.
+
+    Every caller that writes a run directory goes through here, so they all keep one protocol: at
+    every instant the directory loads as the previous checkpoint or the new one. ``config`` is given
+    as bytes: its format is the caller's. An ``OSError`` becomes an :class:`RnnkitError` with
+    ``failure`` (``{run_dir}``, ``{reason}``) as its text.
+
+    Once committed, ``files`` are the checkpoint's files, whatever format ``config`` has (a
+    timeseries run's too); before that, the ``config.json`` on disk says which files to keep."""
+    run_dir = Path(run_dir)
+    committed = False
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for name, data in payload.items():
+        for name, data in files.items():
             os.replace(write_temp(run_dir / name, data), run_dir / name)
         fsync_directory(run_dir)  # the new files are durable before config.json names them
-        atomic_write(run_dir / CONFIG_FILE,  # the commit point
-                     (json.dumps(config_json, indent=1, ensure_ascii=False) + "\n").encode())
-        if state is not None:
-            write_metrics(run_dir, state["history"], state.get("evals", []))
+        atomic_write(run_dir / CONFIG_FILE, config)  # the commit point
+        committed = True
+        for name, data in (extra or {}).items():
+            atomic_write(run_dir / name, data)
     except OSError as exc:
-        raise RnnkitError(f"cannot save checkpoint in {run_dir}: {exc.strerror or exc}; "
-                          "the previous checkpoint, if any, is unchanged") from None
+        raise RnnkitError(failure.format(run_dir=run_dir, reason=exc.strerror or exc)) from None
     finally:
-        remove_leftovers(run_dir)
+        remove_leftovers(run_dir, set(files) if committed else None)
+
+
+def metrics_files(history: list[dict], evals: list[dict]) -> dict[str, bytes]:
+    """``metrics.jsonl`` (one row per epoch) and, where there are any, ``evals.jsonl`` (one row per
+    validation): file name -> bytes."""
+    files = {METRICS_FILE: metrics_lines(history)}
+    if evals:
+        files[EVALS_FILE] = metrics_lines(evals)
+    return files
 
 
 def write_metrics(run_dir: Path, history: list[dict], evals: list[dict]) -> None:
     """``metrics.jsonl`` (one row per epoch) and ``evals.jsonl`` (one row per validation)."""
-    atomic_write(run_dir / METRICS_FILE, metrics_lines(history))
-    if evals:
-        atomic_write(run_dir / EVALS_FILE, metrics_lines(evals))
+    for name, data in metrics_files(history, evals).items():
+        atomic_write(run_dir / name, data)
 
 
 def checkpoint_files(meta: dict) -> dict[str, str]:
@@ -166,14 +196,15 @@ def checkpoint_path(run_dir: str | os.PathLike, kind: str = "model") -> Path:
     return Path(run_dir) / files[kind]
 
 
-def remove_leftovers(run_dir: Path) -> None:
+def remove_leftovers(run_dir: Path, keep: set[str] | None = None) -> None:
     """Remove checkpoint files that ``config.json`` does not name (a previous checkpoint, a save
-    killed before its commit) and temp files of killed writes. Call with the run directory's lock
-    held (the CLI takes it for the whole run)."""
+    killed before its commit) and temp files of killed writes; ``keep``: the names to keep, where
+    the caller knows them (it just committed them). Call with the run directory's lock held (the
+    CLI takes it for the whole run)."""
     if not run_dir.is_dir():
         return
     try:
-        keep = set(checkpoint_files(read_config(run_dir)).values())
+        keep = set(checkpoint_files(read_config(run_dir)).values()) if keep is None else keep
     except RnnkitError:
         return  # no readable config: nothing can be known to be unreferenced
     for path in run_dir.iterdir():

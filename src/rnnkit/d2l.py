@@ -5,7 +5,7 @@ cells run unchanged. Same names, signatures and behaviour as d2l 1.0.3, as a thi
 rnnkit: the corpus is found like ``rnnkit --corpus timemachine`` (``RNNKIT_DATA_DIR``, cache,
 sha1-checked download), preprocessing and ``Vocab`` are ``rnnkit.text``'s, batches are gathered
 as whole tensors (``rnnkit.data.TensorBatches``) instead of a per-sample ``DataLoader``,
-clipping is ``rnnkit.train.clip_gradients``, ``predict`` is ``rnnkit.generate``'s loop and
+clipping is ``rnnkit.training.optim.clip_gradients``, ``predict`` is ``rnnkit.generate``'s loop and
 ``RNNScratch`` runs rnnkit's recurrence.
 
 The progress board never blocks training: in a notebook it redraws at most once a second; in a
@@ -29,7 +29,7 @@ from rnnkit import models
 from rnnkit.data import TensorBatches
 from rnnkit.generate import Sampling, generate_ids, model_step
 from rnnkit.text import D2L_DATA_URL, Vocab, find_corpus, preprocess, read_text, tokenize
-from rnnkit.train import clip_gradients as _clip_gradients
+from rnnkit.training.optim import clip_gradients as _clip_gradients
 
 __all__ = [
     "Classifier", "DataModule", "HyperParameters", "Module", "ProgressBoard", "RNN", "RNNLM", "RNNLMScratch",

@@ -135,10 +135,12 @@ class Evaluation:
     tokens: int
     characters: int
     unit: str = "char"  # what a token is: char, word or byte
+    spans_characters: bool = False  # a token stands for several characters (words): both rates reported
     skipped: int = 0  # tokens left out: characters a vocabulary without <unk> lacks
     unknown: list[str] = field(default_factory=list)  # distinct tokens the vocabulary lacks
     unknown_tokens: int = 0  # predicted tokens read as <unk>
     from_text: bool = True  # False: token ids scored as they are (a prepared corpus), nothing to report unknown
+    note: str = field(default="", repr=False)  # which checkpoint was scored (rnnkit.Run.evaluate), for display
 
     @property
     def ppl(self) -> float:
@@ -159,12 +161,30 @@ class Evaluation:
         if not self.from_text:
             return result
         result["skipped"] = self.skipped
-        if self.unit == "word":
+        if self.spans_characters:
             result.update({"bits_per_word": self.bits_per_token, "chars": self.characters,
                            "unknown_words": self.unknown_tokens, "unknown_word_types": len(self.unknown)})
         else:
             result["unknown_chars"] = "".join(self.unknown)
         return result
+
+
+    def describe(self) -> str:
+        """``rnnkit eval``'s line: perplexity, bits per character (and per word), tokens, and what the
+        vocabulary lacked."""
+        if not self.from_text:
+            return (f"{self.corpus}: perplexity {self.ppl:.4f}  bits/{self.unit} {self.bpc:.4f}  "
+                    f"tokens {self.tokens}")
+        if self.spans_characters:
+            return (f"{self.corpus}: perplexity {self.ppl:.4f} per word  bits/word {self.bits_per_token:.4f}  "
+                    f"bits/char {self.bpc:.4f} (of the {self.characters} characters those words span)  words "
+                    f"{self.tokens}  ({self.unknown_tokens} of them, {len(self.unknown)} word types, read as <unk>: "
+                    "their spelling is not scored)")
+        note = ""
+        if self.unknown:
+            how = f"{self.skipped} skipped" if self.skipped else "read as <unk>"
+            note = f"  ({len(self.unknown)} character types not in the vocabulary, {how})"
+        return f"{self.corpus}: perplexity {self.ppl:.4f}  bits/char {self.bpc:.4f}  tokens {self.tokens}{note}"
 
 
 def evaluate_tokens(model: RNNLM, ids: torch.Tensor, corpus: str, unit: str = "char") -> Evaluation:
@@ -191,5 +211,5 @@ def evaluate_text(model: RNNLM, vocab: Vocab, text: str, corpus: str, preprocess
         raise RnnkitError(f"{corpus}: fewer than 2 tokens the model knows; nothing to evaluate")
     nll, count = stream_nll(model, torch.tensor(vocab[tokens], dtype=torch.int64))
     unknown_set = set(unknown)
-    return Evaluation(str(corpus), nll, count, tokenizer.characters_predicted(tokens), tokenizer.unit, skipped,
-                      unknown, sum(t in unknown_set for t in tokens[1:]))
+    return Evaluation(str(corpus), nll, count, tokenizer.characters_predicted(tokens), tokenizer.unit,
+                      tokenizer.spans_characters, skipped, unknown, sum(t in unknown_set for t in tokens[1:]))

@@ -17,6 +17,7 @@ import torch
 from rnnkit.errors import RnnkitError
 from rnnkit.models import RNNLM, State, evaluating
 from rnnkit.text import Vocab, tokenize
+from rnnkit.tokens import tokenizer_for
 
 MIN_SCALE = 1e-3  # temperature and alpha are kept in [1e-3, 1e3]: beyond, sampling is greedy or uniform anyway
 StepFn = Callable[[Sequence[int], State], tuple[torch.Tensor, State]]
@@ -168,10 +169,5 @@ def predict(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: S
 
 
 def join_tokens(prefix: str, tokens: Sequence[str], token: str = "char") -> str:
-    """Text of ``prefix`` followed by generated ``tokens``: characters as they are, words with a
-    space before each."""
-    if token == "word":
-        return " ".join([prefix.strip(), *tokens]).strip()
-    if token == "bytes":  # byte tokens are the characters 0-255: their bytes, read as UTF-8
-        return prefix + "".join(tokens).encode("latin-1").decode("utf-8", errors="replace")
-    return prefix + "".join(tokens)
+    """Text of ``prefix`` followed by generated ``tokens`` (:meth:`rnnkit.tokens.Tokenizer.join`)."""
+    return tokenizer_for(token).join(prefix, tokens)

@@ -34,6 +34,7 @@ BUILDER_FILE = "builder"  # "pid host" of the process building (see remove_stale
 
 _kernel: ModuleType | None = None
 _tried = False
+_why_not = ""  # why the last rnn_lm_kernel() gave None (see unavailable_reason)
 
 
 def compiler_flags() -> list[str]:
@@ -118,11 +119,11 @@ def rnn_lm_kernel() -> ModuleType | None:
 
     Every build says so on stderr, with its reason, before it starts (or, where the compiler
     decided on its own that the library was out of date, once it is done) and how long it took."""
-    global _kernel, _tried
+    global _kernel, _tried, _why_not
     if _tried:
         return _kernel
     if os.environ.get("RNNKIT_NO_KERNEL", "") not in ("", "0"):
-        _tried = True
+        _tried, _why_not = True, "switched off (RNNKIT_NO_KERNEL)"
         return None
     name = build_name()
     build_dir = _build_directory(name)
@@ -160,8 +161,13 @@ def rnn_lm_kernel() -> ModuleType | None:
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         warnings.warn(f"rnnkit: CPU kernel not built ({message[:200]}); training runs as PyTorch operations "
                       "(the same math, about half the speed for the book's model)", RuntimeWarning, stacklevel=2)
-        _kernel, _tried = None, True
+        _kernel, _tried, _why_not = None, True, f"not built ({message[:200]})"
     return _kernel
+
+
+def unavailable_reason() -> str:
+    """Why :func:`rnn_lm_kernel` gave None: switched off, or the build's error (for messages)."""
+    return _why_not or "not available"
 
 
 def _warm_up(kernel: ModuleType) -> None:

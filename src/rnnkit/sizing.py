@@ -81,7 +81,7 @@ def measure_tokens_per_second(width: int, vocab_size: int, batch_size: int, num_
                               steps: int = 3, device: torch.device | str = "cpu") -> float:
     """Training tokens per second of the recipe's model at ``width`` on ``device`` (the one the run
     will train on; random ids, one untimed step first)."""
-    from rnnkit.train import compute_gradients
+    from rnnkit.training.optim import compute_gradients
 
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
@@ -123,7 +123,7 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float, *
     if train_tokens < MIN_TRAIN_TOKENS:
         raise RnnkitError(f"the training text has {train_tokens} characters; sizing a model needs at least "
                           f"{MIN_TRAIN_TOKENS} (or give --model/--hidden yourself)")
-    from rnnkit.train import select_device
+    from rnnkit.training.device import select_device
 
     device = select_device(config.device)
     recipe = replace(config, **RECIPE, batch_size=ROWS_ON_CPU if device.type == "cpu" else ROWS_ON_ACCELERATOR)

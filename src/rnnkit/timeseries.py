@@ -435,11 +435,11 @@ class SeriesTrainer:
 
 def save_series_run(run_dir: Path, trainer: SeriesTrainer) -> None:
     """``config.json`` (the commit point, renamed last) naming ``state-<id>.safetensors`` (weights,
-    optimizer states, progress), and ``metrics.jsonl``; as :mod:`rnnkit.checkpoint` writes runs."""
+    optimizer states, progress), and ``metrics.jsonl``: committed by :func:`rnnkit.checkpoint.commit_files`,
+    as every run directory is."""
     from safetensors.torch import save as save_safetensors
 
-    from rnnkit.checkpoint import pack, remove_leftovers
-    from rnnkit.files import atomic_write, fsync_directory, write_temp
+    from rnnkit.checkpoint import commit_files, pack
 
     checkpoint = f"{sum(trainer.done.values())}-{uuid.uuid4().hex[:12]}"
     tensors, skeleton = pack(trainer.state_dict())
@@ -449,18 +449,10 @@ def save_series_run(run_dir: Path, trainer: SeriesTrainer) -> None:
                                                          "length": len(trainer.series.values),
                                                          "notes": trainer.series.notes},
             "done": trainer.done}
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        data = save_safetensors(tensors, metadata={"format": FORMAT, "checkpoint": checkpoint, "state": skeleton})
-        os.replace(write_temp(run_dir / name, data), run_dir / name)
-        fsync_directory(run_dir)
-        atomic_write(run_dir / "config.json", (json.dumps(meta, indent=1) + "\n").encode())
-        atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history).encode())
-    except OSError as exc:
-        raise RnnkitError(f"cannot save in {run_dir}: {exc.strerror or exc}; the previous checkpoint is unchanged") \
-            from None
-    finally:
-        remove_leftovers(run_dir)
+    data = save_safetensors(tensors, metadata={"format": FORMAT, "checkpoint": checkpoint, "state": skeleton})
+    metrics = "".join(json.dumps(r) + "\n" for r in trainer.history).encode()
+    commit_files(run_dir, {name: data}, (json.dumps(meta, indent=1) + "\n").encode(), {"metrics.jsonl": metrics},
+                 failure="cannot save in {run_dir}: {reason}; the previous checkpoint is unchanged")
 
 
 def load_series_run(run_dir: Path) -> tuple[SeriesTrainer, dict]:

@@ -25,6 +25,9 @@ class Tokenizer:
 
     kind = "char"
     unit = "char"  # what one token is, in "nats/char", "bits/char"
+    bits_name = "bpc"  # the name of a loss in bits per token, as the training summary prints it
+    spans_characters = False  # True: a token stands for several characters (scores report both units)
+    samples_from_text = True  # a run's samples may start from its training text's opening characters
     open_vocabulary = False  # True: a vocabulary of these tokens always has <unk> (text brings new ones)
 
     def split(self, text: str) -> list[str]:
@@ -48,6 +51,11 @@ class Tokenizer:
         character are summed bits over this count, which makes word and character models comparable."""
         return max(len(tokens) - 1, 0)
 
+    def final_sample_length(self, sample_chars: int) -> int:
+        """Tokens of the sample shown at the end of training, given the periodic samples' length: at
+        least 100 characters (30 words or bytes: a fixed length reads well for them)."""
+        return max(sample_chars, 100) if self.kind == "char" else 30
+
     def writer(self, prefix: str) -> TextWriter:
         """A :class:`TextWriter` that shows ``prefix`` and then generated tokens as they come."""
         return TextWriter(self, prefix)
@@ -58,6 +66,9 @@ class WordTokenizer(Tokenizer):
 
     kind = "word"
     unit = "word"
+    bits_name = "bits/word"
+    spans_characters = True
+    samples_from_text = False
     open_vocabulary = True  # rare words, and words never seen, are read as <unk>
 
     def split(self, text: str) -> list[str]:
@@ -84,6 +95,7 @@ class ByteTokenizer(Tokenizer):
 
     kind = "bytes"
     unit = "byte"
+    samples_from_text = False
 
     def split(self, text: str) -> list[str]:
         return [chr(b) for b in text.encode("utf-8")]
