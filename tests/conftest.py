@@ -6,6 +6,7 @@ into that cache (from ``$RNNKIT_MIRROR`` when set). Each test then sees the foun
 ``RNNKIT_DATA_DIR``, an empty cache of its own, and no network.
 """
 
+import itertools
 import os
 import select
 import signal
@@ -159,3 +160,20 @@ def _assert_as_accurate(value, float32_reference, exact, what: str = "") -> None
 @pytest.fixture(scope="session")
 def assert_as_accurate():
     return _assert_as_accurate
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch):
+    """The trainer's clock ticks 50 ms a reading, and the sizing's measured speeds are fixed: a run's
+    time budget, schedule and recorded seconds then depend on nothing of the machine. Call the
+    returned function to start the clock from zero (before each run that should match another)."""
+    import rnnkit.sizing
+    import rnnkit.training.trainer
+
+    def install():
+        ticks = itertools.count()
+        monkeypatch.setattr(rnnkit.training.trainer, "clock", lambda: next(ticks) * 0.05)
+
+    speeds = {128: 40_000, 256: 12_000, 384: 5_000, 512: 2_000}
+    monkeypatch.setattr(rnnkit.sizing, "measure_tokens_per_second", lambda width, *a, **k: speeds[width])
+    return install

@@ -1,7 +1,6 @@
 """The library and the command line are one: every option declared once, and the same options give the
 same run through ``rnnkit train`` and through ``rnnkit.train(...)``, bit for bit."""
 
-import itertools
 import json
 from dataclasses import fields
 
@@ -9,8 +8,6 @@ import pytest
 from safetensors.torch import load_file
 
 import rnnkit
-import rnnkit.sizing
-import rnnkit.training.trainer
 from rnnkit.checkpoint import checkpoint_files, read_config
 from rnnkit.cli import build_parser, main
 from rnnkit.config import GROUPS, RESUMABLE, SIZING, RunOptions, TrainConfig, option_fields
@@ -58,20 +55,6 @@ def test_the_rules_come_from_the_fields():
         if f.metadata["choices"]:
             with pytest.raises(rnnkit.RnnkitError, match=f.name):
                 TrainConfig(**{f.name: "no-such-choice"}).validate()
-
-
-@pytest.fixture
-def fixed_clock(monkeypatch):
-    """The trainer's clock ticks 50 ms a reading, and the sizing's measured speeds are fixed: a run's
-    time budget, schedule and recorded seconds then depend on nothing of the machine."""
-
-    def install():
-        ticks = itertools.count()
-        monkeypatch.setattr(rnnkit.training.trainer, "clock", lambda: next(ticks) * 0.05)
-
-    speeds = {128: 40_000, 256: 12_000, 384: 5_000, 512: 2_000}
-    monkeypatch.setattr(rnnkit.sizing, "measure_tokens_per_second", lambda width, *a, **k: speeds[width])
-    return install
 
 
 def run_files(run_dir):

@@ -187,3 +187,13 @@ def test_held_out_tokens_are_scored_from_the_memory_map_as_from_a_tensor(tmp_pat
     for lanes in (1, 3):  # read chunk by chunk from the map, never as one tensor
         assert stream_nll(model, prepared.val, chunk=100, lanes=lanes, warmup=50) == pytest.approx(
             stream_nll(model, tensor, chunk=100, lanes=lanes, warmup=50), rel=1e-6)
+
+
+def test_a_prepared_runs_samples_do_not_start_with_a_byte_order_mark(tmp_path, capsys, tm_text):
+    (tmp_path / "book.txt").write_text("\ufeff" + tm_text[:20000], encoding="utf-8")
+    assert main(["prepare", str(tmp_path / "book.txt"), "--out", str(tmp_path / "data")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "data"), *TRAIN, "--epochs", "1", "--out",
+                 str(tmp_path / "run"), "--quiet"]) == 0
+    sample = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sample: ")]
+    assert sample and sample[0].startswith("sample: The Time Machine") and "\ufeff" not in sample[0]
