@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,6 +78,16 @@ class TrainingState:
     bad_evals: int = 0  # evaluations since the best one
     since_eval: LossSum = field(default_factory=LossSum)  # training loss since the last evaluation
     last_eval_wall: float = 0.0  # wall_seconds at the last evaluation
+
+    def record(self, point: EvalPoint, weights: Callable[[], dict[str, torch.Tensor]]) -> None:
+        """Add a validation: a lower loss than the best so far keeps ``weights()`` as the best; else it
+        counts towards patience."""
+        self.evals.append(point)
+        if self.best is None or point.val_loss < self.best.val_loss:
+            self.best = BestWeights(point.step, point.epoch, point.val_loss, weights())
+            self.bad_evals = 0
+        else:
+            self.bad_evals += 1
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as the training state file stores them (``since_eval`` as ``[sum, count]``)."""

@@ -14,27 +14,27 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
 import torch
 
 from rnnkit import distributed
 from rnnkit.config import TrainConfig
-from rnnkit.data import part_rows
 from rnnkit.distributed import ONE_PROCESS, World
 from rnnkit.errors import RnnkitError, Stop, TrainingDiverged
 from rnnkit.evaluate import bits_per_token, perplexity, safe_exp
-from rnnkit.models import State, build_model, check_parameter_count, detach_state, state_batch_dim
+from rnnkit.models import build_model, check_parameter_count, detach_state, state_batch_dim
 from rnnkit.text import Vocab
 from rnnkit.training.average import WeightAverage
 from rnnkit.training.callbacks import Callback, FunctionCallbacks
 from rnnkit.training.corpus import load_training_data
 from rnnkit.training.device import check_memory, select_device
 from rnnkit.training.optim import lr_factor, make_optimizer
-from rnnkit.training.records import BestWeights, EpochStats, EvalPoint, LossSum, TrainingState
+from rnnkit.training.position import EpochPosition
+from rnnkit.training.records import EpochStats, EvalPoint, LossSum, TrainingState
+from rnnkit.training.rng import RunRNG
 from rnnkit.training.steps import choose_step
 from rnnkit.training.stopping import check_budget_room, stop_reason
-from rnnkit.training.validation import held_out_nll
+from rnnkit.training.validation import shared_held_out_nll
 
 
 def clock() -> float:
@@ -42,18 +42,6 @@ def clock() -> float:
     the recorded seconds read. One function, so that a test can replace it with a clock of its own
     and get the same run from the same settings on any machine, however busy."""
     return time.perf_counter()
-
-
-@dataclass
-class EpochRun:
-    """The epoch in progress: batches read, this process's loss sum (a float64 0-dim tensor) and
-    token count, and when it started (``perf_counter``, less the seconds of a restored part)."""
-
-    epoch: int
-    batch: int
-    loss: torch.Tensor
-    count: int
-    t0: float
 
 
 class Trainer:
@@ -88,8 +76,8 @@ class Trainer:
         self.data, self.unknown_tokens = data.split, data.unknown_tokens
         check_parameter_count(config.model, len(self.vocab), config.hidden, config.layers, config.embedding)
         check_memory(config, len(self.vocab), self.device)
-        self._rng_active = False  # inside _rng(): the trainer's RNG is torch's global one
-        with self._rng(seed=config.seed):
+        self.rng = RunRNG(self.device)
+        with self.rng.use(seed=config.seed):
             self.model = build_model(config.model, len(self.vocab), config.hidden, config.layers, config.dropout,
                                      config.embedding, config.activation, config.tie_weights,
                                      io_dropout=config.io_dropout, weight_drop=config.weight_drop).to(self.device)
@@ -106,9 +94,7 @@ class Trainer:
         self._budget_checked = False
         self._eval_seconds = 0.0  # evaluation time inside the current epoch (not training time)
         self._wall_t0 = 0.0
-        self._position: dict | None = None  # a restored mid-epoch position, until its epoch continues
-        self._epoch_run: EpochRun | None = None
-        self._carry: State = None  # the state carried into the next batch (sequential split)
+        self.position = EpochPosition(self.device, world, state_batch_dim(self.model), self._global_sums)
 
     # -- the run's records, by their usual names
     history = property(lambda self: self.state.history)
@@ -141,45 +127,19 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
-    @contextlib.contextmanager
-    def _rng(self, seed: int | None = None) -> Iterator[None]:
-        """Run the block with the trainer's own RNG state as torch's global one (seeded with ``seed``
-        the first time), then give the caller's state back."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            if seed is not None:
-                torch.manual_seed(seed)
-            else:
-                torch.set_rng_state(self._rng_states["torch"])
-                if "cuda" in self._rng_states and devices:
-                    torch.cuda.set_rng_state(self._rng_states["cuda"], self.device)
-            self._rng_active = True
-            try:
-                yield
-            finally:
-                self._rng_active = False
-                self._rng_states = self._global_rng_states()
-
-    def _global_rng_states(self) -> dict[str, torch.Tensor]:
-        states = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            states["cuda"] = torch.cuda.get_rng_state(self.device)
-        return states
-
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where training is: weights, optimizer, RNG
         states, the :class:`TrainingState` and the position in the epoch. Tensors are copies."""
-        rng = self._global_rng_states() if self._rng_active else self._rng_states
         since = self.state.since_eval
         records = self.state.to_dict()
         state = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
                  "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                 "rng": {k: v.clone() for k, v in rng.items()}}
+                 "rng": self.rng.state()}
         state.update({k: records[k] for k in ("epoch", "history", "train_seconds", "step", "evals", "best",
                                               "finished", "wall_seconds", "bad_evals")})
         state["since_eval"] = self._global_sums(float(since.total), since.tokens)
         state["last_eval_wall"] = records["last_eval_wall"]
-        state["position"] = self._position_state()
+        state["position"] = self.position.state(clock(), self._eval_seconds)
         state["average"] = None if self.average is None else self.average.state()
         return state
 
@@ -187,12 +147,9 @@ class Trainer:
         """Restore :meth:`state_dict`'s output (the next :meth:`fit` continues from there)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self._rng_states = {"torch": state["rng"]["torch"].clone()}
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            self._rng_states["cuda"] = state["rng"]["cuda"].clone()
+        self.rng.load(state["rng"])
         self.state = TrainingState.from_dict(state, count_since_eval=self.world.is_main)  # sums: counted once
-        self._position = state.get("position")
-        self._epoch_run = None
+        self.position.restore(state.get("position"))
         if self.average is not None:
             self.average.load(state.get("average"))
 
@@ -201,34 +158,6 @@ class Trainer:
         if self.world.started:
             loss_sum, count = distributed.all_reduce_sum([loss_sum, count], self.device)
         return [loss_sum, int(count)]
-
-    def _position_state(self) -> dict | None:
-        """Where in an epoch training is (None at an epoch's end): the batches read, the loss and
-        token sums so far, the epoch's training seconds and the state carried into the next batch
-        (all processes' lanes)."""
-        run = self._epoch_run
-        if run is None:
-            return self._position  # restored but not yet continued
-        loss_sum, count = self._global_sums(float(run.loss), run.count)
-        carry = self._carry
-        if carry is not None:
-            carry = list(carry) if isinstance(carry, tuple) else [carry]
-            if self.world.started:
-                carry = [distributed.gather_rows(t, state_batch_dim(self.model), self.world) for t in carry]
-            carry = {"tensors": [t.detach().clone() for t in carry], "tuple": isinstance(self._carry, tuple)}
-        return {"epoch": run.epoch, "batch": run.batch, "loss_sum": loss_sum, "count": count,
-                "seconds": clock() - run.t0 - self._eval_seconds, "carry": carry}
-
-    def _carried_rows(self, carry: dict | None) -> State:
-        """This process's lanes of a saved carried state."""
-        if carry is None:
-            return None
-        dim = state_batch_dim(self.model)
-        tensors = [t.to(self.device) for t in carry["tensors"]]
-        if self.world.started:
-            rows = part_rows(tensors[0].shape[dim], self.world.part)
-            tensors = [t[(slice(None),) * dim + (rows,)] for t in tensors]
-        return tuple(tensors) if carry["tuple"] else tensors[0]
 
     def fit(self, on_epoch: Callable[[EpochStats], None] | None = None,
             on_batch: Callable[[int, torch.Tensor], None] | None = None,
@@ -257,7 +186,7 @@ class Trainer:
         self._wall_t0 = clock() - self.state.wall_seconds
         last_epoch = 10**9 if self.config.time_budget or self.config.max_steps else self.config.epochs
         self._call("on_fit_start")
-        with self._rng(), self._accepting_stop():
+        with self.rng.use(), self._accepting_stop():
             if self.world.rank:  # dropout: each process its own masks (rank 0 keeps the saved RNG stream)
                 torch.manual_seed((self.config.seed * 1_000_003 + self.world.rank * 7919 + self.step) % (1 << 63))
             for epoch in range(len(self.history), last_epoch):
@@ -276,8 +205,8 @@ class Trainer:
         loss_sum, count = self.train_epoch(epoch)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed = clock() - self._epoch_run.t0 - self._eval_seconds
-        self._epoch_run, self._carry = None, None
+        elapsed = clock() - self.position.run.t0 - self._eval_seconds
+        self.position.end()
         loss_sum, count = self._global_sums(loss_sum, count)
         if count == 0:
             raise RnnkitError("the training data gave no batch this epoch; lower --batch-size or --num-steps")
@@ -297,31 +226,16 @@ class Trainer:
                           bits_per_token(val_nll, val_count), round(self.state.train_seconds, 4),
                           round(count / elapsed, 1))
 
-    def _begin_epoch(self, epoch: int) -> EpochRun:
-        """The epoch's run record, continuing a restored mid-epoch position of this epoch if any."""
-        position, self._position = self._position, None
-        start, seconds, self._carry = 0, 0.0, None
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = 0
-        if position is not None and position["epoch"] == epoch:
-            start, seconds = position["batch"], position["seconds"]
-            self._carry = self._carried_rows(position["carry"])
-            if self.world.is_main:  # the sums are of all processes: counted once
-                total += position["loss_sum"]
-                count = position["count"]
-        self._epoch_run = EpochRun(epoch, start, total, count, clock() - seconds)
-        return self._epoch_run
-
     def train_epoch(self, epoch: int) -> tuple[float, int]:
         """One pass over the training batches (from a restored mid-epoch position, if any; cut short
         when the run must stop); returns (summed loss in nats, token count) of this process's part.
         Evaluations and saves due within the epoch run here."""
         model, world, config = self.model, self.world, self.config
         model.train()
-        run = self._begin_epoch(epoch)
+        run = self.position.begin(epoch, clock())
         num_batches = max(len(self.data.train), 1)
         stateful = self.data.train.stateful
-        state = self._carry
+        state = self.position.carry
         for k, (X, Y) in enumerate(self.data.train.epoch(epoch, run.batch, world.part), start=run.batch):
             self._set_lr()
             carried = detach_state(state) if stateful else None  # truncated BPTT where batches continue
@@ -334,7 +248,7 @@ class Trainer:
             run.loss += loss * Y.numel()
             run.count += Y.numel()
             run.batch = k + 1
-            self._carry = state if stateful else None
+            self.position.carry = state if stateful else None
             self.state.since_eval.add(loss, Y.numel())
             self._call("on_batch_end", Y.numel() * world.size, loss)
             signum, budget_spent, eval_due, save_due = flags or self._local_flags(self.step)
@@ -418,32 +332,16 @@ class Trainer:
         point = EvalPoint(self.step, round(epoch, 4), round(self._elapsed(), 3),
                           loss_sum / tokens if tokens else float("nan"), val_nll / val_count,
                           bits_per_token(val_nll, val_count), self.optimizer.param_groups[0]["lr"])
-        self.state.evals.append(point)
         self.state.since_eval, self.state.last_eval_wall = LossSum(), self._elapsed()
-        if self.best is None or point.val_loss < self.best.val_loss:
-            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.state.best = BestWeights(point.step, point.epoch, point.val_loss, weights)
-            self.state.bad_evals = 0
-        else:
-            self.state.bad_evals += 1
+        self.state.record(point, lambda: {k: v.detach().clone() for k, v in self.model.state_dict().items()})
         self._call("on_eval", point)  # after the best is updated: it may say "(best)"
         return point
 
     def evaluate_val(self) -> tuple[float, int]:
         """Summed NLL and count on the validation data (windows for ``d2l``, else the held-out text)
-        of the weights' moving average where there is one; under torchrun, rank 0's, sent to all
-        (every process then decides alike)."""
-        if not self.world.started:
-            return self._validate()
-        result = torch.zeros(2, dtype=torch.float64, device=self.device)
-        if self.world.is_main:
-            result += torch.tensor(self._validate(), dtype=torch.float64, device=self.device)
-        distributed.broadcast_from_main([result])
-        return result[0].item(), int(result[1].item())
-
-    def _validate(self) -> tuple[float, int]:
+        of the weights' moving average where there is one; under torchrun, rank 0's, sent to all."""
         with self.averaged_weights():  # --ema: the average is what is validated
-            return held_out_nll(self.model, self.data, self.config.num_steps)
+            return shared_held_out_nll(self.model, self.data, self.config.num_steps, self.world, self.device)
 
     @contextlib.contextmanager
     def _accepting_stop(self) -> Iterator[None]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
+from rnnkit import distributed
 from rnnkit.data import DataSplit
+from rnnkit.distributed import World
 from rnnkit.evaluate import EVAL_BATCH_TOKENS, stream_nll, validation_lanes, window_nll
 from rnnkit.models import RNNLM
 
@@ -16,3 +20,16 @@ def held_out_nll(model: RNNLM, data: DataSplit, num_steps: int) -> tuple[float, 
     if data.val_text is not None:
         return stream_nll(model, data.val_text, lanes=validation_lanes(len(data.val_text)))
     return 0.0, 0
+
+
+def shared_held_out_nll(model: RNNLM, data: DataSplit, num_steps: int, world: World,
+                        device: torch.device) -> tuple[float, int]:
+    """:func:`held_out_nll` on rank 0, sent to every process of a distributed run (every process then
+    decides alike: the best weights, patience)."""
+    if not world.started:
+        return held_out_nll(model, data, num_steps)
+    result = torch.zeros(2, dtype=torch.float64, device=device)
+    if world.is_main:
+        result += torch.tensor(held_out_nll(model, data, num_steps), dtype=torch.float64, device=device)
+    distributed.broadcast_from_main([result])
+    return result[0].item(), int(result[1].item())
