@@ -24,7 +24,7 @@ TINY = ["--hidden", "16", "--batch-size", "64", "--num-steps", "8", "--num-train
 
 
 def rnnkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rnnkit.cli", *args], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "rnnkit", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def digest(run: Path) -> str:
@@ -172,6 +172,9 @@ def main() -> None:
             ("--weight-drop 1", ["train", *TINY, "--weight-drop", "1", "--out", str(d / "new")]),
             ("--weight-drop with --model scratch", ["train", *TINY, "--model", "scratch", "--weight-drop", "0.3",
                                                     "--out", str(d / "new")]),
+            ("--tensorboard into a file", ["train", *TINY, "--tensorboard", file("events.txt", b"not a directory"),
+                                           "--out", str(d / "new")]),
+            ("--resume with a model option", ["train", "--resume", str(good), "--hidden", "32"]),
         ]
         print("| input | what rnnkit prints | exit status |")
         print("| --- | --- | --- |")
@@ -193,7 +196,7 @@ def main() -> None:
                           ("WORLD_SIZE=two", {"RANK": "0", "WORLD_SIZE": "two", "LOCAL_RANK": "0", **port})):
             clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
                                                                        "MASTER_ADDR", "MASTER_PORT")}
-            proc = subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", *TINY, "--batch-size", "63",
+            proc = subprocess.run([sys.executable, "-m", "rnnkit", "train", *TINY, "--batch-size", "63",
                                    "--out", str(d / "new")], cwd=d, capture_output=True, text=True,
                                   env={**clean, **env})
             assert "Traceback" not in proc.stderr, proc.stderr
@@ -216,7 +219,7 @@ def main() -> None:
         # signals mid-epoch, then --resume
         for signum, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGHUP")):
             run = d / name
-            proc = subprocess.Popen([sys.executable, "-m", "rnnkit.cli", "train", *TINY, "--epochs", "2000",
+            proc = subprocess.Popen([sys.executable, "-m", "rnnkit", "train", *TINY, "--epochs", "2000",
                                      "--out", str(run)], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             for line in proc.stdout:
@@ -231,7 +234,7 @@ def main() -> None:
         run = d / "interrupted"
         # SIGINT at its default disposition in the child even where this script runs in the background
         # (a shell starts background jobs with SIGINT ignored, and children inherit that)
-        proc = subprocess.Popen([sys.executable, "-m", "rnnkit.cli", "train", *TINY, "--epochs", "200",
+        proc = subprocess.Popen([sys.executable, "-m", "rnnkit", "train", *TINY, "--epochs", "200",
                                  "--out", str(run)], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -168,11 +168,11 @@ def fixed_clock(monkeypatch):
     time budget, schedule and recorded seconds then depend on nothing of the machine. Call the
     returned function to start the clock from zero (before each run that should match another)."""
     import rnnkit.sizing
-    import rnnkit.training.trainer
+    import rnnkit.training.clock
 
     def install():
         ticks = itertools.count()
-        monkeypatch.setattr(rnnkit.training.trainer, "clock", lambda: next(ticks) * 0.05)
+        monkeypatch.setattr(rnnkit.training.clock, "now", lambda: next(ticks) * 0.05)
 
     speeds = {128: 40_000, 256: 12_000, 384: 5_000, 512: 2_000}
     monkeypatch.setattr(rnnkit.sizing, "measure_tokens_per_second", lambda width, *a, **k: speeds[width])

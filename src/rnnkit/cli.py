@@ -55,18 +55,38 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                                        "(--epochs may raise its epoch count; other settings come from the run)")
 
 
+CHECKPOINT_HELP = "the weights of the lowest validation loss, or the last ones (default: best where kept)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rnnkit import __version__
 
     parser = argparse.ArgumentParser(prog="rnnkit", description="Character-level RNN language models.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
     t = sub.add_parser("train", help="train a model (or --resume one)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.train_parser = t  # see given_train_options
     add_options(t)
+    add_generate_parser(sub)
+    add_eval_parser(sub)
+    p = sub.add_parser("plot", help="overlay the training curves of runs into one PNG")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="curves-compare.png")
+    sub.add_parser("corpora", help="list the built-in corpora")
+    pr = sub.add_parser("prepare", help="write a corpus as token files for training through memory maps (--data)")
+    pr.add_argument("corpus", help="a text file (or any file, with --tokens bytes)")
+    pr.add_argument("--out", required=True, metavar="DATA_DIR")
+    pr.add_argument("--tokens", choices=["char", "bytes"], default="char",
+                    help="characters of the decoded text, or the file's bytes (any file, 256 tokens)")
+    pr.add_argument("--encoding", default="utf-8")
+    pr.add_argument("--val-fraction", type=float, default=0.1, help="the held-out tail")
+    add_timeseries_parser(sub)
+    add_serve_parser(sub)
+    return parser
 
+
+def add_generate_parser(sub) -> None:
     g = sub.add_parser("generate", help="generate text from a trained run")
     g.add_argument("run_dir")
     g.add_argument("--prefix", default="time traveller", help="text to continue ('' starts from a fresh state)")
@@ -77,35 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--alpha", type=float, default=1.0, help="sample from q ∝ p^alpha (alpha > 1 sharpens)")
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--checkpoint", choices=["best", "last"], default=None,
-                   help="the weights of the lowest validation loss, or the last ones (default: best where kept)")
+    g.add_argument("--checkpoint", choices=["best", "last"], default=None, help=CHECKPOINT_HELP)
 
+
+def add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="perplexity and bits per character of a run on a corpus")
     e.add_argument("run_dir")
     e.add_argument("--corpus", default=None, help="built-in name or path (default: the run's own corpus)")
     e.add_argument("--encoding", default=None)
     e.add_argument("--strip-gutenberg", action="store_true", help="drop a Project Gutenberg header and footer")
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--checkpoint", choices=["best", "last"], default=None,
-                   help="the weights of the lowest validation loss, or the last ones (default: best where kept)")
+    e.add_argument("--checkpoint", choices=["best", "last"], default=None, help=CHECKPOINT_HELP)
 
-    p = sub.add_parser("plot", help="overlay the training curves of runs into one PNG")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default="curves-compare.png")
 
-    sub.add_parser("corpora", help="list the built-in corpora")
-
+def add_timeseries_parser(sub) -> None:
     from rnnkit.timeseries import MISSING, SERIES_MODELS, SeriesConfig
 
     ts = SeriesConfig()
-    pr = sub.add_parser("prepare", help="write a corpus as token files for training through memory maps (--data)")
-    pr.add_argument("corpus", help="a text file (or any file, with --tokens bytes)")
-    pr.add_argument("--out", required=True, metavar="DATA_DIR")
-    pr.add_argument("--tokens", choices=["char", "bytes"], default="char",
-                    help="characters of the decoded text, or the file's bytes (any file, 256 tokens)")
-    pr.add_argument("--encoding", default="utf-8")
-    pr.add_argument("--val-fraction", type=float, default=0.1, help="the held-out tail")
-
     x = sub.add_parser("timeseries", help="autoregressive models of a real-valued series (§9.1; §9.6's exercise)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = x.add_mutually_exclusive_group()
@@ -135,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true", help="print {\"mse\": {MODEL: {K: ...}}} as the last line")
     x.add_argument("--quiet", action="store_true")
 
+
+def add_serve_parser(sub) -> None:
     from rnnkit.serve import Limits
 
     limits = Limits()
@@ -143,8 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     s.add_argument("--port", type=int, default=8000, help="port (0: any free one; the address is printed)")
-    s.add_argument("--checkpoint", choices=["best", "last"], default=None,
-                   help="the weights of the lowest validation loss, or the last ones (default: best where kept)")
+    s.add_argument("--checkpoint", choices=["best", "last"], default=None, help=CHECKPOINT_HELP)
     s.add_argument("--max-chars", type=int, default=limits.max_chars, help="characters per generation stream")
     s.add_argument("--max-text", type=int, default=limits.max_text,
                    help="characters of a prompt, or of a text to score or read hidden units of")
@@ -152,7 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body", type=int, default=limits.max_body, help="bytes of a request body")
     s.add_argument("--threads", type=int, default=1,
                    help="PyTorch threads per operation (requests already run side by side)")
-    return parser
 
 
 def given_train_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
@@ -256,42 +264,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_timeseries(args: argparse.Namespace) -> int:
     """``rnnkit timeseries``: train (or resume) every model, save, score every horizon, plot."""
-    from rnnkit.files import DirectoryLock, atomic_write
+    from rnnkit.files import DirectoryLock
     from rnnkit.run.lifecycle import raise_stop, signal_handlers
-    from rnnkit.timeseries import (
-        SeriesConfig,
-        SeriesTrainer,
-        load_series,
-        load_series_run,
-        render_mse,
-        render_predictions,
-        save_series_run,
-    )
+    from rnnkit.timeseries import SeriesConfig, open_series_run, save_series_run, write_series_results
 
     run_dir = Path(args.resume or args.out)
-    if args.resume and not (run_dir / "config.json").is_file():
+    if args.resume and not (run_dir / "config.json").is_file():  # before the lock creates the directory
         raise RnnkitError(f"{run_dir}: not a timeseries run (no config.json)")
+    config = None
+    if not args.resume:
+        if args.csv is None and args.column:
+            raise RnnkitError("--column needs --csv")
+        config = SeriesConfig(csv=args.csv, column=args.column, time_column=args.time_column, missing=args.missing,
+                              seed=args.seed, tau=args.tau, train=args.train, models=tuple(args.models),
+                              hidden=args.hidden, layers=args.layers,
+                              epochs=SeriesConfig.epochs if args.epochs is None else args.epochs, lr=args.lr,
+                              clip=args.clip, ks=tuple(args.ks))
     with DirectoryLock(run_dir):
-        if args.resume:
-            trainer, _ = load_series_run(run_dir)
-            if args.epochs is not None:
-                if args.epochs < trainer.config.epochs:
-                    raise RnnkitError(f"--epochs {args.epochs} is below the run's {trainer.config.epochs}")
-                trainer.config.epochs = args.epochs
-        else:
-            if (run_dir / "config.json").exists() and not args.force:
-                raise RnnkitError(f"{run_dir} already holds a run (--resume {run_dir} to continue, "
-                                  "--force to overwrite)")
-            if args.csv is None and args.column:
-                raise RnnkitError("--column needs --csv")
-            epochs = SeriesConfig.epochs if args.epochs is None else args.epochs
-            config = SeriesConfig(csv=args.csv, column=args.column, time_column=args.time_column,
-                                  missing=args.missing, seed=args.seed, tau=args.tau, train=args.train,
-                                  models=tuple(args.models), hidden=args.hidden, layers=args.layers,
-                                  epochs=epochs, lr=args.lr, clip=args.clip, ks=tuple(args.ks))
-            config.validate()
-            series = load_series(config)
-            trainer = SeriesTrainer(config, series)
+        trainer = open_series_run(run_dir, config, args.epochs, args.force)
         say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
         series = trainer.series
         say(f"series: {series.source}, {len(series.values)} values ({trainer.num_train} for training, "
@@ -307,15 +297,7 @@ def cmd_timeseries(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 128 + signum
         save_series_run(run_dir, trainer)
-        predictions = trainer.predictions()
-        results = trainer.evaluate(predictions)
-        atomic_write(run_dir / "results.json", (json.dumps({"mse": results}, indent=1) + "\n").encode())
-        try:
-            atomic_write(run_dir / "predictions.png", render_predictions(trainer, predictions))
-            atomic_write(run_dir / "mse.png", render_mse(results))
-            plots = "predictions.png, mse.png"
-        except RnnkitError as exc:  # no matplotlib: the numbers still stand
-            plots = f"no plots ({exc})"
+        results, plots = write_series_results(run_dir, trainer)
         ks = list(trainer.config.ks)
         say("held-out MSE  " + "".join(f"{f'k={k}':>11s}" for k in ks))
         for name, by_k in results.items():

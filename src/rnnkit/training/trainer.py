@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -24,6 +23,7 @@ from rnnkit.errors import RnnkitError, Stop, TrainingDiverged
 from rnnkit.evaluate import bits_per_token, perplexity, safe_exp
 from rnnkit.models import build_model, check_parameter_count, detach_state, state_batch_dim
 from rnnkit.text import Vocab
+from rnnkit.training import clock
 from rnnkit.training.average import WeightAverage
 from rnnkit.training.callbacks import Callback, FunctionCallbacks
 from rnnkit.training.corpus import load_training_data
@@ -33,15 +33,8 @@ from rnnkit.training.position import EpochPosition
 from rnnkit.training.records import EpochStats, EvalPoint, LossSum, TrainingState
 from rnnkit.training.rng import RunRNG
 from rnnkit.training.steps import choose_step
-from rnnkit.training.stopping import check_budget_room, stop_reason
+from rnnkit.training.stopping import StopRules, check_budget_room, stop_reason
 from rnnkit.training.validation import shared_held_out_nll
-
-
-def clock() -> float:
-    """Seconds on a monotonic clock: what the time budget, the learning-rate schedule over it, and
-    the recorded seconds read. One function, so that a test can replace it with a clock of its own
-    and get the same run from the same settings on any machine, however busy."""
-    return time.perf_counter()
 
 
 class Trainer:
@@ -89,11 +82,9 @@ class Trainer:
         self.state = TrainingState()
         self.snapshot: dict | None = None  # the state to resume from: after the last epoch, or where it stopped
         self.callbacks: list[Callback] = list(callbacks)
-        self.stop_requested = 0  # a signal's number: stop after the step in progress (see class doc)
-        self.accepts_stop = False  # True while fit() is between steps or in one: a stop request is honoured
+        self.stopping = StopRules(config)
         self._budget_checked = False
         self._eval_seconds = 0.0  # evaluation time inside the current epoch (not training time)
-        self._wall_t0 = 0.0
         self.position = EpochPosition(self.device, world, state_batch_dim(self.model), self._global_sums)
 
     # -- the run's records, by their usual names
@@ -118,10 +109,16 @@ class Trainer:
     def request_stop(self, signum: int) -> bool:
         """Stop after the step in progress (a signal's number); False where training is not running
         (the caller should stop at once)."""
-        if not self.accepts_stop:
-            return False
-        self.stop_requested = self.stop_requested or signum
-        return True
+        return self.stopping.request(signum)
+
+    @property
+    def stop_requested(self) -> int:
+        """The number of the signal that asked the run to stop after the step in progress, or 0."""
+        return self.stopping.requested
+
+    @stop_requested.setter
+    def stop_requested(self, signum: int) -> None:
+        self.stopping.requested = signum
 
     def _call(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -139,7 +136,7 @@ class Trainer:
                                               "finished", "wall_seconds", "bad_evals")})
         state["since_eval"] = self._global_sums(float(since.total), since.tokens)
         state["last_eval_wall"] = records["last_eval_wall"]
-        state["position"] = self.position.state(clock(), self._eval_seconds)
+        state["position"] = self.position.state(clock.now(), self._eval_seconds)
         state["average"] = None if self.average is None else self.average.state()
         return state
 
@@ -183,10 +180,10 @@ class Trainer:
         self.snapshot = self.state_dict()
         self.model.prepare_kernel()  # a kernel build happens here, not inside epoch 1's timing
         self.check_budget()
-        self._wall_t0 = clock() - self.state.wall_seconds
+        self.stopping.start(self.state.wall_seconds)
         last_epoch = 10**9 if self.config.time_budget or self.config.max_steps else self.config.epochs
         self._call("on_fit_start")
-        with self.rng.use(), self._accepting_stop():
+        with self.rng.use(), self.stopping.accepting():
             if self.world.rank:  # dropout: each process its own masks (rank 0 keeps the saved RNG stream)
                 torch.manual_seed((self.config.seed * 1_000_003 + self.world.rank * 7919 + self.step) % (1 << 63))
             for epoch in range(len(self.history), last_epoch):
@@ -205,7 +202,7 @@ class Trainer:
         loss_sum, count = self.train_epoch(epoch)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed = clock() - self.position.run.t0 - self._eval_seconds
+        elapsed = clock.now() - self.position.run.t0 - self._eval_seconds
         self.position.end()
         loss_sum, count = self._global_sums(loss_sum, count)
         if count == 0:
@@ -221,7 +218,7 @@ class Trainer:
         if not (self.evals and self.evals[-1].step == self.step):  # not just evaluated at this step
             self.evaluate_point(epoch + 1 if not self.finished else self.evals_epoch(epoch, count),
                                 (val_nll, val_count))
-        self.state.wall_seconds = self._elapsed()
+        self.state.wall_seconds = self.stopping.elapsed()
         return EpochStats(epoch + 1, train_loss, safe_exp(train_loss), perplexity(val_nll, val_count),
                           bits_per_token(val_nll, val_count), round(self.state.train_seconds, 4),
                           round(count / elapsed, 1))
@@ -232,14 +229,14 @@ class Trainer:
         Evaluations and saves due within the epoch run here."""
         model, world, config = self.model, self.world, self.config
         model.train()
-        run = self.position.begin(epoch, clock())
+        run = self.position.begin(epoch, clock.now())
         num_batches = max(len(self.data.train), 1)
         stateful = self.data.train.stateful
         state = self.position.carry
         for k, (X, Y) in enumerate(self.data.train.epoch(epoch, run.batch, world.part), start=run.batch):
             self._set_lr()
             carried = detach_state(state) if stateful else None  # truncated BPTT where batches continue
-            shared = self._local_flags(self.step + 1) if self.step_fn.shares_flags else None
+            shared = self._flags(self.step + 1) if self.step_fn.shares_flags else None
             loss, state, flags = self.step_fn(X, Y, carried, shared)
             self.optimizer.step()
             self.state.step += 1
@@ -251,7 +248,7 @@ class Trainer:
             self.position.carry = state if stateful else None
             self.state.since_eval.add(loss, Y.numel())
             self._call("on_batch_end", Y.numel() * world.size, loss)
-            signum, budget_spent, eval_due, save_due = flags or self._local_flags(self.step)
+            signum, budget_spent, eval_due, save_due = flags or self._flags(self.step)
             if (self.step % config.eval_every == 0) if config.eval_every else (config.time_budget and eval_due):
                 self.evaluate_point(epoch + (k + 1) / num_batches)
                 model.train()
@@ -259,39 +256,27 @@ class Trainer:
                 signum = distributed.all_reduce_max(self.stop_requested, self.device) if world.started else signum
                 self.snapshot = self._state_now()
                 raise Stop(int(signum))
-            if self._must_stop(bool(budget_spent)):
+            self.state.finished = stop_reason(config, self.state, bool(budget_spent))
+            if self.finished:
                 break
             if save_due:
                 self.snapshot = self._state_now()
                 self._call("on_save", self.snapshot)
         return run.loss.item(), run.count
 
-    def _local_flags(self, step: int) -> list[float]:
-        """What this process says after step ``step``: [signal number or 0, time budget spent,
-        validation due by the clock, save due]; under torchrun these are summed over processes."""
-        budget = self.config.time_budget
-        elapsed = self._elapsed() if budget else 0.0
+    def _flags(self, step: int) -> list[float]:
+        """:meth:`StopRules.flags` after step ``step``, with whether a callback wants a save there."""
         save_due = any(callback.save_due(self, step) for callback in self.callbacks)
-        return [float(self.stop_requested), float(bool(budget) and elapsed >= budget),
-                float(bool(budget) and elapsed - self.state.last_eval_wall >= budget / 10),  # ~10 per budget
-                float(save_due)]
+        return self.stopping.flags(self.state.last_eval_wall, save_due)
 
     def _state_now(self) -> dict:
         """:meth:`state_dict` between two steps of an epoch (a collective under torchrun)."""
-        self.state.wall_seconds = self._elapsed()
+        self.state.wall_seconds = self.stopping.elapsed()
         return self.state_dict()
-
-    def _elapsed(self) -> float:
-        """Wall-clock seconds of training so far, across resumes."""
-        return clock() - self._wall_t0
 
     def progress(self) -> float:
         """How far the run is, in [0, 1]: of its time budget, or of all its steps."""
-        if self.config.time_budget:
-            return self._elapsed() / self.config.time_budget
-        if self.config.max_steps:
-            return self.step / self.config.max_steps
-        return self.step / max(self.config.epochs * len(self.data.train), 1)
+        return self.stopping.progress(self.step, len(self.data.train))
 
     def _set_lr(self) -> None:
         if self.config.schedule == "constant" and not self.config.warmup:
@@ -299,10 +284,6 @@ class Trainer:
         lr = self.config.lr * lr_factor(self.config, self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-
-    def _must_stop(self, budget_spent: bool) -> bool:
-        self.state.finished = stop_reason(self.config, self.state, budget_spent)
-        return self.finished is not None
 
     @contextlib.contextmanager
     def averaged_weights(self) -> Iterator[None]:
@@ -322,17 +303,17 @@ class Trainer:
             return self._evaluate_point(epoch, val)
 
     def _evaluate_point(self, epoch: float, val: tuple[float, int] | None) -> EvalPoint | None:
-        started = clock()
+        started = clock.now()
         val_nll, val_count = self.evaluate_val() if val is None else val
-        self._eval_seconds += clock() - started
+        self._eval_seconds += clock.now() - started
         if not val_count:
             return None
         since = self.state.since_eval
         loss_sum, tokens = self._global_sums(float(since.total), since.tokens)
-        point = EvalPoint(self.step, round(epoch, 4), round(self._elapsed(), 3),
+        point = EvalPoint(self.step, round(epoch, 4), round(self.stopping.elapsed(), 3),
                           loss_sum / tokens if tokens else float("nan"), val_nll / val_count,
                           bits_per_token(val_nll, val_count), self.optimizer.param_groups[0]["lr"])
-        self.state.since_eval, self.state.last_eval_wall = LossSum(), self._elapsed()
+        self.state.since_eval, self.state.last_eval_wall = LossSum(), self.stopping.elapsed()
         self.state.record(point, lambda: {k: v.detach().clone() for k, v in self.model.state_dict().items()})
         self._call("on_eval", point)  # after the best is updated: it may say "(best)"
         return point
@@ -343,15 +324,6 @@ class Trainer:
         with self.averaged_weights():  # --ema: the average is what is validated
             return shared_held_out_nll(self.model, self.data, self.config.num_steps, self.world, self.device)
 
-    @contextlib.contextmanager
-    def _accepting_stop(self) -> Iterator[None]:
-        """While training steps run, a stop request waits for the step in progress (class doc)."""
-        self.accepts_stop = True
-        try:
-            yield
-        finally:
-            self.accepts_stop = False
-
     def check_budget(self, spent_s: float = 0.0) -> None:
         """A time budget must leave room for training and about ten validations: measure one (rank
         0's measure decides for every process); once per run, and :meth:`fit` calls it if nobody
@@ -359,9 +331,9 @@ class Trainer:
         if not self.config.time_budget or self.finished or self._budget_checked:
             return
         self.model.prepare_kernel()  # a kernel build is not a validation's time
-        started = clock()
+        started = clock.now()
         self.evaluate_val()
-        took = torch.tensor([clock() - started], dtype=torch.float64, device=self.device)
+        took = torch.tensor([clock.now() - started], dtype=torch.float64, device=self.device)
         if self.world.started:
             distributed.broadcast_from_main([took])
         check_budget_room(self.config.time_budget, took.item(), spent_s)
