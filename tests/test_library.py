@@ -193,3 +193,31 @@ def test_tensorboard_into_a_file_is_one_line_and_leaves_no_run(tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and err[0].startswith("rnnkit: error: --tensorboard")
     assert not (tmp_path / "run").exists()
+
+
+OLD_IMPORTS = {  # names that code outside rnnkit imported before the library-first refactor: they stay
+    "rnnkit": ["TrainConfig", "Trainer", "Sampling", "predict", "generate", "RNNLM", "RNNScratch", "Recurrent",
+               "build_model", "Vocab", "build_corpus", "load_corpus_text", "RnnkitError", "d2l"],
+    "rnnkit.train": ["TrainConfig", "Trainer", "EvalPoint", "EpochStats", "CapturedGradients", "select_device",
+                     "keep_freed_memory", "clip_gradients", "compute_gradients", "compute_shared_gradients",
+                     "window_nll", "stream_nll", "validation_lanes", "perplexity", "bits_per_token",
+                     "characters_predicted", "make_optimizer", "lr_factor", "check_memory", "memory_needed",
+                     "OPTIMIZERS", "SCHEDULES", "CUDA_GRAPHS"],
+    "rnnkit.checkpoint": ["load_run", "save_run", "load_state", "read_config", "checkpoint_path"],
+    "rnnkit.models": ["RNNLM", "build_model", "MODEL_KINDS", "State", "layer_states", "state_batch_dim"],
+    "rnnkit.serve": ["Limits", "ServedRun", "create_app", "load_runs", "score", "activations", "serve"],
+    "rnnkit.text": ["TOKEN_KINDS", "tokenize", "preprocess", "Vocab"],
+    "rnnkit.generate": ["Sampling", "generate", "predict", "join_tokens"],
+}
+
+
+@pytest.mark.parametrize("module", OLD_IMPORTS)
+def test_public_names_keep_their_old_imports(module):
+    import importlib
+    import importlib.util
+
+    imported = importlib.import_module(module)
+    missing = [name for name in OLD_IMPORTS[module]
+               if not hasattr(imported, name) and importlib.util.find_spec(f"{module}.{name}") is None]
+    assert missing == []
+    assert callable(rnnkit.train) and rnnkit.Run.load.__name__ == "load"
