@@ -74,7 +74,7 @@ def _check_source(path: Path) -> None:
 def prepare(source: str | os.PathLike, out: str | os.PathLike, tokens: str = "char", encoding: str = "utf-8",
             val_fraction: float = 0.1) -> dict:
     """Write a data directory for ``source`` (module doc) and return its manifest."""
-    from rnnkit.files import atomic_write, fsync_directory, write_temp
+    from rnnkit.files import atomic_write, fsync_directory
 
     source, out = Path(source), Path(out)
     if tokens not in PREPARED_TOKENS:
@@ -82,66 +82,85 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, tokens: str = "ch
     if not 0 <= val_fraction < 1:
         raise RnnkitError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     _check_source(source)
-    sha1, size, count = hashlib.sha1(), 0, 0
-    if tokens == "bytes":
-        for block in _chunks(source):
-            sha1.update(block)
-            size += len(block)
-        count, idx_to_token = size, list(range(256))
-    else:  # pass 1: the characters used (a count per code point: O(n), whatever the alphabet)
-        used = np.zeros(UNICODE, dtype=bool)
-        for block in _chunks(source):
-            sha1.update(block)
-            size += len(block)
-        for text in _texts(source, encoding):
-            points = _codepoints(text)
-            count += len(points)
-            used |= np.bincount(points, minlength=UNICODE).astype(bool)
-        idx_to_token = [chr(c) for c in np.flatnonzero(used).tolist()]
+    sha1, size, count, idx_to_token = _first_pass(source, tokens, encoding)
     if count < 2:
         raise RnnkitError(f"{source}: {count} tokens; nothing to train on")
     dtype = _dtype_for(len(idx_to_token))
-    num_val = int(count * val_fraction)
-    num_train = count - num_val
-    if tokens == "char":  # code point -> id, one table lookup per character
-        table = np.zeros(UNICODE, dtype=dtype)
-        table[[ord(t) for t in idx_to_token]] = np.arange(len(idx_to_token), dtype=dtype)
+    num_train = count - int(count * val_fraction)
+    table = _id_table(idx_to_token, dtype) if tokens == "char" else None
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "manifest.json").unlink(missing_ok=True)  # the directory is not a data directory until it is done
-        files, written = {}, 0
-        temps = {name: write_temp(out / f"{name}.bin", b"") for name in ("train", "val")}
-        handles = {name: open(temp, "r+b") for name, temp in temps.items()}
-        hashes = {name: hashlib.sha1() for name in temps}
         pieces = _chunks(source) if tokens == "bytes" else (_codepoints(t) for t in _texts(source, encoding))
-        for piece in pieces:  # pass 2: the ids
-            ids = np.frombuffer(piece, dtype="<u1") if tokens == "bytes" else table[piece]
-            for name, lo, hi in (("train", 0, num_train), ("val", num_train, count)):
-                part = ids[max(lo - written, 0):max(hi - written, 0)]
-                if len(part):
-                    data = part.tobytes()
-                    handles[name].write(data)
-                    hashes[name].update(data)
-            written += len(ids)
-        for name, handle in handles.items():
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            os.replace(temps[name], out / f"{name}.bin")
-            files[name] = {"name": f"{name}.bin", "tokens": num_train if name == "train" else num_val,
-                           "sha1": hashes[name].hexdigest()}
+        ids = (np.frombuffer(piece, dtype="<u1") if tokens == "bytes" else table[piece] for piece in pieces)
+        files = _write_ids(out, ids, num_train, count)
         vocab = {"tokens": tokens, "idx_to_token": idx_to_token}
         vocab_bytes = (json.dumps(vocab, ensure_ascii=False) + "\n").encode()
         atomic_write(out / "vocab.json", vocab_bytes)
         fsync_directory(out)
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": str(source),
-                    "source_sha1": sha1.hexdigest(), "source_bytes": size, "tokens": tokens, "encoding": encoding,
+                    "source_sha1": sha1, "source_bytes": size, "tokens": tokens, "encoding": encoding,
                     "dtype": dtype.str, "vocab_size": len(idx_to_token), "vocab_sha1":
                         hashlib.sha1(vocab_bytes).hexdigest(), "files": files}
         atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     except OSError as exc:
         raise RnnkitError(f"cannot write {out}: {exc.strerror or exc}") from None
     return manifest
+
+
+def _first_pass(source: Path, tokens: str, encoding: str) -> tuple[str, int, int, list]:
+    """Pass 1: the source's sha1 and size, its token count and vocabulary (``idx_to_token``).
+
+    Characters are found by a flag per code point, set from a count per chunk of code points:
+    O(n), whatever the alphabet."""
+    sha1, size = hashlib.sha1(), 0
+    for block in _chunks(source):
+        sha1.update(block)
+        size += len(block)
+    if tokens == "bytes":
+        return sha1.hexdigest(), size, size, list(range(256))
+    used, count = np.zeros(UNICODE, dtype=bool), 0
+    for text in _texts(source, encoding):
+        points = _codepoints(text)
+        count += len(points)
+        used |= np.bincount(points, minlength=UNICODE).astype(bool)
+    return sha1.hexdigest(), size, count, [chr(c) for c in np.flatnonzero(used).tolist()]
+
+
+def _id_table(idx_to_token: list, dtype: np.dtype) -> np.ndarray:
+    """Code point -> id: one table lookup per character turns a chunk of code points into ids."""
+    table = np.zeros(UNICODE, dtype=dtype)
+    table[[ord(t) for t in idx_to_token]] = np.arange(len(idx_to_token), dtype=dtype)
+    return table
+
+
+def _write_ids(out: Path, pieces, num_train: int, count: int) -> dict:
+    """Pass 2: the ids (arrays, in order) into ``train.bin`` (the first ``num_train``) and
+    ``val.bin`` (the rest, up to ``count``), each written to a temporary file, synced and renamed
+    into place, so that a file under its final name is always whole; returns the manifest's
+    ``files`` entry."""
+    from rnnkit.files import write_temp
+
+    files, written = {}, 0
+    temps = {name: write_temp(out / f"{name}.bin", b"") for name in ("train", "val")}
+    handles = {name: open(temp, "r+b") for name, temp in temps.items()}
+    hashes = {name: hashlib.sha1() for name in temps}
+    for ids in pieces:
+        for name, lo, hi in (("train", 0, num_train), ("val", num_train, count)):
+            part = ids[max(lo - written, 0):max(hi - written, 0)]
+            if len(part):
+                data = part.tobytes()
+                handles[name].write(data)
+                hashes[name].update(data)
+        written += len(ids)
+    for name, handle in handles.items():
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        os.replace(temps[name], out / f"{name}.bin")
+        files[name] = {"name": f"{name}.bin", "tokens": num_train if name == "train" else count - num_train,
+                       "sha1": hashes[name].hexdigest()}
+    return files
 
 
 class MappedTokens:
