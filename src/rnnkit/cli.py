@@ -55,6 +55,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                                        "(--epochs may raise its epoch count; other settings come from the run)")
 
 
+SILENT_EXIT_GRACE_S = 2.0  # how long a process whose error rank 0 reports waits before it exits
 CHECKPOINT_HELP = "the weights of the lowest validation loss, or the last ones (default: best where kept)"
 
 
@@ -344,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
                     "prepare": cmd_prepare}
         return commands[args.command](args)
     except RnnkitError as exc:
-        if not getattr(exc, "silent", False):
+        if getattr(exc, "silent", False):  # another process of a torchrun job (rank 0) says it; torchrun
+            time.sleep(SILENT_EXIT_GRACE_S)  # ends every process at the first exit: give rank 0 time to say it
+        else:
             print(f"rnnkit: error: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt as exc:  # Ctrl-C, or a Stop raised by SIGTERM/SIGHUP (raise_stop)
