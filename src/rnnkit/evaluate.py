@@ -78,14 +78,10 @@ def stream_nll(model: RNNLM, tokens: torch.Tensor, chunk: int = 1024, lanes: int
 
 def validation_lanes(tokens: int) -> int:
     """How many lanes training's validations read a held-out text of ``tokens`` in: up to
-    :data:`VALIDATION_LANES`, each at least twice :data:`STREAM_WARMUP` long. The warmup is long because
-    a carried state can remember far back: on a text whose held-out part is languages training never
-    read (Vim's tutor in 18 European languages), a 1x256 LSTM scored 2.2601 nats in 16 lanes warmed up
-    on 512 characters, 2.2701 on 2048, 2.2728 on 4096 and 2.2732 as one stream (``rnnkit eval``), and
-    one budgeted run's best checkpoint 2.24 in 29 lanes of 512 against 2.37 as one stream. Read in 8
-    lanes of 4096 its validation took 0.59 s instead of 0.49 s (16 lanes of 512) or 0.80 s (one
-    stream); Tiny Shakespeare's 111k held-out characters with a 1x256 LSTM 0.67 s instead of 0.56 s
-    (32 lanes of 512) or 1.11 s."""
+    :data:`VALIDATION_LANES`, each at least twice :data:`STREAM_WARMUP` long. Lanes keep a CPU busy
+    (one token at a time keeps it waiting); the long warmup keeps what they measure what ``rnnkit
+    eval``'s one stream measures, since a carried state remembers far back (the runs behind both
+    numbers: ``docs/design/sizing.md``, "Validation lanes")."""
     return max(1, min(VALIDATION_LANES, tokens // (2 * STREAM_WARMUP)))
 
 
