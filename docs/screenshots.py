@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The README's screenshots of the playground: serve two runs, use each panel in headless Chromium
-(Debian's chromium + chromium-driver), save ``docs/playground-<panel>.png``.
+(Debian's chromium + chromium-driver), save ``docs/images/playground-<panel>.png``.
 
     .venv/bin/python docs/screenshots.py RUN_A RUN_B    # RUN_B: an LSTM for the hidden-units panel
 """
@@ -43,8 +43,8 @@ def main() -> None:
 
     def shot(name):
         time.sleep(0.3)
-        driver.find_element("tag name", "main").screenshot(str(DOCS / f"playground-{name}.png"))
-        print(DOCS / f"playground-{name}.png")
+        driver.find_element("tag name", "main").screenshot(str(DOCS / "images" / f"playground-{name}.png"))
+        print(DOCS / "images" / f"playground-{name}.png")
 
     try:
         driver.get(url)

@@ -7,6 +7,7 @@ does not load torch.
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,31 @@ _EXPORTS = {
     "tokenizer_for": "rnnkit.tokens",
 }
 __all__ = [*sorted(_EXPORTS), "train", "__version__"]
+
+if TYPE_CHECKING:  # the same names for type checkers and the API reference (mkdocstrings)
+    from rnnkit.config import RunOptions as RunOptions
+    from rnnkit.config import TrainConfig as TrainConfig
+    from rnnkit.errors import RnnkitError as RnnkitError
+    from rnnkit.evaluate import Evaluation as Evaluation
+    from rnnkit.evaluate import evaluate_text as evaluate_text
+    from rnnkit.generate import Sampling as Sampling
+    from rnnkit.generate import generate as generate
+    from rnnkit.generate import predict as predict
+    from rnnkit.models import RNNLM as RNNLM
+    from rnnkit.models import Recurrent as Recurrent
+    from rnnkit.models import RNNScratch as RNNScratch
+    from rnnkit.models import build_model as build_model
+    from rnnkit.run import Run as Run
+    from rnnkit.run import RunStopped as RunStopped
+    from rnnkit.run import resume as resume
+    from rnnkit.run import train as train
+    from rnnkit.text import Vocab as Vocab
+    from rnnkit.text import build_corpus as build_corpus
+    from rnnkit.text import load_corpus_text as load_corpus_text
+    from rnnkit.tokens import Tokenizer as Tokenizer
+    from rnnkit.tokens import tokenizer_for as tokenizer_for
+    from rnnkit.training import Callback as Callback
+    from rnnkit.training import Trainer as Trainer
 
 
 def __getattr__(name: str):

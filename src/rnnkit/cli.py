@@ -36,12 +36,12 @@ def duration(text: str) -> float:
 def add_options(parser: argparse.ArgumentParser) -> None:
     """``train``'s options, derived from :class:`~rnnkit.config.TrainConfig` and
     :class:`~rnnkit.config.RunOptions`: one flag per field, in its group, with its help and choices."""
-    from rnnkit.config import GROUPS, option_fields
+    from rnnkit.config import GROUPS, flag_name, option_fields
 
     groups = {name: parser.add_argument_group(f"{name} options") for name in GROUPS}
     for f in option_fields():
         meta = f.metadata
-        flag = meta["flag"] or f"--{f.name.replace('_', '-')}"
+        flag = flag_name(f)
         group = groups[meta["group"]]
         if f.type == "bool":
             group.add_argument(flag, dest=f.name, action="store_true", help=meta["help"])

@@ -282,6 +282,11 @@ def check_types(options: Any) -> None:
             raise RnnkitError(f"config field {f.name} must be of type {kind}, got {value!r}")
 
 
+def flag_name(f: dataclasses.Field) -> str:
+    """The command-line flag of an option: its ``flag``, or ``--`` and its name in kebab case."""
+    return f.metadata["flag"] or f"--{f.name.replace('_', '-')}"
+
+
 def option_fields() -> list[dataclasses.Field]:
     """Every option of a run: :class:`TrainConfig`'s fields, then :class:`RunOptions`'."""
     return [*fields(TrainConfig), *fields(RunOptions)]
