@@ -53,8 +53,12 @@ class Baseline(nn.Module):
         return self.linear(out), state
 
 
-AVX2_EMULATION = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                  "RNNKIT_KERNEL_CFLAGS": "-mno-avx512f"}  # a CPU without AVX-512, seen on one that has it
+AVX2_EMULATION = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "RNNKIT_KERNEL_CFLAGS": "-mno-avx512f",
+}  # a CPU without AVX-512, seen on one that has it
 
 
 def cpu_flags() -> dict[str, bool]:

@@ -62,13 +62,12 @@ print(torch.get_num_threads(), hashlib.sha1(b"".join(weights[k].numpy().tobytes(
 """
 
 
-
 def first_difference(majority: str, minority: str) -> dict:
     """The first operation whose output digest differs between two traces."""
     a, b = open(majority).read().splitlines(), open(minority).read().splitlines()
     for index, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
-            return {"operation_index": index, "majority": x, "minority": y, "previous": a[max(0, index - 3):index]}
+            return {"operation_index": index, "majority": x, "minority": y, "previous": a[max(0, index - 3) : index]}
     return {"operation_index": None, "lengths": [len(a), len(b)]}
 
 
@@ -76,10 +75,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=40)
     parser.add_argument("--kinds", nargs="+", default=["rnn", "scratch", "gru", "lstm"])
-    parser.add_argument("--concurrent", type=int, default=1,
-                        help="processes run at once (more than the cores: each process's threads compete for them)")
-    parser.add_argument("--trace-dir", help="record every operation's output digest per process here, and name "
-                                            "the first operation where a minority result departs from the majority")
+    parser.add_argument(
+        "--concurrent",
+        type=int,
+        default=1,
+        help="processes run at once (more than the cores: each process's threads compete for them)",
+    )
+    parser.add_argument(
+        "--trace-dir",
+        help="record every operation's output digest per process here, and name "
+        "the first operation where a minority result departs from the majority",
+    )
     args = parser.parse_args()
     results = {}
     for kind in args.kinds:
@@ -92,9 +98,20 @@ def main() -> None:
         # worker threads (they run ATen operations while the main thread holds the GIL): trace without it
         traces_of = [f"{args.trace_dir}/{kind}-{i}.txt" if args.trace_dir else "-" for i in range(args.processes)]
         for first in range(0, args.processes, args.concurrent):
-            batch = traces_of[first:first + args.concurrent]
-            running = [(trace, subprocess.Popen([sys.executable, "-c", CHILD, kind, trace], stdout=subprocess.PIPE,
-                                                stderr=subprocess.PIPE, text=True, env=env)) for trace in batch]
+            batch = traces_of[first : first + args.concurrent]
+            running = [
+                (
+                    trace,
+                    subprocess.Popen(
+                        [sys.executable, "-c", CHILD, kind, trace],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                        env=env,
+                    ),
+                )
+                for trace in batch
+            ]
             for trace, process in running:
                 stdout, stderr = process.communicate()
                 if process.returncode != 0:
@@ -103,18 +120,32 @@ def main() -> None:
                 threads.add(int(count))
                 digests[digest] += 1
                 traces.setdefault(digest, trace)
-        results[kind] = {"processes": args.processes, "distinct_results": len(digests),
-                         "counts": sorted(digests.values(), reverse=True), "threads": sorted(threads),
-                         "concurrent": args.concurrent,
-                         "seconds": round(time.perf_counter() - started, 1)}
+        results[kind] = {
+            "processes": args.processes,
+            "distinct_results": len(digests),
+            "counts": sorted(digests.values(), reverse=True),
+            "threads": sorted(threads),
+            "concurrent": args.concurrent,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         if args.trace_dir and len(digests) > 1:
-            results[kind]["first_difference"] = first_difference(traces[digests.most_common()[0][0]],
-                                                                 traces[digests.most_common()[-1][0]])
+            results[kind]["first_difference"] = first_difference(
+                traces[digests.most_common()[0][0]], traces[digests.most_common()[-1][0]]
+            )
         print(json.dumps({kind: results[kind]}), file=sys.stderr, flush=True)
     import torch
 
-    print(json.dumps({"cpu": cpu_model(), "torch": torch.__version__, "results": results,
-                      "all_identical": all(r["distinct_results"] == 1 for r in results.values())}, indent=1))
+    print(
+        json.dumps(
+            {
+                "cpu": cpu_model(),
+                "torch": torch.__version__,
+                "results": results,
+                "all_identical": all(r["distinct_results"] == 1 for r in results.values()),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,16 +28,39 @@ from common import cpu_model
 
 MODELS = {
     "book": ["--epochs", "8"],  # the book's configuration otherwise
-    "lstm-2x256-data": ["--model", "lstm", "--layers", "2", "--hidden", "256", "--embedding", "64",
-                        "--optimizer", "adamw", "--lr", "0.003", "--batch-size", "64", "--num-steps", "128",
-                        "--max-steps", "30", "--val-tokens", "5000"],
+    "lstm-2x256-data": [
+        "--model",
+        "lstm",
+        "--layers",
+        "2",
+        "--hidden",
+        "256",
+        "--embedding",
+        "64",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.003",
+        "--batch-size",
+        "64",
+        "--num-steps",
+        "128",
+        "--max-steps",
+        "30",
+        "--val-tokens",
+        "5000",
+    ],
 }
 
 
 def tokens_per_s(command: list[str], threads: int, out: Path) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([*command, "--out", str(out), "--quiet", "--sample-every", "0", "--force"],
-                          capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [*command, "--out", str(out), "--quiet", "--sample-every", "0", "--force"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -53,13 +76,27 @@ def main() -> None:
     n = args.processes
     work = Path(tempfile.mkdtemp(prefix="rnnkit-dist-"))
     source = Path(os.environ.get("RNNKIT_DATA_DIR", "../shared/data")) / "tinyshakespeare.txt"
-    subprocess.run([sys.executable, "-m", "rnnkit.cli", "prepare", str(source), "--out", str(work / "data")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "rnnkit.cli", "prepare", str(source), "--out", str(work / "data")],
+        check=True,
+        capture_output=True,
+    )
     rnnkit = [sys.executable, "-m", "rnnkit.cli", "train"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m",
-                "rnnkit.cli", "train"]
-    settings = {"1 process x 1 thread": (rnnkit, 1), f"1 process x {n} threads": (rnnkit, n),
-                f"{n} processes x 1 thread": (torchrun, 1)}
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={n}",
+        "-m",
+        "rnnkit.cli",
+        "train",
+    ]
+    settings = {
+        "1 process x 1 thread": (rnnkit, 1),
+        f"1 process x {n} threads": (rnnkit, n),
+        f"{n} processes x 1 thread": (torchrun, 1),
+    }
     results = {}
     for model in args.models:
         options = MODELS[model]
@@ -70,12 +107,26 @@ def main() -> None:
                 samples[name].append(tokens_per_s([*launcher, *options], threads, work / "run"))
         medians = {name: round(statistics.median(values)) for name, values in samples.items()}
         one = medians["1 process x 1 thread"]
-        results[model] = {"tokens_per_s_median": medians, "tokens_per_s_all": samples,
-                          "speedup_vs_1_process_1_thread": {k: round(v / one, 2) for k, v in medians.items()}}
+        results[model] = {
+            "tokens_per_s_median": medians,
+            "tokens_per_s_all": samples,
+            "speedup_vs_1_process_1_thread": {k: round(v / one, 2) for k, v in medians.items()},
+        }
         print(json.dumps({model: medians}), file=sys.stderr, flush=True)
-    print(json.dumps({"benchmark": "distributed_throughput", "cpu": cpu_model(), "cores": os.cpu_count(),
-                      "processes": n, "repeats": args.repeats, "date": time.strftime("%Y-%m-%d"),
-                      "results": results}, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "distributed_throughput",
+                "cpu": cpu_model(),
+                "cores": os.cpu_count(),
+                "processes": n,
+                "repeats": args.repeats,
+                "date": time.strftime("%Y-%m-%d"),
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

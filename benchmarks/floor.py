@@ -72,19 +72,30 @@ def main() -> None:
     for name, ((m, k, n), counts) in shapes.items():
         seconds = gemm_seconds(m, k, n)
         flops = 2 * m * k * n
-        rows[name] = {"shape": [m, k, n], "gflops_per_s": round(flops / seconds / 1e9, 1),
-                      "us": round(seconds * 1e6, 1)}
+        rows[name] = {
+            "shape": [m, k, n],
+            "gflops_per_s": round(flops / seconds / 1e9, 1),
+            "us": round(seconds * 1e6, 1),
+        }
         for impl, (per_step, per_val) in counts.items():
             floor[impl]["flops"] += per_step * flops
             floor[impl]["step_s"] += per_step * seconds
             floor[impl]["val_s"] += per_val * seconds
-    result = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
-              "emulation_env": {k: os.environ[k] for k in AVX2_EMULATION if k in os.environ},
-              "config": {"batch": B, "num_steps": T, "hidden": H, "vocab": V}, "gemms": rows, "floor": {}}
+    result = {
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "threads": torch.get_num_threads(),
+        "emulation_env": {k: os.environ[k] for k in AVX2_EMULATION if k in os.environ},
+        "config": {"batch": B, "num_steps": T, "hidden": H, "vocab": V},
+        "gemms": rows,
+        "floor": {},
+    }
     for impl, f in floor.items():
-        result["floor"][impl] = {"gemm_mflop_per_step": round(f["flops"] / 1e6, 1),
-                                 "gemm_floor_ms_per_step": round(f["step_s"] * 1e3, 3),
-                                 "gemm_floor_s_per_100_epochs": round(100 * (10 * f["step_s"] + 5 * f["val_s"]), 3)}
+        result["floor"][impl] = {
+            "gemm_mflop_per_step": round(f["flops"] / 1e6, 1),
+            "gemm_floor_ms_per_step": round(f["step_s"] * 1e3, 3),
+            "gemm_floor_s_per_100_epochs": round(100 * (10 * f["step_s"] + 5 * f["val_s"]), 3),
+        }
 
     # rnnkit's measured training step on this batch shape
     torch.manual_seed(0)
@@ -113,8 +124,10 @@ def main() -> None:
         for key, value in medians.items():
             impl = "book" if key.startswith(("d2l/", "rnnkit.d2l/")) else "rnnkit"
             floor_s = result["floor"][impl]["gemm_floor_s_per_100_epochs"]
-            result["measured_100_epochs"][key] = {"fit_s": value["fit_s"],
-                                                  "x_floor": round(value["fit_s"] / floor_s, 1)}
+            result["measured_100_epochs"][key] = {
+                "fit_s": value["fit_s"],
+                "x_floor": round(value["fit_s"] / floor_s, 1),
+            }
     print(json.dumps(result, indent=1))
 
 

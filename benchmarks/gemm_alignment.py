@@ -19,14 +19,19 @@ import torch
 
 from common import cpu_model
 
-SHAPES = [((2048, 64), (64, 192)), ((128, 64), (64, 192)), ((2048, 192), (192, 64)), ((64, 2048), (2048, 192)),
-          ((1024, 32), (32, 28)), ((16, 64), (64, 192))]
-
+SHAPES = [
+    ((2048, 64), (64, 192)),
+    ((128, 64), (64, 192)),
+    ((2048, 192), (192, 64)),
+    ((64, 2048), (2048, 192)),
+    ((1024, 32), (32, 28)),
+    ((16, 64), (64, 192)),
+]
 
 
 def placed(t: torch.Tensor, offset: int) -> torch.Tensor:
     buffer = torch.empty(t.numel() + 256)
-    view = buffer[offset:offset + t.numel()].view(t.shape)
+    view = buffer[offset : offset + t.numel()].view(t.shape)
     view.copy_(t)
     return view
 
@@ -45,8 +50,18 @@ def main() -> None:
                 differ += (not torch.equal(pa @ pb, ref)) + (not torch.equal(pb.T @ pa.T, ref_t))
             rows.append({"threads": threads, "a": [m, k], "b": [k, n], "products": 128, "differing": differ})
     env = {k: os.environ[k] for k in ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY") if k in os.environ}
-    print(json.dumps({"cpu": cpu_model(), "torch": torch.__version__, "environment": env, "results": rows,
-                      "all_identical": all(r["differing"] == 0 for r in rows)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "cpu": cpu_model(),
+                "torch": torch.__version__,
+                "environment": env,
+                "results": rows,
+                "all_identical": all(r["differing"] == 0 for r in rows),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -59,9 +59,11 @@ def sync() -> None:
 
 
 CHECKS = {  # name: TrainConfig overrides (hidden 32 unless given)
-    "rnn": {}, "scratch": {"model": "scratch"},
+    "rnn": {},
+    "scratch": {"model": "scratch"},
     "lstm 2x128 adam": dict(model="lstm", layers=2, hidden=128, optimizer="adam", lr=0.002),
-    "gru": {"model": "gru"}, "rnn relu": {"activation": "relu"},
+    "gru": {"model": "gru"},
+    "rnn relu": {"activation": "relu"},
     "scratch relu": {"model": "scratch", "activation": "relu"},
     "rnn 2 layers, embedding 16": {"layers": 2, "embedding": 16},
     "lstm embedding 16 adamw": dict(model="lstm", embedding=16, optimizer="adamw", lr=0.002),
@@ -71,8 +73,18 @@ CHECKS = {  # name: TrainConfig overrides (hidden 32 unless given)
 
 
 def train_params(data: str, graphs: bool, epochs: int = 2, **overrides) -> tuple[torch.Tensor, list]:
-    config = TrainConfig(**{"corpus": data, "epochs": epochs, "num_train": 3000, "num_val": 500, "device": DEVICE,
-                            "cuda_graphs": "on" if graphs else "off", "hidden": 32, **overrides})
+    config = TrainConfig(
+        **{
+            "corpus": data,
+            "epochs": epochs,
+            "num_train": 3000,
+            "num_val": 500,
+            "device": DEVICE,
+            "cuda_graphs": "on" if graphs else "off",
+            "hidden": 32,
+            **overrides,
+        }
+    )
     trainer = Trainer(config)
     history = trainer.fit()
     return torch.cat([p.detach().flatten() for p in trainer.model.parameters()]), history
@@ -86,11 +98,16 @@ def checks(data: str) -> list[dict]:
             eager, h_eager = train_params(data, False, **overrides)
             again, _ = train_params(data, False, **overrides)
             graphed, h_graphed = train_params(data, DEVICE == "cuda", **overrides)
-            rows.append({"check": name, "max_abs_diff_graphs_vs_eager": (eager - graphed).abs().max().item(),
-                         "eager_repeats_bitwise": bool(torch.equal(eager, again)),
-                         "param_norm": eager.norm().item(),
-                         "train_loss": [h_eager[-1].train_loss, h_graphed[-1].train_loss],
-                         "val_ppl": [h_eager[-1].val_ppl, h_graphed[-1].val_ppl]})
+            rows.append(
+                {
+                    "check": name,
+                    "max_abs_diff_graphs_vs_eager": (eager - graphed).abs().max().item(),
+                    "eager_repeats_bitwise": bool(torch.equal(eager, again)),
+                    "param_norm": eager.norm().item(),
+                    "train_loss": [h_eager[-1].train_loss, h_graphed[-1].train_loss],
+                    "val_ppl": [h_eager[-1].val_ppl, h_graphed[-1].val_ppl],
+                }
+            )
         except Exception as exc:
             rows.append({"check": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
         print("check", rows[-1], flush=True)
@@ -106,14 +123,36 @@ def cli_runs(data: str, out: Path) -> list[dict]:
     for model in ("rnn", "scratch"):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            result = subprocess.run([sys.executable, "-c", "from rnnkit.cli import console; console()", "train",
-                                     "--corpus", data, "--model", model, "--out", f"{tmp}/run", "--sample-every", "0"],
-                                    capture_output=True, text=True)
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "from rnnkit.cli import console; console()",
+                    "train",
+                    "--corpus",
+                    data,
+                    "--model",
+                    model,
+                    "--out",
+                    f"{tmp}/run",
+                    "--sample-every",
+                    "0",
+                ],
+                capture_output=True,
+                text=True,
+            )
             lines = result.stdout.splitlines()
             epochs = [x for x in lines if x.startswith("epoch")]
-            rows.append({"model": model, "rc": result.returncode, "wall_s": round(time.perf_counter() - t0, 3),
-                         "first_line": lines[0] if lines else "", "last_epoch": epochs[-1] if epochs else "",
-                         "stderr_tail": result.stderr[-300:]})
+            rows.append(
+                {
+                    "model": model,
+                    "rc": result.returncode,
+                    "wall_s": round(time.perf_counter() - t0, 3),
+                    "first_line": lines[0] if lines else "",
+                    "last_epoch": epochs[-1] if epochs else "",
+                    "stderr_tail": result.stderr[-300:],
+                }
+            )
         print("cli", rows[-1], flush=True)
     return rows
 
@@ -126,15 +165,21 @@ def book_rnnkit(data: str, model: str, graphs: bool) -> dict:
     trainer.fit()
     sync()
     fit_s = time.perf_counter() - t0
-    return {"fit_s": round(fit_s, 3), "train_epochs_s": round(trainer.train_seconds, 3),
-            "val_ppl": round(perplexity(*window_nll(trainer.model, trainer.data.val_windows)), 4)}
+    return {
+        "fit_s": round(fit_s, 3),
+        "train_epochs_s": round(trainer.train_seconds, 3),
+        "val_ppl": round(perplexity(*window_nll(trainer.model, trainer.data.val_windows)), 4),
+    }
 
 
 def import_d2l(path: str):
     """The real d2l 1.0.3 package from ``path``; what it imports only for plotting is stubbed if absent."""
     sys.path.insert(0, path)
-    for name, attrs in (("IPython", ("display",)), ("matplotlib_inline", ("backend_inline",)),
-                        ("torchvision", ("transforms",))):
+    for name, attrs in (
+        ("IPython", ("display",)),
+        ("matplotlib_inline", ("backend_inline",)),
+        ("torchvision", ("transforms",)),
+    ):
         try:
             __import__(name)
         except ImportError:
@@ -175,8 +220,11 @@ def book_d2l(d2l, data: str, impl: str) -> dict:
     trainer.fit(model, dm)
     sync()
     fit_s = time.perf_counter() - t0
-    return {"fit_s": round(fit_s, 3), "val_ppl": round(d2l_perplexity(model, dm.val_dataloader()), 4),
-            "device": str(next(model.parameters()).device)}
+    return {
+        "fit_s": round(fit_s, 3),
+        "val_ppl": round(d2l_perplexity(model, dm.val_dataloader()), 4),
+        "device": str(next(model.parameters()).device),
+    }
 
 
 def time_steps(step, seconds: float, repeats: int) -> float:
@@ -200,8 +248,9 @@ def time_steps(step, seconds: float, repeats: int) -> float:
     return statistics.median(times)
 
 
-def throughput_cell(kind: str, hidden: int, batch: int, steps: int, corpus: torch.Tensor, V: int,
-                    seconds: float, repeats: int) -> dict:
+def throughput_cell(
+    kind: str, hidden: int, batch: int, steps: int, corpus: torch.Tensor, V: int, seconds: float, repeats: int
+) -> dict:
     torch.manual_seed(0)
     n = (len(corpus) - 1) // (steps + 1)
     windows = corpus[: n * (steps + 1)].view(n, steps + 1).to(DEVICE)
@@ -221,6 +270,7 @@ def throughput_cell(kind: str, hidden: int, batch: int, steps: int, corpus: torc
             loss.backward()
             nn.utils.clip_grad_norm_(base.parameters(), 1.0)
             opt.step()
+
         return step
 
     def ours_variant(autocast: bool, graphs: bool):
@@ -232,6 +282,7 @@ def throughput_cell(kind: str, hidden: int, batch: int, steps: int, corpus: torc
             def step():
                 captured.step(X, Y)
                 opt.step()
+
             return step
 
         def step():
@@ -241,10 +292,15 @@ def throughput_cell(kind: str, hidden: int, batch: int, steps: int, corpus: torc
             loss.backward()
             clip_gradients(ours.parameters(), 1.0)
             opt.step()
+
         return step
 
-    variants = {"baseline_fp32": lambda: base_variant(False), "baseline_bf16": lambda: base_variant(True),
-                "rnnkit_fp32": lambda: ours_variant(False, False), "rnnkit_bf16": lambda: ours_variant(True, False)}
+    variants = {
+        "baseline_fp32": lambda: base_variant(False),
+        "baseline_bf16": lambda: base_variant(True),
+        "rnnkit_fp32": lambda: ours_variant(False, False),
+        "rnnkit_bf16": lambda: ours_variant(True, False),
+    }
     if DEVICE == "cuda":
         variants["rnnkit_graphs"] = lambda: ours_variant(False, True)
     for name, make in variants.items():
@@ -268,9 +324,10 @@ def generation(data: str, repeats: int, chars: int) -> list[dict]:
             return chars / (time.perf_counter() - t0)
 
         greedy = statistics.median(rate(lambda m=model: list(generate(m, vocab, "t", chars))) for _ in range(repeats))
-        sampled = statistics.median(rate(lambda m=model: list(generate(m, vocab, "t", chars,
-                                                               Sampling(temperature=0.8, top_k=10), seed=0)))
-                                    for _ in range(repeats))
+        sampled = statistics.median(
+            rate(lambda m=model: list(generate(m, vocab, "t", chars, Sampling(temperature=0.8, top_k=10), seed=0)))
+            for _ in range(repeats)
+        )
         rows.append({"device": device, "greedy_chars_s": round(greedy), "sampled_chars_s": round(sampled)})
         print("generation", rows[-1], flush=True)
     return rows
@@ -325,8 +382,7 @@ def main() -> None:
         for kind in ("rnn", "lstm"):
             for hidden in hiddens:
                 for batch, steps in shapes:
-                    cells.append(throughput_cell(kind, hidden, batch, steps, corpus, len(vocab), a.seconds,
-                                                 a.repeats))
+                    cells.append(throughput_cell(kind, hidden, batch, steps, corpus, len(vocab), a.seconds, a.repeats))
                     print("throughput", cells[-1], flush=True)
                     save(out)
     if "generation" in sections:

@@ -47,56 +47,91 @@ def rnnkit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rnnkit.cli", *args], capture_output=True, text=True, check=check)
 
 
-def speeds(device: str, widths: tuple[int, ...] = WIDTHS, rows: tuple[int, ...] = ROWS,
-           vocab_size: int = 65) -> dict:
+def speeds(device: str, widths: tuple[int, ...] = WIDTHS, rows: tuple[int, ...] = ROWS, vocab_size: int = 65) -> dict:
     """{rows: {width: tokens/s}} of the recipe's training step on ``device``."""
-    return {count: {width: round(measure_tokens_per_second(width, vocab_size, count, 64, device=device))
-                    for width in widths} for count in rows}
+    return {
+        count: {
+            width: round(measure_tokens_per_second(width, vocab_size, count, 64, device=device)) for width in widths
+        }
+        for count in rows
+    }
 
 
-def budget_run(corpus: Path, device: str, seconds: float, tmp: Path, extra: tuple[str, ...] = (),
-               name: str = "sized") -> dict:
+def budget_run(
+    corpus: Path, device: str, seconds: float, tmp: Path, extra: tuple[str, ...] = (), name: str = "sized"
+) -> dict:
     """One budgeted run on ``device`` (zero-configuration unless ``extra`` gives sizes), scored as
     benchmarks/vs_nanogpt.py scores its runs (the curve's seconds count from the command's start),
     and a sample from its best checkpoint."""
     run = tmp / f"{corpus.stem}-{device}-{name}"
     result = budgeted_run(corpus, seconds, 0, ["--device", device, *extra], run)
     sample = rnnkit("generate", str(run), "--prefix", "The ", "-n", "200", "--seed", "0").stdout
-    return {"device": device, "budget_s": result["budget_s"], "wall_s": result["wall_s"], "sized": result["sized"],
-            "config": result["config"],
-            "validations": len(result["curve"]), "best_val_loss_eval": result["best_val_loss"],
-            "best_val_loss_while_training": result["best_val_loss_while_training"],
-            "last_val_loss": result["last_val_loss"], "curve": result["curve"], "sample": sample}
+    return {
+        "device": device,
+        "budget_s": result["budget_s"],
+        "wall_s": result["wall_s"],
+        "sized": result["sized"],
+        "config": result["config"],
+        "validations": len(result["curve"]),
+        "best_val_loss_eval": result["best_val_loss"],
+        "best_val_loss_while_training": result["best_val_loss_while_training"],
+        "last_val_loss": result["last_val_loss"],
+        "curve": result["curve"],
+        "sample": sample,
+    }
 
 
 def sized_flags(config: dict, rows: int) -> list[str]:
     """The flags of a sized run's configuration (its config.json), with ``rows`` batch rows."""
     names = sorted(SIZING_OPTIONS - {"tie_weights"})  # a store_true flag, off in the recipe
-    return [item for name in names
-            for item in (f"--{name.replace('_', '-')}", str(rows if name == "batch_size" else config[name]))]
+    return [
+        item
+        for name in names
+        for item in (f"--{name.replace('_', '-')}", str(rows if name == "batch_size" else config[name]))
+    ]
 
 
 def stop_and_resume(corpus: Path, device: str, seconds: float, stop_after: float, tmp: Path) -> dict:
     """SIGTERM a budgeted run after ``stop_after`` seconds, then ``--resume`` it."""
     run = tmp / "stopped"
-    process = subprocess.Popen([sys.executable, "-m", "rnnkit.cli", "train", "--corpus", str(corpus),
-                                "--time-budget", f"{seconds:g}s", "--device", device, "--sample-every", "0",
-                                "--quiet", "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rnnkit.cli",
+            "train",
+            "--corpus",
+            str(corpus),
+            "--time-budget",
+            f"{seconds:g}s",
+            "--device",
+            device,
+            "--sample-every",
+            "0",
+            "--quiet",
+            "--out",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(stop_after)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     if not (run / "config.json").exists():  # stopped before training began: nothing to resume
-        return {"exit_on_sigterm": process.returncode, "stderr_tail": stderr.strip().splitlines()[-1:],
-                "saved": False}
+        return {"exit_on_sigterm": process.returncode, "stderr_tail": stderr.strip().splitlines()[-1:], "saved": False}
     resumed = rnnkit("train", "--resume", str(run), "--quiet", check=False)
     meta = json.loads((run / "config.json").read_text())
-    return {"exit_on_sigterm": process.returncode, "stderr_tail": stderr.strip().splitlines()[-1:],
-            "exit_resumed": resumed.returncode,
-            "resumed_stderr_tail": resumed.stderr.strip().splitlines()[-1:],
-            "validations": len((run / "evals.jsonl").read_text().splitlines()),
-            "budget_s": meta["config"]["time_budget"],
-            "best_val_loss": (meta.get("best") or {}).get("val_loss")}
+    return {
+        "exit_on_sigterm": process.returncode,
+        "stderr_tail": stderr.strip().splitlines()[-1:],
+        "exit_resumed": resumed.returncode,
+        "resumed_stderr_tail": resumed.stderr.strip().splitlines()[-1:],
+        "validations": len((run / "evals.jsonl").read_text().splitlines()),
+        "budget_s": meta["config"]["time_budget"],
+        "best_val_loss": (meta.get("best") or {}).get("val_loss"),
+    }
 
 
 def main() -> None:
@@ -113,8 +148,12 @@ def main() -> None:
     data = Path(os.environ.get("RNNKIT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
     devices = ["cpu"] if args.dry_run else args.devices
     seconds = 8.0 if args.dry_run else args.seconds
-    RESULTS["machine"] = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    RESULTS["machine"] = {
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
     def save() -> None:
         (args.out / "gpu_budget.json").write_text(json.dumps(RESULTS, indent=1))
@@ -134,13 +173,19 @@ def main() -> None:
                 save()
                 for rows in args.rows:  # the same sized model and budget (less the sizing's seconds), N rows
                     RESULTS[f"budget_{corpus.stem}_{device}_{rows}_rows"] = budget_run(
-                        corpus, device, sized["config"]["time_budget"], Path(tmp),
-                        tuple(sized_flags(sized["config"], rows)), f"{rows}-rows")
+                        corpus,
+                        device,
+                        sized["config"]["time_budget"],
+                        Path(tmp),
+                        tuple(sized_flags(sized["config"], rows)),
+                        f"{rows}-rows",
+                    )
                     save()
         if not args.no_stop:
             stop_after = seconds / 2 if args.dry_run else 15.0
-            RESULTS["stop_and_resume"] = stop_and_resume(data / "timemachine.txt", devices[0], seconds, stop_after,
-                                                         Path(tmp))
+            RESULTS["stop_and_resume"] = stop_and_resume(
+                data / "timemachine.txt", devices[0], seconds, stop_after, Path(tmp)
+            )
             save()
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in RESULTS.items()}, indent=1))
 

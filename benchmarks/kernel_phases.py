@@ -25,9 +25,20 @@ import torch
 
 from common import AVX2_EMULATION, cpu_flags, cpu_model
 
-PHASES = ["lookup rows", "recurrence GEMM", "tanh", "head GEMM", "softmax cross-entropy", "head dH GEMM",
-          "head dW GEMM", "head db GEMV", "backward recurrence GEMM", "tanh backward", "table gradient rows",
-          "dW_hh GEMM"]
+PHASES = [
+    "lookup rows",
+    "recurrence GEMM",
+    "tanh",
+    "head GEMM",
+    "softmax cross-entropy",
+    "head dH GEMM",
+    "head dW GEMM",
+    "head db GEMV",
+    "backward recurrence GEMM",
+    "tanh backward",
+    "table gradient rows",
+    "dW_hh GEMM",
+]
 B, T, H, V = 1024, 32, 32, 28
 
 
@@ -70,8 +81,17 @@ def main() -> None:
     optimizer_s = timed(optimizer.step)
 
     table, W = model.rnn.one_hot_weights()[:2]
-    inputs = (X, Y, torch.zeros(B, H), table.detach(), W.detach(), model.head.weight.detach(),
-              model.head.bias.detach(), False, True)
+    inputs = (
+        X,
+        Y,
+        torch.zeros(B, H),
+        table.detach(),
+        W.detach(),
+        model.head.weight.detach(),
+        model.head.bias.detach(),
+        False,
+        True,
+    )
     call_s = timed(lambda: kernel.rnn_lm_loss(*inputs))
 
     os.environ["RNNKIT_KERNEL_CFLAGS"] = (os.environ.get("RNNKIT_KERNEL_CFLAGS", "") + " -DRNNKIT_PROFILE").strip()
@@ -87,17 +107,28 @@ def main() -> None:
     profiled_call_s = (time.perf_counter() - t0) / runs
     phases = profiled.rnn_lm_profile()
     per_step = {name: round(phases[i] / runs * 1e3, 3) for i, name in enumerate(PHASES)}
-    print(json.dumps({
-        "benchmark": "kernel_phases", "cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": args.threads,
-        "env": {k: os.environ[k] for k in AVX2_EMULATION if k in os.environ},
-        "wall_ms_per_step": {"training step": round(step_s * 1e3, 3),
-                             "model.loss + backward (autograd around the kernel)": round(loss_only * 1e3, 3),
-                             "kernel call": round(call_s * 1e3, 3), "clipping": round(clip_s * 1e3, 3),
-                             "optimizer step": round(optimizer_s * 1e3, 3),
-                             "profiled kernel call": round(profiled_call_s * 1e3, 3)},
-        "cpu_ms_per_step_by_phase": per_step,
-        "cpu_ms_per_step_phases_total": round(sum(per_step.values()), 3),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "kernel_phases",
+                "cpu": cpu_model(),
+                "cpu_flags": cpu_flags(),
+                "threads": args.threads,
+                "env": {k: os.environ[k] for k in AVX2_EMULATION if k in os.environ},
+                "wall_ms_per_step": {
+                    "training step": round(step_s * 1e3, 3),
+                    "model.loss + backward (autograd around the kernel)": round(loss_only * 1e3, 3),
+                    "kernel call": round(call_s * 1e3, 3),
+                    "clipping": round(clip_s * 1e3, 3),
+                    "optimizer step": round(optimizer_s * 1e3, 3),
+                    "profiled kernel call": round(profiled_call_s * 1e3, 3),
+                },
+                "cpu_ms_per_step_by_phase": per_step,
+                "cpu_ms_per_step_phases_total": round(sum(per_step.values()), 3),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

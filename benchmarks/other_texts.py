@@ -32,8 +32,9 @@ CJK = "ja ko zh_cn".split()
 def interleaved_tutors(languages: list[str]) -> str:
     texts = [(VIM / "tutor" / f"tutor.{lang}.utf-8").read_text(encoding="utf-8") for lang in languages]
     cuts = [int(len(text) * 0.9) for text in texts]
-    return "".join(t[:c] for t, c in zip(texts, cuts, strict=True)) + "".join(t[c:] for t, c in zip(texts, cuts,
-                                                                                                      strict=True))
+    return "".join(t[:c] for t, c in zip(texts, cuts, strict=True)) + "".join(
+        t[c:] for t, c in zip(texts, cuts, strict=True)
+    )
 
 
 def python_stdlib(limit: int = 600_000) -> str:

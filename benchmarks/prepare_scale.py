@@ -21,10 +21,29 @@ from pathlib import Path
 
 from common import cpu_model
 
-TRAIN = ["--model", "lstm", "--layers", "2", "--hidden", "128", "--embedding", "32", "--optimizer", "adamw",
-         "--lr", "0.003", "--batch-size", "32", "--num-steps", "64", "--val-tokens", "20000", "--quiet",
-         "--sample-every", "0"]
-
+TRAIN = [
+    "--model",
+    "lstm",
+    "--layers",
+    "2",
+    "--hidden",
+    "128",
+    "--embedding",
+    "32",
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "0.003",
+    "--batch-size",
+    "32",
+    "--num-steps",
+    "64",
+    "--val-tokens",
+    "20000",
+    "--quiet",
+    "--sample-every",
+    "0",
+]
 
 
 def run_measured(args: list[str]) -> tuple[float, int, str]:
@@ -64,18 +83,25 @@ def main() -> None:
             prep_s, prep_mib, _ = run_measured(["prepare", str(corpus), "--out", str(data)])
             corpus.unlink()
             run = work / f"run-x{copies}"
-            train_s, train_mib, _ = run_measured(["train", "--data", str(data), *TRAIN, "--time-budget",
-                                                  f"{args.train_seconds}s", "--out", str(run)])
+            train_s, train_mib, _ = run_measured(
+                ["train", "--data", str(data), *TRAIN, "--time-budget", f"{args.train_seconds}s", "--out", str(run)]
+            )
             evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
             metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             manifest = json.loads((data / "manifest.json").read_text())
-            row = {"copies": copies, "corpus_bytes": manifest["source_bytes"],
-                   "train_tokens": manifest["files"]["train"]["tokens"],
-                   "prepare_seconds": round(prep_s, 2), "prepare_peak_rss_mib": prep_mib,
-                   "prepare_mb_per_s": round(manifest["source_bytes"] / prep_s / 1e6, 1),
-                   "train_wall_seconds": round(train_s, 1), "train_peak_rss_mib": train_mib,
-                   "train_tokens_per_s": metrics[-1]["tokens_per_s"] if metrics else None,
-                   "steps": evals[-1]["step"], "final_val_loss": round(evals[-1]["val_loss"], 4)}
+            row = {
+                "copies": copies,
+                "corpus_bytes": manifest["source_bytes"],
+                "train_tokens": manifest["files"]["train"]["tokens"],
+                "prepare_seconds": round(prep_s, 2),
+                "prepare_peak_rss_mib": prep_mib,
+                "prepare_mb_per_s": round(manifest["source_bytes"] / prep_s / 1e6, 1),
+                "train_wall_seconds": round(train_s, 1),
+                "train_peak_rss_mib": train_mib,
+                "train_tokens_per_s": metrics[-1]["tokens_per_s"] if metrics else None,
+                "steps": evals[-1]["step"],
+                "final_val_loss": round(evals[-1]["val_loss"], 4),
+            }
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
             shutil.rmtree(data)
@@ -84,8 +110,18 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     import torch
 
-    print(json.dumps({"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "train": TRAIN, "rows": rows}, indent=1))
+    print(
+        json.dumps(
+            {
+                "cpu": cpu_model(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "train": TRAIN,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -25,11 +25,21 @@ from pathlib import Path
 
 from common import cpu_model
 
-TRAIN = ["--epochs", "1", "--num-train", "256", "--num-val", "64", "--batch-size", "64", "--quiet",
-         "--sample-every", "0"]
+TRAIN = [
+    "--epochs",
+    "1",
+    "--num-train",
+    "256",
+    "--num-val",
+    "64",
+    "--batch-size",
+    "64",
+    "--quiet",
+    "--sample-every",
+    "0",
+]
 MODELS = {"book": [], "lstm-2x256": ["--model", "lstm", "--layers", "2", "--hidden", "256"]}
 EVENT = b'data: {"char"'
-
 
 
 async def one_stream(host: str, port: int, run: str, chars: int, timeout: float, seed: int | None = None) -> dict:
@@ -39,8 +49,10 @@ async def one_stream(host: str, port: int, run: str, chars: int, timeout: float,
     seeded = "" if seed is None else f"&seed={seed}"
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        writer.write(f"GET /api/generate?run={run}&prefix=the%20time&n={chars}{seeded} HTTP/1.1\r\n"
-                     f"Host: {host}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(
+            f"GET /api/generate?run={run}&prefix=the%20time&n={chars}{seeded} HTTP/1.1\r\n"
+            f"Host: {host}\r\nConnection: close\r\n\r\n".encode()
+        )
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), timeout)
         if b" 200 " not in status_line:
@@ -57,7 +69,7 @@ async def one_stream(host: str, port: int, run: str, chars: int, timeout: float,
             if first is None and count:
                 first = time.perf_counter() - started
             done = b"event: done" in data
-            tail = data[-(len(EVENT) - 1):]
+            tail = data[-(len(EVENT) - 1) :]
         writer.close()
         elapsed = time.perf_counter() - started
         if count != chars or not done:
@@ -69,10 +81,10 @@ async def one_stream(host: str, port: int, run: str, chars: int, timeout: float,
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-async def load(host: str, port: int, run: str, clients: int, chars: int, timeout: float,
-               seeded: bool = False) -> dict:
-    results = await asyncio.gather(*(one_stream(host, port, run, chars, timeout, i if seeded else None)
-                                     for i in range(clients)))
+async def load(host: str, port: int, run: str, clients: int, chars: int, timeout: float, seeded: bool = False) -> dict:
+    results = await asyncio.gather(
+        *(one_stream(host, port, run, chars, timeout, i if seeded else None) for i in range(clients))
+    )
     good = [r for r in results if "error" not in r]
     firsts = sorted(r["first_s"] for r in good)
     rates = sorted(r["chars_per_s"] for r in good)
@@ -80,13 +92,22 @@ async def load(host: str, port: int, run: str, clients: int, chars: int, timeout
     def p99(values):
         return values[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))] if values else None
 
-    return {"clients": clients, "seeded": seeded, "chars_per_stream": chars, "errors": len(results) - len(good),
-            "error_kinds": sorted({r["error"] for r in results if "error" in r}),
-            "first_char_ms": {"median": round(1000 * statistics.median(firsts), 1) if firsts else None,
-                              "p99": round(1000 * p99(firsts), 1) if firsts else None},
-            "chars_per_s_per_client": {"median": round(statistics.median(rates)) if rates else None,
-                                       "min": round(rates[0]) if rates else None},
-            "aggregate_chars_per_s": round(sum(r["chars_per_s"] for r in good))}
+    return {
+        "clients": clients,
+        "seeded": seeded,
+        "chars_per_stream": chars,
+        "errors": len(results) - len(good),
+        "error_kinds": sorted({r["error"] for r in results if "error" in r}),
+        "first_char_ms": {
+            "median": round(1000 * statistics.median(firsts), 1) if firsts else None,
+            "p99": round(1000 * p99(firsts), 1) if firsts else None,
+        },
+        "chars_per_s_per_client": {
+            "median": round(statistics.median(rates)) if rates else None,
+            "min": round(rates[0]) if rates else None,
+        },
+        "aggregate_chars_per_s": round(sum(r["chars_per_s"] for r in good)),
+    }
 
 
 def rss_kib(pid: int) -> int:
@@ -110,8 +131,9 @@ async def memory_over_requests(host: str, port: int, run: str, requests: int, pi
                 response = await client.post("/api/score", json={"run": run, "text": "the time machine " * 20})
                 response.raise_for_status()
             else:
-                (await client.post("/api/activations", json={"run": run, "text": "the time machine " * 10})
-                 ).raise_for_status()
+                (
+                    await client.post("/api/activations", json={"run": run, "text": "the time machine " * 10})
+                ).raise_for_status()
             if (i + 1) % 250 == 0:
                 samples.append(rss_kib(pid))
     return samples
@@ -126,11 +148,28 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     for name, options in MODELS.items():
-        subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", *TRAIN, *options, "--out", str(work / name)],
-                       check=True, stdout=subprocess.DEVNULL)
-    server = subprocess.Popen([sys.executable, "-m", "rnnkit.cli", "serve", *(str(work / m) for m in MODELS),
-                               "--port", "0", "--max-streams", str(max(args.clients)), "--max-chars",
-                               str(args.chars)], stdout=subprocess.PIPE, text=True)
+        subprocess.run(
+            [sys.executable, "-m", "rnnkit.cli", "train", *TRAIN, *options, "--out", str(work / name)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rnnkit.cli",
+            "serve",
+            *(str(work / m) for m in MODELS),
+            "--port",
+            "0",
+            "--max-streams",
+            str(max(args.clients)),
+            "--max-chars",
+            str(args.chars),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     address = server.stdout.readline().split("http://", 1)[1].split("/", 1)[0]
     host, port = address.rsplit(":", 1)
     results: dict = {"cpu": cpu_model(), "python": platform.python_version(), "runs": {}}
@@ -150,8 +189,11 @@ def main() -> None:
             print(json.dumps({name: row}), file=sys.stderr, flush=True)
             results["runs"][name] = rows + [row]
         samples = asyncio.run(memory_over_requests(host, int(port), "book", args.memory_requests, server.pid))
-        results["memory"] = {"requests": args.memory_requests, "rss_kib_every_250": samples,
-                             "growth_kib_after_first_250": samples[-1] - samples[1] if len(samples) > 2 else None}
+        results["memory"] = {
+            "requests": args.memory_requests,
+            "rss_kib_every_250": samples,
+            "growth_kib_after_first_250": samples[-1] - samples[1] if len(samples) > 2 else None,
+        }
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -159,7 +201,9 @@ def main() -> None:
     if book16:
         results["target_book_16_streams"] = {
             "each_at_least_1000_chars_per_s": book16["chars_per_s_per_client"]["min"] >= 1000,
-            "p99_first_char_under_100_ms": book16["first_char_ms"]["p99"] < 100, "zero_errors": book16["errors"] == 0}
+            "p99_first_char_under_100_ms": book16["first_char_ms"]["p99"] < 100,
+            "zero_errors": book16["errors"] == 0,
+        }
     print(json.dumps(results, indent=1))
 
 

@@ -83,8 +83,11 @@ def train_cell(kind, hidden, steps, batch, corpus, vocab_size, seconds, repeats)
     tokens = batch * steps
     ours_s = statistics.median(time_steps(ours_step, seconds) for _ in range(repeats))
     base_s = statistics.median(time_steps(base_step, seconds) for _ in range(repeats))
-    return {"rnnkit_tok_s": round(tokens / ours_s), "baseline_tok_s": round(tokens / base_s),
-            "speedup": round(base_s / ours_s, 2)}
+    return {
+        "rnnkit_tok_s": round(tokens / ours_s),
+        "baseline_tok_s": round(tokens / base_s),
+        "speedup": round(base_s / ours_s, 2),
+    }
 
 
 def generation_cell(kind, hidden, vocab, chars, repeats):
@@ -105,12 +108,16 @@ def generation_cell(kind, hidden, vocab, chars, repeats):
         return chars / (time.perf_counter() - t0)
 
     greedy = statistics.median(rate(lambda: list(generate(ours, vocab, "t", chars))) for _ in range(repeats))
-    sampled = statistics.median(rate(lambda: list(generate(ours, vocab, "t", chars, Sampling(temperature=0.8,
-                                                                                           top_k=10), seed=0)))
-                                for _ in range(repeats))
+    sampled = statistics.median(
+        rate(lambda: list(generate(ours, vocab, "t", chars, Sampling(temperature=0.8, top_k=10), seed=0)))
+        for _ in range(repeats)
+    )
     baseline = statistics.median(rate(base_generate) for _ in range(repeats))
-    return {"rnnkit_greedy_chars_s": round(greedy), "rnnkit_sampled_chars_s": round(sampled),
-            "baseline_greedy_chars_s": round(baseline)}
+    return {
+        "rnnkit_greedy_chars_s": round(greedy),
+        "rnnkit_sampled_chars_s": round(sampled),
+        "baseline_greedy_chars_s": round(baseline),
+    }
 
 
 def corpus_scaling(text: str, repeats: int) -> list[dict]:
@@ -124,8 +131,7 @@ def corpus_scaling(text: str, repeats: int) -> list[dict]:
             _, count = trainer.train_epoch(epoch)
             times.append(time.perf_counter() - t0)
         seconds = statistics.median(times)
-        rows.append({"factor": factor, "tokens": count, "epoch_s": round(seconds, 3),
-                     "tok_s": round(count / seconds)})
+        rows.append({"factor": factor, "tokens": count, "epoch_s": round(seconds, 3), "tok_s": round(count / seconds)})
     return rows
 
 
@@ -149,8 +155,11 @@ def main() -> None:
     V = len(vocab)
     training = []
     for hidden, kind, steps, batch in itertools.product(
-            map(int, a.hidden.split(",")), a.kinds.split(","), map(int, a.num_steps.split(",")),
-            map(int, a.batch.split(","))):
+        map(int, a.hidden.split(",")),
+        a.kinds.split(","),
+        map(int, a.num_steps.split(",")),
+        map(int, a.batch.split(",")),
+    ):
         cell = {"kind": kind, "hidden": hidden, "num_steps": steps, "batch": batch}
         estimate = estimated_step_flops(kind, hidden, batch, steps, V) / (a.gflops * 1e9)
         if estimate > a.max_step_seconds:
@@ -165,8 +174,19 @@ def main() -> None:
         generation.append(cell)
         print(json.dumps(cell), file=sys.stderr, flush=True)
     scaling = corpus_scaling(text, a.repeats)
-    print(json.dumps({"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                      "training": training, "generation": generation, "corpus_scaling": scaling}, indent=1))
+    print(
+        json.dumps(
+            {
+                "threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "training": training,
+                "generation": generation,
+                "corpus_scaling": scaling,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,11 +19,14 @@ from common import cpu_model
 SEEDS = range(5)
 
 
-
 def run(options: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        done = subprocess.run([sys.executable, "-m", "rnnkit.cli", "timeseries", *options, "--json", "--quiet",
-                               "--out", out], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "rnnkit.cli", "timeseries", *options, "--json", "--quiet", "--out", out],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return json.loads(done.stdout.splitlines()[-1])["mse"]
 
 
@@ -31,9 +34,19 @@ def main() -> None:
     import matplotlib.cbook
 
     stocks = str(Path(matplotlib.cbook.get_sample_data("Stocks.csv", asfileobj=False)))
-    series = {"synthetic d2l": [],
-              "S&P 500 monthly close (matplotlib Stocks.csv)": ["--csv", stocks, "--column", "^GSPC",
-                                                                "--time-column", "Date", "--missing", "drop"]}
+    series = {
+        "synthetic d2l": [],
+        "S&P 500 monthly close (matplotlib Stocks.csv)": [
+            "--csv",
+            stocks,
+            "--column",
+            "^GSPC",
+            "--time-column",
+            "Date",
+            "--missing",
+            "drop",
+        ],
+    }
     results = {"cpu": cpu_model(), "seeds": list(SEEDS), "series": {}}
     for name, options in series.items():
         per_seed = [run([*options, "--seed", str(seed)]) for seed in SEEDS]
@@ -42,8 +55,13 @@ def main() -> None:
         medians = {m: {k: statistics.median(r[m][k] for r in per_seed) for k in ks} for m in models}
         best = {k: min(models, key=lambda m: medians[m][k]) for k in ks}
         rnn_beats_linear = {m: {k: medians[m][k] < medians["linear"][k] for k in ks} for m in models if m != "linear"}
-        results["series"][name] = {"options": options, "median_mse": medians, "best": best,
-                                   "beats_linear": rnn_beats_linear, "per_seed": per_seed}
+        results["series"][name] = {
+            "options": options,
+            "median_mse": medians,
+            "best": best,
+            "beats_linear": rnn_beats_linear,
+            "per_seed": per_seed,
+        }
         print(json.dumps({name: {"median_mse": medians, "best": best}}), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=1))
 

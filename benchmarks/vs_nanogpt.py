@@ -57,12 +57,27 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def nanogpt(corpus: Path, seed: int, iters: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", RUN_REFERENCE, str(SHARED / "bench" / "nanogpt_reference.py"),
-                          "--corpus", str(corpus), "--seed", str(seed), "--max-iters", str(iters)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RUN_REFERENCE,
+            str(SHARED / "bench" / "nanogpt_reference.py"),
+            "--corpus",
+            str(corpus),
+            "--seed",
+            str(seed),
+            "--max-iters",
+            str(iters),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    iteration_s = {int(m[1]): float(m[2]) / 1000 for m in re.finditer(r"^iter (\d+): .*time ([\d.]+)ms", out.stderr,
-                                                                       re.M)}
+    iteration_s = {
+        int(m[1]): float(m[2]) / 1000 for m in re.finditer(r"^iter (\d+): .*time ([\d.]+)ms", out.stderr, re.M)
+    }
     evals = {int(m[1]): float(m[2]) for m in re.finditer(r"^step (\d+): .*val loss ([\d.]+)", out.stderr, re.M)}
     startup = result["fit_s"] - sum(iteration_s.values())
     elapsed, curve = startup, [(round(startup, 2), evals[0])] if 0 in evals else []
@@ -83,9 +98,28 @@ def budgeted_run(corpus: Path, budget_s: float, seed: int, extra: list[str], run
     """``rnnkit train --time-budget`` into ``run`` (the held-out text is written beside it), then its
     best checkpoint scored on the held-out last 10%."""
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", "--corpus", str(corpus),
-                          "--time-budget", f"{budget_s:.2f}s", "--seed", str(seed), "--sample-every", "0",
-                          "--out", str(run), *extra], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rnnkit.cli",
+            "train",
+            "--corpus",
+            str(corpus),
+            "--time-budget",
+            f"{budget_s:.2f}s",
+            "--seed",
+            str(seed),
+            "--sample-every",
+            "0",
+            "--out",
+            str(run),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     wall_s = time.perf_counter() - started
     evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
     meta = json.loads((run / "config.json").read_text())
@@ -97,14 +131,35 @@ def budgeted_run(corpus: Path, budget_s: float, seed: int, extra: list[str], run
     # the stream
     text = corpus.read_text(encoding="utf-8")
     held_out = run.parent / "held_out.txt"
-    held_out.write_text(text[int(len(text) * 0.9):], encoding="utf-8")
-    scored = subprocess.run([sys.executable, "-m", "rnnkit.cli", "eval", str(run), "--corpus", str(held_out),
-                             "--checkpoint", "best", "--json"], capture_output=True, text=True, check=True)
+    held_out.write_text(text[int(len(text) * 0.9) :], encoding="utf-8")
+    scored = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rnnkit.cli",
+            "eval",
+            str(run),
+            "--corpus",
+            str(held_out),
+            "--checkpoint",
+            "best",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     best = json.loads(scored.stdout)["bpc"] * math.log(2)
-    return {"budget_s": round(budget_s, 2), "wall_s": round(wall_s, 2), "best_val_loss": best,
-            "best_val_loss_while_training": meta["best"]["val_loss"],
-            "last_val_loss": evals[-1]["val_loss"], "sized": sized, "config": meta["config"],
-            "curve": [(round(startup + e["seconds"], 2), e["val_loss"]) for e in evals]}
+    return {
+        "budget_s": round(budget_s, 2),
+        "wall_s": round(wall_s, 2),
+        "best_val_loss": best,
+        "best_val_loss_while_training": meta["best"]["val_loss"],
+        "last_val_loss": evals[-1]["val_loss"],
+        "sized": sized,
+        "config": meta["config"],
+        "curve": [(round(startup + e["seconds"], 2), e["val_loss"]) for e in evals],
+    }
 
 
 def ahead_after(rows: list[dict], after_s: float = 60.0) -> dict:
@@ -118,8 +173,11 @@ def ahead_after(rows: list[dict], after_s: float = 60.0) -> dict:
             seen = [v for s, v in ours if s <= t]
             if t >= after_s and seen:
                 margins.append(round(min(seen) - (loss - gap), 4))
-    return {"points": len(margins), "worst_margin_nats": max(margins, default=None),
-            "rnnkit_ahead_everywhere": bool(margins) and max(margins) < 0}
+    return {
+        "points": len(margins),
+        "worst_margin_nats": max(margins, default=None),
+        "rnnkit_ahead_everywhere": bool(margins) and max(margins) < 0,
+    }
 
 
 def compare(corpus: Path, repeats: int, factor: float, extra: list[str]) -> dict:
@@ -128,18 +186,32 @@ def compare(corpus: Path, repeats: int, factor: float, extra: list[str]) -> dict
         ref = nanogpt(corpus, 1337 + repeat, round(ITERS * factor))
         ours = rnnkit(corpus, ref["fit_s"], repeat, extra)
         rows.append({"nanogpt": ref, "rnnkit": ours})
-        print(json.dumps({"corpus": corpus.name, "repeat": repeat, "nanogpt_s": ref["fit_s"],
-                          "nanogpt_val": ref["val_loss_sliding"], "rnnkit_s": ours["wall_s"],
-                          "rnnkit_best_val": round(ours["best_val_loss"], 4)}), file=sys.stderr, flush=True)
+        print(
+            json.dumps(
+                {
+                    "corpus": corpus.name,
+                    "repeat": repeat,
+                    "nanogpt_s": ref["fit_s"],
+                    "nanogpt_val": ref["val_loss_sliding"],
+                    "rnnkit_s": ours["wall_s"],
+                    "rnnkit_best_val": round(ours["best_val_loss"], 4),
+                }
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
     med = lambda values: round(statistics.median(values), 4)  # noqa: E731
     summary = {
-        "corpus": corpus.name, "repeats": repeats, "budget_factor": factor,
+        "corpus": corpus.name,
+        "repeats": repeats,
+        "budget_factor": factor,
         "nanogpt_fit_s": med([r["nanogpt"]["fit_s"] for r in rows]),
         "nanogpt_val_loss_sliding": med([r["nanogpt"]["val_loss_sliding"] for r in rows]),
         "rnnkit_wall_s": med([r["rnnkit"]["wall_s"] for r in rows]),
         "rnnkit_best_val_loss": med([r["rnnkit"]["best_val_loss"] for r in rows]),
-        "per_repeat_differences": [round(r["rnnkit"]["best_val_loss"] - r["nanogpt"]["val_loss_sliding"], 4)
-                                   for r in rows],
+        "per_repeat_differences": [
+            round(r["rnnkit"]["best_val_loss"] - r["nanogpt"]["val_loss_sliding"], 4) for r in rows
+        ],
     }
     summary["difference_nats"] = round(summary["rnnkit_best_val_loss"] - summary["nanogpt_val_loss_sliding"], 4)
     if factor > 1:
@@ -156,19 +228,31 @@ def plot(results: list[dict], path: str, title: str) -> None:
     columns = min(3, len(results))
     rows = -(-len(results) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.5 * rows), squeeze=False)
-    for ax in axes.flat[len(results):]:
+    for ax in axes.flat[len(results) :]:
         ax.set_visible(False)
     for ax, result in zip(axes.flat, results, strict=False):  # the grid may have a spare cell
         for i, r in enumerate(result["runs"]):
             xs, ys = zip(*r["rnnkit"]["curve"], strict=True)
-            ax.plot(xs, ys, color="tab:blue", alpha=0.8, label="rnnkit --time-budget (sized by itself)" if i == 0
-                    else None)
+            ax.plot(
+                xs, ys, color="tab:blue", alpha=0.8, label="rnnkit --time-budget (sized by itself)" if i == 0 else None
+            )
             if len(r["nanogpt"]["curve"]) > 2:
                 xs, ys = zip(*r["nanogpt"]["curve"], strict=True)
-                ax.plot(xs, ys, color="tab:red", alpha=0.6, linestyle="--",
-                        label="nanoGPT CPU recipe (its logged estimate)" if i == 0 else None)
-            ax.scatter([r["nanogpt"]["fit_s"]], [r["nanogpt"]["val_loss_sliding"]], color="tab:red", zorder=3,
-                       label="nanoGPT at the end (sliding window)" if i == 0 else None)
+                ax.plot(
+                    xs,
+                    ys,
+                    color="tab:red",
+                    alpha=0.6,
+                    linestyle="--",
+                    label="nanoGPT CPU recipe (its logged estimate)" if i == 0 else None,
+                )
+            ax.scatter(
+                [r["nanogpt"]["fit_s"]],
+                [r["nanogpt"]["val_loss_sliding"]],
+                color="tab:red",
+                zorder=3,
+                label="nanoGPT at the end (sliding window)" if i == 0 else None,
+            )
         ax.set_xlabel("wall-clock seconds")
         ax.set_ylabel("validation loss (nats/char)")
         ax.set_ylim(top=min(3.5, ax.get_ylim()[1]))
@@ -182,11 +266,18 @@ def plot(results: list[dict], path: str, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", nargs="+", default=[str(SHARED / "data" / "tinyshakespeare.txt")])
-    parser.add_argument("--other-texts", metavar="DIR", help="build benchmarks/other_texts.py's texts in DIR and "
-                        "compare on them instead of --corpus")
+    parser.add_argument(
+        "--other-texts",
+        metavar="DIR",
+        help="build benchmarks/other_texts.py's texts in DIR and compare on them instead of --corpus",
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--budget-factor", type=float, default=1.0,
-                        help="nanoGPT runs 2000 x factor iterations; rnnkit's budget is nanoGPT's wall time")
+    parser.add_argument(
+        "--budget-factor",
+        type=float,
+        default=1.0,
+        help="nanoGPT runs 2000 x factor iterations; rnnkit's budget is nanoGPT's wall time",
+    )
     parser.add_argument("--png", help="write validation loss against seconds here")
     parser.add_argument("--rnnkit-args", nargs=argparse.REMAINDER, default=[], help="extra rnnkit train options")
     args = parser.parse_args()

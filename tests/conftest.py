@@ -88,8 +88,21 @@ def tm_text(suite_corpora) -> str:
     return read_text(suite_corpora["timemachine"]["path"])
 
 
-SERVE_TRAINING = ["--batch-size", "32", "--num-steps", "8", "--num-train", "256", "--num-val", "64", "--epochs", "2",
-                  "--quiet", "--sample-every", "0"]
+SERVE_TRAINING = [
+    "--batch-size",
+    "32",
+    "--num-steps",
+    "8",
+    "--num-train",
+    "256",
+    "--num-val",
+    "64",
+    "--epochs",
+    "2",
+    "--quiet",
+    "--sample-every",
+    "0",
+]
 SERVE_LIMITS = ["--max-chars=400", "--max-text=3000", "--max-streams=3", "--max-body=20000"]
 
 
@@ -104,15 +117,38 @@ def served_runs(tmp_path_factory, suite_corpora) -> dict[str, Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RNNKIT_DATA_DIR", str(suite_corpora["_dir"]))
         assert main(["train", *SERVE_TRAINING, "--hidden", "16", "--out", str(base / "book")]) == 0
-        assert main(["train", *SERVE_TRAINING, "--model", "lstm", "--layers", "2", "--hidden", "12",
-                     "--embedding", "8", "--preprocess", "raw", "--out", str(base / "lstm")]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    *SERVE_TRAINING,
+                    "--model",
+                    "lstm",
+                    "--layers",
+                    "2",
+                    "--hidden",
+                    "12",
+                    "--embedding",
+                    "8",
+                    "--preprocess",
+                    "raw",
+                    "--out",
+                    str(base / "lstm"),
+                ]
+            )
+            == 0
+        )
     return {"book": base / "book", "lstm": base / "lstm"}
 
 
 def _start_server(run_dirs, *extra) -> tuple[subprocess.Popen, str]:
     """``rnnkit serve RUN_DIR... --port 0`` in a subprocess; (process, host:port) once it listens."""
-    process = subprocess.Popen([sys.executable, "-m", "rnnkit.cli", "serve", *map(str, run_dirs), "--port", "0",
-                                *SERVE_LIMITS, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rnnkit.cli", "serve", *map(str, run_dirs), "--port", "0", *SERVE_LIMITS, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         ready, _, _ = select.select([process.stdout], [], [], 1.0)

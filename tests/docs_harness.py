@@ -75,8 +75,11 @@ class Result:
 
 def doc_pages() -> list[Path]:
     """The README, CONTRIBUTING.md and every Markdown page of the site."""
-    return [REPO / "README.md", REPO / "CONTRIBUTING.md",
-            *sorted(p for p in (REPO / "docs").rglob("*.md") if "hooks" not in p.parts)]
+    return [
+        REPO / "README.md",
+        REPO / "CONTRIBUTING.md",
+        *sorted(p for p in (REPO / "docs").rglob("*.md") if "hooks" not in p.parts),
+    ]
 
 
 def extract_blocks(path: Path) -> list[Block]:
@@ -91,9 +94,11 @@ def extract_blocks(path: Path) -> list[Block]:
             i += 1
             continue
         indent, fence, lang = opening["indent"], opening["fence"], opening["lang"].lower()
-        end = next((j for j in range(i + 1, len(lines))
-                    if lines[j].strip() == fence and lines[j].startswith(indent)), len(lines))
-        body = "\n".join(line[len(indent):] for line in lines[i + 1:end])
+        end = next(
+            (j for j in range(i + 1, len(lines)) if lines[j].strip() == fence and lines[j].startswith(indent)),
+            len(lines),
+        )
+        body = "\n".join(line[len(indent) :] for line in lines[i + 1 : end])
         if lang in ("bash", "sh", "shell", "python", "py"):
             previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
             marker = MARKER.match(previous)
@@ -159,7 +164,7 @@ def capped_train(args: list[str]) -> list[str]:
     steps = 2 * STEPS if "--resume" in args else STEPS
     if "--max-steps" in args:
         at = args.index("--max-steps")
-        return [*args[:at], "--max-steps", str(steps), *args[at + 2:]]
+        return [*args[:at], "--max-steps", str(steps), *args[at + 2 :]]
     return [*args, "--max-steps", str(steps)]
 
 
@@ -331,8 +336,9 @@ def shell_env() -> dict[str, str]:
 
 
 def run_in_shell(page: Page, command: str, timeout: float = 300) -> tuple[int, str]:
-    done = subprocess.run(["bash", "-c", command], cwd=page.cwd, env=shell_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=page.cwd, env=shell_env(), capture_output=True, text=True, timeout=timeout
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -344,9 +350,14 @@ def start_server(page: Page, env: dict[str, str], args: list[str]) -> tuple[int,
         free = str(probe.getsockname()[1])
     page.ports[shown] = free
     args = [a for i, a in enumerate(args) if not (a == "--port" or (i and args[i - 1] == "--port"))]
-    page.server = subprocess.Popen([sys.executable, "-m", "rnnkit", *args, "--port", free], cwd=page.cwd,
-                                   env={**shell_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
+    page.server = subprocess.Popen(
+        [sys.executable, "-m", "rnnkit", *args, "--port", free],
+        cwd=page.cwd,
+        env={**shell_env(), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if page.server.poll() is not None:
@@ -414,14 +425,24 @@ def run_block(page: Page, block: Block) -> list[Result]:
             if block.parse_only is None:
                 os.chdir(page.cwd)
                 capture(lambda: exec(code, page.namespace))
-            results.append(Result(block.page, block.line, "python", what,
-                                  "parse" if block.parse_only else "run", True, time.monotonic() - started))
+            results.append(
+                Result(
+                    block.page,
+                    block.line,
+                    "python",
+                    what,
+                    "parse" if block.parse_only else "run",
+                    True,
+                    time.monotonic() - started,
+                )
+            )
         except BaseException as exc:  # noqa: BLE001 - a block's failure is reported, not raised
             if isinstance(exc, KeyboardInterrupt) and not hasattr(exc, "signum"):
                 raise
             detail = "".join(traceback.format_exception(exc)[-6:])
-            results.append(Result(block.page, block.line, "python", what, "run", False,
-                                  time.monotonic() - started, detail))
+            results.append(
+                Result(block.page, block.line, "python", what, "run", False, time.monotonic() - started, detail)
+            )
         return results
     commands = shell_commands(block.code)
     for n, command in enumerate(commands):
@@ -430,19 +451,39 @@ def run_block(page: Page, block: Block) -> list[Result]:
             if block.parse_only is not None:
                 for part in and_parts(split_words(command)):
                     mode, checked = check_command(part)
-                    results.append(Result(block.page, block.line, "bash", shlex.join(part), mode, True,
-                                          time.monotonic() - started, checked))
+                    results.append(
+                        Result(
+                            block.page,
+                            block.line,
+                            "bash",
+                            shlex.join(part),
+                            mode,
+                            True,
+                            time.monotonic() - started,
+                            checked,
+                        )
+                    )
                 continue
             expected = block.exit_status if n == len(commands) - 1 else 0
             status, output = run_command(page, command)
             ok = status == expected
             detail = "" if ok else f"exit {status} (expected {expected}):\n{output[-3000:]}"
-            results.append(Result(block.page, block.line, "bash", command, "run", ok, time.monotonic() - started,
-                                  detail))
+            results.append(
+                Result(block.page, block.line, "bash", command, "run", ok, time.monotonic() - started, detail)
+            )
         except Exception as exc:  # noqa: BLE001
-            results.append(Result(block.page, block.line, "bash", command,
-                                  "parse" if block.parse_only is not None else "run", False,
-                                  time.monotonic() - started, f"{type(exc).__name__}: {exc}"))
+            results.append(
+                Result(
+                    block.page,
+                    block.line,
+                    "bash",
+                    command,
+                    "parse" if block.parse_only is not None else "run",
+                    False,
+                    time.monotonic() - started,
+                    f"{type(exc).__name__}: {exc}",
+                )
+            )
     return results
 
 

@@ -16,9 +16,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 if not (CHROMIUM and CHROMEDRIVER) and os.environ.get("RNNKIT_REQUIRE_BROWSER"):
     raise RuntimeError("RNNKIT_REQUIRE_BROWSER is set but chromium / chromedriver are not on PATH")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="no chromium + chromedriver (apt-get install chromium chromium-driver; "
-                                       ".ci/run installs them)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="no chromium + chromedriver (apt-get install chromium chromium-driver; .ci/run installs them)",
+)
 WAIT_S = 30
 
 
@@ -30,8 +31,15 @@ def browser():
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers online
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1180,900",
-                     "--disable-gpu", "--no-first-run", "--disable-extensions"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1180,900",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -92,8 +100,9 @@ def test_playground_generates_scores_colours_and_compares(browser, live_server, 
     assert len(spans) == len("time traveller") + 120
     capsys.readouterr()
     assert main(["generate", str(served_runs["book"]), "--prefix", "time traveller", "-n", "120", "--seed", "11"]) == 0
-    assert driver.execute_script("return document.getElementById('gen-output').textContent;") == \
-        capsys.readouterr().out.rstrip("\n")
+    assert driver.execute_script(
+        "return document.getElementById('gen-output').textContent;"
+    ) == capsys.readouterr().out.rstrip("\n")
     ActionChains(driver).move_to_element(spans[20]).perform()
     assert "best:" in text_of(driver, "gen-detail")
     output = driver.find_element("id", "gen-output")
@@ -112,8 +121,10 @@ def test_playground_generates_scores_colours_and_compares(browser, live_server, 
     expected = score(load_served_run(served_runs["book"], None, "book"), text)  # the text as the run reads it
     coloured = driver.find_elements("css selector", "#score-output span")
     assert "".join(s.text or " " for s in coloured) == expected["text"] != text
-    assert sum(1 for s in coloured[1:] if s.value_of_css_property("background-color") != "rgba(0, 0, 0, 0)") \
+    assert (
+        sum(1 for s in coloured[1:] if s.value_of_css_property("background-color") != "rgba(0, 0, 0, 0)")
         == len(coloured) - 1
+    )
     assert f"{expected['bpc']:.4f} bits/char" in text_of(driver, "score-status")
     screenshot(driver, tmp_path, "surprisal")
 
@@ -131,8 +142,14 @@ def test_playground_generates_scores_colours_and_compares(browser, live_server, 
     colours = {s.value_of_css_property("background-color") for s in unit_spans}
     assert len(colours) > 5  # coloured by the unit's value, not uniformly
     choose(driver, "units-state", "c")  # the LSTM's cell state
-    wait_for(driver, lambda d: "ranked by" in text_of(d, "units-status") and len(
-        d.find_elements("css selector", "#units-unit option")) == 12, "cell states are read")
+    wait_for(
+        driver,
+        lambda d: (
+            "ranked by" in text_of(d, "units-status")
+            and len(d.find_elements("css selector", "#units-unit option")) == 12
+        ),
+        "cell states are read",
+    )
     screenshot(driver, tmp_path, "units")
 
     # (4) two runs on the same text
@@ -143,7 +160,8 @@ def test_playground_generates_scores_colours_and_compares(browser, live_server, 
     driver.find_element("id", "compare-start").click()
     wait_for(driver, lambda d: "difference" in text_of(d, "compare-status"), "both runs scored")
     assert len(driver.find_elements("css selector", "#compare-output span")) == len(
-        "the time traveller was expounding a recondite matter to us")
+        "the time traveller was expounding a recondite matter to us"
+    )
     screenshot(driver, tmp_path, "compare")
 
     # a bad request shows its error on the page, and nothing went wrong in the console

@@ -19,7 +19,15 @@ SMALL = dict(hidden=16, batch_size=16, num_steps=16, split="fraction", preproces
 
 def test_durations():
     assert [duration(t) for t in ("90", "90s", "3m", "1.5h", "0.5min", "1h30m", "2m30s", " 1h 5s ")] == [
-        90, 90, 180, 5400, 30, 5400, 150, 3605]
+        90,
+        90,
+        180,
+        5400,
+        30,
+        5400,
+        150,
+        3605,
+    ]
     for bad in ("", "3 minutes", "-5s", "1e3", "m", "3m3m", "1h-5m", "5s3", "nan", "inf"):
         with pytest.raises(argparse.ArgumentTypeError):
             duration(bad)
@@ -77,9 +85,39 @@ def test_best_checkpoint_is_kept_used_by_generate_and_eval_and_either_can_be_pic
     corpus = tmp_path / "small.txt"
     corpus.write_text("the cat sat on the mat. " * 150)
     run = tmp_path / "run"
-    assert main(["train", "--corpus", str(corpus), "--preprocess", "raw", "--split", "fraction", "--hidden", "32",
-                 "--batch-size", "8", "--num-steps", "16", "--optimizer", "adam", "--lr", "0.01", "--epochs", "6",
-                 "--eval-every", "10", "--sample-every", "0", "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--corpus",
+                str(corpus),
+                "--preprocess",
+                "raw",
+                "--split",
+                "fraction",
+                "--hidden",
+                "32",
+                "--batch-size",
+                "8",
+                "--num-steps",
+                "16",
+                "--optimizer",
+                "adam",
+                "--lr",
+                "0.01",
+                "--epochs",
+                "6",
+                "--eval-every",
+                "10",
+                "--sample-every",
+                "0",
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     meta = read_config(run)
     evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
@@ -87,9 +125,13 @@ def test_best_checkpoint_is_kept_used_by_generate_and_eval_and_either_can_be_pic
     assert meta["best"]["step"] == best["step"] and "best: val loss" in out
     best_model = load_run(run, checkpoint="best")[0]
     last_model = load_run(run)[0]
-    assert any(not torch.equal(a, b) for a, b in zip(best_model.state_dict().values(),
-                                                     last_model.state_dict().values(), strict=True)) \
+    assert (
+        any(
+            not torch.equal(a, b)
+            for a, b in zip(best_model.state_dict().values(), last_model.state_dict().values(), strict=True)
+        )
         or best["step"] == evals[-1]["step"]
+    )
     assert main(["eval", str(run), "--json"]) == 0
     captured = capsys.readouterr()
     assert "using the best checkpoint" in captured.err
@@ -103,9 +145,28 @@ def test_a_finished_budget_run_is_not_resumed(tmp_path, capsys):
     corpus = tmp_path / "small.txt"
     corpus.write_text("the cat sat on the mat. " * 200)
     run = tmp_path / "run"
-    args = ["train", "--corpus", str(corpus), "--preprocess", "raw", "--split", "fraction", "--hidden", "16",
-            "--batch-size", "8", "--num-steps", "16", "--time-budget", "5s", "--sample-every", "0",
-            "--out", str(run), "--quiet"]
+    args = [
+        "train",
+        "--corpus",
+        str(corpus),
+        "--preprocess",
+        "raw",
+        "--split",
+        "fraction",
+        "--hidden",
+        "16",
+        "--batch-size",
+        "8",
+        "--num-steps",
+        "16",
+        "--time-budget",
+        "5s",
+        "--sample-every",
+        "0",
+        "--out",
+        str(run),
+        "--quiet",
+    ]
     assert main(args) == 0
     assert "time budget of 5 s spent" in read_config(run)["finished"]
     capsys.readouterr()
@@ -195,14 +256,18 @@ def test_sizing_picks_the_widest_model_the_budget_can_train(no_measuring):
         sizing.choose_config(TrainConfig(), 500, 20, budget_s=60, speeds=SPEEDS)
 
 
-@pytest.mark.parametrize("train_tokens, vocab_size, budget_s, hidden, weight_drop, dropout_and_ema", [
-    (1_000_000, 65, 480, 384, True, False),  # 0.62 weights per character, 12 passes: DropConnect alone
-    (1_000_000, 65, 100, 256, False, False),  # 0.28 weights per character: nothing
-    (50_000, 65, 60, 128, True, True),  # capped at 128 by the text, 72 passes: all three
-    (98_000, 165, 4, 128, False, False),  # 0.89 weights per character but 2.4 passes: nothing
-])
-def test_sizing_chooses_from_given_speeds_without_measuring(no_measuring, train_tokens, vocab_size, budget_s,
-                                                            hidden, weight_drop, dropout_and_ema):
+@pytest.mark.parametrize(
+    "train_tokens, vocab_size, budget_s, hidden, weight_drop, dropout_and_ema",
+    [
+        (1_000_000, 65, 480, 384, True, False),  # 0.62 weights per character, 12 passes: DropConnect alone
+        (1_000_000, 65, 100, 256, False, False),  # 0.28 weights per character: nothing
+        (50_000, 65, 60, 128, True, True),  # capped at 128 by the text, 72 passes: all three
+        (98_000, 165, 4, 128, False, False),  # 0.89 weights per character but 2.4 passes: nothing
+    ],
+)
+def test_sizing_chooses_from_given_speeds_without_measuring(
+    no_measuring, train_tokens, vocab_size, budget_s, hidden, weight_drop, dropout_and_ema
+):
     sizing = no_measuring
     config, report = sizing.choose_config(TrainConfig(), train_tokens, vocab_size, budget_s, speeds=SPEEDS)
     assert config.hidden == report["hidden"] == hidden
@@ -234,8 +299,9 @@ def test_sizing_measures_on_the_device_the_run_trains_on(monkeypatch):
     import rnnkit.sizing as sizing
 
     seen = []
-    monkeypatch.setattr(sizing, "measure_tokens_per_second",
-                        lambda width, *a, device, **k: seen.append(device) or 60_000)
+    monkeypatch.setattr(
+        sizing, "measure_tokens_per_second", lambda width, *a, device, **k: seen.append(device) or 60_000
+    )
     config, report = sizing.choose_config(TrainConfig(device="cpu"), 100_000, 65, budget_s=60)
     assert seen and all(device == torch.device("cpu") for device in seen) and report["device"] == "cpu"
     with pytest.raises(RnnkitError, match="unknown device"):
@@ -270,8 +336,9 @@ def test_zero_configuration_budget_run_sizes_itself(tmp_path, capsys, fixed_cloc
     corpus.write_text("It was a bright cold day in April, and the clocks were striking thirteen.\n" * 60)
     run = tmp_path / "run"
     fixed_clock()
-    assert main(["train", "--corpus", str(corpus), "--time-budget", "8s", "--sample-every", "0",
-                 "--out", str(run)]) == 0
+    assert (
+        main(["train", "--corpus", str(corpus), "--time-budget", "8s", "--sample-every", "0", "--out", str(run)]) == 0
+    )
     out = capsys.readouterr().out
     meta = read_config(run)
     config = meta["config"]
@@ -290,8 +357,21 @@ def test_a_budget_too_short_is_refused_before_a_run_directory_stays(tmp_path, ca
     minimum = int(err[0].rsplit("give at least ", 1)[1].split()[0])
     assert "went to sizing the model" in err[0] and minimum >= 6  # 5 s of training after the sizing's seconds
     assert not (tmp_path / "run").exists()
-    status = main(["train", "--corpus", str(corpus), "--hidden", "16", "--batch-size", "8", "--time-budget", "4s",
-                   "--out", str(tmp_path / "run")])  # explicit sizes: nothing measured first
+    status = main(
+        [
+            "train",
+            "--corpus",
+            str(corpus),
+            "--hidden",
+            "16",
+            "--batch-size",
+            "8",
+            "--time-budget",
+            "4s",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )  # explicit sizes: nothing measured first
     err = capsys.readouterr().err
     assert status == 2 and "sizing" not in err and "give at least 5 s" in err and not (tmp_path / "run").exists()
 
@@ -368,14 +448,38 @@ def test_weight_drop_trains_and_is_checked(tm_text, tmp_path):
     assert trainer.model.weight_drop == 0.3
     history = trainer.fit()
     assert history[-1].train_loss < history[0].train_loss
-    for bad, message in ((dict(weight_drop=1.0), "weight_drop must be in"), (dict(weight_drop=-0.1), "weight_drop"),
-                         (dict(weight_drop=0.2, model="scratch"), "not scratch")):
+    for bad, message in (
+        (dict(weight_drop=1.0), "weight_drop must be in"),
+        (dict(weight_drop=-0.1), "weight_drop"),
+        (dict(weight_drop=0.2, model="scratch"), "not scratch"),
+    ):
         with pytest.raises(RnnkitError, match=message):
             TrainConfig(**bad).validate()
     corpus = tmp_path / "t.txt"
     corpus.write_text(tm_text[:6000])
-    assert main(["train", "--corpus", str(corpus), "--model", "lstm", "--hidden", "16", "--epochs", "1",
-                 "--weight-drop", "0.25", "--split", "fraction", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--corpus",
+                str(corpus),
+                "--model",
+                "lstm",
+                "--hidden",
+                "16",
+                "--epochs",
+                "1",
+                "--weight-drop",
+                "0.25",
+                "--split",
+                "fraction",
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert read_config(tmp_path / "run")["config"]["weight_drop"] == 0.25
     for bad in (["--weight-drop", "1"], ["--weight-drop", "nan"], ["--model", "scratch", "--weight-drop", "0.2"]):
         assert main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "bad"), *bad]) == 2
@@ -423,8 +527,9 @@ def test_sizing_keeps_32_rows_on_a_gpu(monkeypatch):
     import rnnkit.training.device
 
     rows = []
-    monkeypatch.setattr(sizing, "measure_tokens_per_second", lambda width, vocab, batch, *a, **k: rows.append(batch)
-                        or 500_000)
+    monkeypatch.setattr(
+        sizing, "measure_tokens_per_second", lambda width, vocab, batch, *a, **k: rows.append(batch) or 500_000
+    )
     monkeypatch.setattr(rnnkit.training.device, "select_device", lambda name: torch.device("cuda"))
     config, report = sizing.choose_config(TrainConfig(device="cuda"), 1_000_000, 65, budget_s=60)
     assert config.batch_size == 32 and set(rows) == {32} and report["device"] == "cuda"
@@ -451,8 +556,9 @@ def test_ema_keeps_a_moving_average_that_validation_and_the_best_checkpoint_use(
     trainer = Trainer(config, text=tm_text[:20000])
     start = [p.detach().clone() for p in trainer.model.parameters()]
     weights, expected = [], [p.clone() for p in start]
-    trainer.optimizer.register_step_post_hook(lambda *a: weights.append([p.detach().clone()
-                                                                          for p in trainer.model.parameters()]))
+    trainer.optimizer.register_step_post_hook(
+        lambda *a: weights.append([p.detach().clone() for p in trainer.model.parameters()])
+    )
     trainer.fit()
     for taken, after in enumerate(weights, start=1):  # an independent average: decay (1 + t) / (10 + t) after
         decay = min(0.9, (1 + taken) / (10 + taken))  # t steps, capped at --ema
@@ -470,8 +576,10 @@ def test_ema_keeps_a_moving_average_that_validation_and_the_best_checkpoint_use(
             p.copy_(a)
     assert val_nll == pytest.approx(stream_nll(averaged, trainer.data.val_text)[0], rel=1e-6)
     best = trainer.best.model  # the evaluation's weights: the average, not the last step's
-    assert all(torch.equal(best[name], a) for (name, _), a in zip(trainer.model.named_parameters(), trainer.average,
-                                                                   strict=True))
+    assert all(
+        torch.equal(best[name], a)
+        for (name, _), a in zip(trainer.model.named_parameters(), trainer.average, strict=True)
+    )
 
 
 def test_ema_is_saved_resumed_exactly_and_checked(tm_text, tmp_path, capsys):
@@ -501,9 +609,35 @@ def test_ema_is_saved_resumed_exactly_and_checked(tm_text, tmp_path, capsys):
     assert main(["train", "--ema", "1", "--out", str(tmp_path / "run")]) == 2
     assert "ema must be a decay in [0, 1)" in capsys.readouterr().err
     run = tmp_path / "ema"  # through the CLI and a checkpoint on disk
-    assert main(["train", "--corpus", "timemachine", "--preprocess", "raw",
-                 "--split", "fraction", "--hidden", "16", "--batch-size", "16", "--num-steps", "16",
-                 "--max-steps", "12", "--eval-every", "4", "--ema", "0.9", "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--corpus",
+                "timemachine",
+                "--preprocess",
+                "raw",
+                "--split",
+                "fraction",
+                "--hidden",
+                "16",
+                "--batch-size",
+                "16",
+                "--num-steps",
+                "16",
+                "--max-steps",
+                "12",
+                "--eval-every",
+                "4",
+                "--ema",
+                "0.9",
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     from rnnkit.checkpoint import load_state
 
     state, saved = load_state(run, read_config(run)), load_run(run)[0]
@@ -511,12 +645,41 @@ def test_ema_is_saved_resumed_exactly_and_checked(tm_text, tmp_path, capsys):
 
 
 def test_each_validation_line_says_whether_it_is_the_best_so_far(tmp_path, capsys):
-    assert main(["train", "--corpus", "timemachine", "--preprocess", "raw", "--split", "fraction", "--hidden", "16",
-                 "--batch-size", "16", "--num-steps", "16", "--optimizer", "adam", "--lr", "0.01", "--max-steps", "30",
-                 "--eval-every", "10", "--sample-every", "0", "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--corpus",
+                "timemachine",
+                "--preprocess",
+                "raw",
+                "--split",
+                "fraction",
+                "--hidden",
+                "16",
+                "--batch-size",
+                "16",
+                "--num-steps",
+                "16",
+                "--optimizer",
+                "adam",
+                "--lr",
+                "0.01",
+                "--max-steps",
+                "30",
+                "--eval-every",
+                "10",
+                "--sample-every",
+                "0",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     evals = [json.loads(line) for line in (tmp_path / "run" / "evals.jsonl").read_text().splitlines()]
     assert len(lines) == len(evals) >= 3 and "(best)" in lines[0]
     for line, point in zip(lines, evals, strict=True):
-        best_so_far = point["val_loss"] <= min(e["val_loss"] for e in evals[:evals.index(point) + 1])
+        best_so_far = point["val_loss"] <= min(e["val_loss"] for e in evals[: evals.index(point) + 1])
         assert ("(best)" in line) == best_so_far, line

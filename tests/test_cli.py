@@ -11,17 +11,40 @@ from rnnkit.cli import main
 TINY = ["--hidden", "16", "--batch-size", "64", "--num-steps", "8", "--num-train", "512", "--num-val", "128"]
 
 
-OPENINGS = [("\n  Первый урок: как двигать курсор\nи так далее. ", "Первый урок: как"),
-            ("First Citizen:\nBefore we proceed any further. ", "First Citizen:"),
-            ("日本語のチュートリアルへようこそ。これは説明です。", "日本語のチュートリアルへ")]
+OPENINGS = [
+    ("\n  Первый урок: как двигать курсор\nи так далее. ", "Первый урок: как"),
+    ("First Citizen:\nBefore we proceed any further. ", "First Citizen:"),
+    ("日本語のチュートリアルへようこそ。これは説明です。", "日本語のチュートリアルへ"),
+]
 
 
 @pytest.mark.parametrize("opening, prefix", OPENINGS)
 def test_samples_start_from_the_texts_own_opening(tmp_path, capsys, opening, prefix):
     corpus = tmp_path / "mine.txt"
     corpus.write_text(opening * 60, encoding="utf-8")
-    assert main(["train", "--corpus", str(corpus), "--preprocess", "raw", "--epochs", "1", "--hidden", "8",
-                 "--batch-size", "4", "--num-steps", "8", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--corpus",
+                str(corpus),
+                "--preprocess",
+                "raw",
+                "--epochs",
+                "1",
+                "--hidden",
+                "8",
+                "--batch-size",
+                "4",
+                "--num-steps",
+                "8",
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     sample = capsys.readouterr().out.split("sample: ", 1)[1]
     assert sample.startswith(prefix) and sample.endswith("\n") and len(sample) == len(prefix) + 100 + 1
 
@@ -51,8 +74,12 @@ def test_train_generate_eval_round_trip(tmp_path, capsys):
 def test_console_script_reports_bad_input_with_status_2(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    proc = subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", "--corpus", str(empty), "--out",
-                           str(tmp_path / "r")], capture_output=True, text=True, env=os.environ.copy())
+    proc = subprocess.run(
+        [sys.executable, "-m", "rnnkit.cli", "train", "--corpus", str(empty), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"rnnkit: error: {empty}: file is empty"]
 
@@ -67,18 +94,21 @@ def _train(extra):
     return lambda t: ["train", *extra(t), "--out", str(t / "out")]
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (_train(lambda t: ["--corpus", str(t / "missing.txt")]), "no such file"),
-    (_train(lambda t: ["--corpus", _bad(t, "e.txt", b"")]), "empty"),
-    (_train(lambda t: ["--corpus", _bad(t, "b.png", b"\x89PNG\r\n\x1a\n\x00\x00")]), "not a text file"),
-    (_train(lambda t: ["--corpus", _bad(t, "l.txt", "d\xe9j\xe0 vu".encode("latin-1"))]), "--encoding"),
-    (_train(lambda t: ["--corpus", _bad(t, "s.txt", b"too short")]), "shorter than one window"),
-    (_train(lambda t: ["--num-steps", "0"]), "num_steps"),
-    (_train(lambda t: ["--batch-size", "-5"]), "batch_size"),
-    (_train(lambda t: ["--hidden", "0"]), "hidden"),
-    (lambda t: ["generate", str(t)], "not a run directory"),
-    (lambda t: ["eval", str(t / "nope"), "--json"], "not a run directory"),
-])
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (_train(lambda t: ["--corpus", str(t / "missing.txt")]), "no such file"),
+        (_train(lambda t: ["--corpus", _bad(t, "e.txt", b"")]), "empty"),
+        (_train(lambda t: ["--corpus", _bad(t, "b.png", b"\x89PNG\r\n\x1a\n\x00\x00")]), "not a text file"),
+        (_train(lambda t: ["--corpus", _bad(t, "l.txt", "d\xe9j\xe0 vu".encode("latin-1"))]), "--encoding"),
+        (_train(lambda t: ["--corpus", _bad(t, "s.txt", b"too short")]), "shorter than one window"),
+        (_train(lambda t: ["--num-steps", "0"]), "num_steps"),
+        (_train(lambda t: ["--batch-size", "-5"]), "batch_size"),
+        (_train(lambda t: ["--hidden", "0"]), "hidden"),
+        (lambda t: ["generate", str(t)], "not a run directory"),
+        (lambda t: ["eval", str(t / "nope"), "--json"], "not a run directory"),
+    ],
+)
 def test_bad_input_one_line_error_status_2(tmp_path, capsys, make_args, message):
     assert main(make_args(tmp_path)) == 2
     err = capsys.readouterr().err.strip().splitlines()

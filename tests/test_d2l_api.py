@@ -7,7 +7,7 @@ def test_time_machine_matches_d2l_windows_and_loaders(tm_text):
     data = d2l.TimeMachine(batch_size=1024, num_steps=32)
     corpus, vocab = data.build(tm_text)
     assert len(vocab) == 28 and data.vocab.idx_to_token == vocab.idx_to_token
-    ref = torch.tensor([corpus[i:i + 33] for i in range(0, 200)])  # d2l's list comprehension
+    ref = torch.tensor([corpus[i : i + 33] for i in range(0, 200)])  # d2l's list comprehension
     assert torch.equal(data.X[:200], ref[:, :-1]) and torch.equal(data.Y[:200], ref[:, 1:])
     assert len(data.X) == len(corpus) - 32
     train, val = data.train_dataloader(), data.val_dataloader()

@@ -21,8 +21,10 @@ SEEDS = Path(os.environ.get("RNNKIT_SEEDS_DIR") or Path(__file__).resolve().pare
 EPOCHS = 2
 
 pytestmark = pytest.mark.skipif(
-    not SEEDS.is_dir(), reason=f"the book's pages (the seed files of d2l §9.5/§9.6) are not at {SEEDS}; "
-                               "set RNNKIT_SEEDS_DIR to the folder that holds them")
+    not SEEDS.is_dir(),
+    reason=f"the book's pages (the seed files of d2l §9.5/§9.6) are not at {SEEDS}; "
+    "set RNNKIT_SEEDS_DIR to the folder that holds them",
+)
 
 
 class Tab:
@@ -66,7 +68,7 @@ def cells_of_d2lbook(text: str) -> list[str]:
         if not header or "pytorch" not in [t.strip() for t in header.group(1).split(",")]:
             continue
         body = []
-        for nxt in lines[i + 1:]:
+        for nxt in lines[i + 1 :]:
             if nxt.startswith("%%tab") or nxt.startswith("%load_ext") or nxt.startswith("tab.interact"):
                 break
             body.append(nxt)

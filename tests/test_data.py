@@ -43,11 +43,11 @@ def d2l_seq_data_iter_random(corpus, batch_size, num_steps, offset, shuffle):
     initial_indices = shuffle(initial_indices)  # d2l: random.shuffle(initial_indices)
 
     def data(pos):
-        return corpus[pos: pos + num_steps]
+        return corpus[pos : pos + num_steps]
 
     num_batches = num_subseqs // batch_size
     for i in range(0, batch_size * num_batches, batch_size):
-        initial_indices_per_batch = initial_indices[i: i + batch_size]
+        initial_indices_per_batch = initial_indices[i : i + batch_size]
         X = [data(j) for j in initial_indices_per_batch]
         Y = [data(j + 1) for j in initial_indices_per_batch]
         yield torch.tensor(X), torch.tensor(Y)
@@ -56,13 +56,13 @@ def d2l_seq_data_iter_random(corpus, batch_size, num_steps, offset, shuffle):
 def d2l_seq_data_iter_sequential(corpus, batch_size, num_steps, offset):
     # d2l: offset = random.randint(0, num_steps)
     num_tokens = ((len(corpus) - offset - 1) // batch_size) * batch_size
-    Xs = torch.tensor(corpus[offset: offset + num_tokens])
-    Ys = torch.tensor(corpus[offset + 1: offset + 1 + num_tokens])
+    Xs = torch.tensor(corpus[offset : offset + num_tokens])
+    Ys = torch.tensor(corpus[offset + 1 : offset + 1 + num_tokens])
     Xs, Ys = Xs.reshape(batch_size, -1), Ys.reshape(batch_size, -1)
     num_batches = Xs.shape[1] // num_steps
     for i in range(0, num_steps * num_batches, num_steps):
-        X = Xs[:, i: i + num_steps]
-        Y = Ys[:, i: i + num_steps]
+        X = Xs[:, i : i + num_steps]
+        Y = Ys[:, i : i + num_steps]
         yield X, Y
 
 
@@ -97,8 +97,15 @@ def test_random_split_is_d2ls_seq_data_iter_random(length, batch_size, num_steps
         assert offset < num_steps and all((s - offset) % num_steps == 0 for s in starts)
         # d2l's order of its window starts (relative to corpus[offset:]) is ours, shifted back
         rank = {s - offset: k for k, s in enumerate(starts)}
-        theirs = list(d2l_seq_data_iter_random(corpus.tolist(), batch_size, num_steps, offset,
-                                               shuffle=lambda indices, rank=rank: sorted(indices, key=rank.get)))
+        theirs = list(
+            d2l_seq_data_iter_random(
+                corpus.tolist(),
+                batch_size,
+                num_steps,
+                offset,
+                shuffle=lambda indices, rank=rank: sorted(indices, key=rank.get),
+            )
+        )
         ours = list(data.train.epoch(epoch))
         assert len(ours) == len(theirs) == ((length - offset - 1) // num_steps) // batch_size
         for (X, Y), (X_ref, Y_ref) in zip(ours, theirs, strict=True):
@@ -122,13 +129,16 @@ def test_fraction_split_holds_out_the_tail_and_reads_every_token_every_epoch():
     assert len(offsets) > 1  # the windows start at a different offset from epoch to epoch
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(split="d2l", batch_size=8, num_steps=50), "shorter than one window"),
-    (dict(split="d2l", batch_size=8, num_steps=0), "num_steps"),
-    (dict(split="d2l", batch_size=-1, num_steps=5), "batch_size"),
-    (dict(split="sequential", batch_size=30, num_steps=5), "too short"),
-    (dict(split="nope", batch_size=8, num_steps=5), "unknown split"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(split="d2l", batch_size=8, num_steps=50), "shorter than one window"),
+        (dict(split="d2l", batch_size=8, num_steps=0), "num_steps"),
+        (dict(split="d2l", batch_size=-1, num_steps=5), "batch_size"),
+        (dict(split="sequential", batch_size=30, num_steps=5), "too short"),
+        (dict(split="nope", batch_size=8, num_steps=5), "unknown split"),
+    ],
+)
 def test_bad_sizes(kwargs, message):
     with pytest.raises(RnnkitError, match=message):
         split_corpus(torch.arange(40), **kwargs)

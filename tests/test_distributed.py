@@ -16,11 +16,50 @@ from safetensors.torch import load_file
 from rnnkit.checkpoint import checkpoint_path, load_run
 from rnnkit.cli import main
 
-BOOK = ["--hidden", "16", "--batch-size", "64", "--num-steps", "8", "--num-train", "1001", "--num-val", "64",
-        "--epochs", "2", "--sample-every", "0", "--quiet"]  # 1001 windows: the last batch of 41 splits 20/21
-LSTM = ["--model", "lstm", "--layers", "2", "--hidden", "16", "--embedding", "8", "--batch-size", "32",
-        "--num-steps", "16", "--split", "sequential", "--optimizer", "adam", "--lr", "0.01", "--max-steps", "20",
-        "--eval-every", "7", "--sample-every", "0", "--quiet"]  # lanes carry their state from batch to batch
+BOOK = [
+    "--hidden",
+    "16",
+    "--batch-size",
+    "64",
+    "--num-steps",
+    "8",
+    "--num-train",
+    "1001",
+    "--num-val",
+    "64",
+    "--epochs",
+    "2",
+    "--sample-every",
+    "0",
+    "--quiet",
+]  # 1001 windows: the last batch of 41 splits 20/21
+LSTM = [
+    "--model",
+    "lstm",
+    "--layers",
+    "2",
+    "--hidden",
+    "16",
+    "--embedding",
+    "8",
+    "--batch-size",
+    "32",
+    "--num-steps",
+    "16",
+    "--split",
+    "sequential",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.01",
+    "--max-steps",
+    "20",
+    "--eval-every",
+    "7",
+    "--sample-every",
+    "0",
+    "--quiet",
+]  # lanes carry their state from batch to batch
 
 
 def free_port() -> int:
@@ -38,8 +77,13 @@ def environment() -> dict[str, str]:
 
 
 def torchrun(train: list[str], nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(torchrun_command(["--standalone", f"--nproc-per-node={nproc}"], train),
-                          capture_output=True, text=True, env=environment(), timeout=timeout)
+    return subprocess.run(
+        torchrun_command(["--standalone", f"--nproc-per-node={nproc}"], train),
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=timeout,
+    )
 
 
 def assert_close(run_a, run_b, rtol: float) -> None:
@@ -69,15 +113,40 @@ def test_two_machines_on_localhost_train_together_from_a_prepared_directory(tmp_
     corpus = tmp_path / "book.txt"
     corpus.write_text(tm_text[:60000], encoding="utf-8")
     assert main(["prepare", str(corpus), "--out", str(tmp_path / "data")]) == 0
-    options = ["--data", str(tmp_path / "data"), "--hidden", "16", "--batch-size", "32", "--num-steps", "16",
-               "--max-steps", "30", "--optimizer", "adam", "--lr", "0.01", "--sample-every", "0", "--quiet"]
+    options = [
+        "--data",
+        str(tmp_path / "data"),
+        "--hidden",
+        "16",
+        "--batch-size",
+        "32",
+        "--num-steps",
+        "16",
+        "--max-steps",
+        "30",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--sample-every",
+        "0",
+        "--quiet",
+    ]
     assert main(["train", *options, "--out", str(tmp_path / "one")]) == 0
     endpoint = f"127.0.0.1:{free_port()}"
-    nodes = [subprocess.Popen(torchrun_command(["--nnodes=2", f"--node-rank={rank}", "--nproc-per-node=1",
-                                                f"--rdzv-endpoint={endpoint}"],
-                                               [*options, "--out", str(tmp_path / "two")]),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment())
-             for rank in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            torchrun_command(
+                ["--nnodes=2", f"--node-rank={rank}", "--nproc-per-node=1", f"--rdzv-endpoint={endpoint}"],
+                [*options, "--out", str(tmp_path / "two")],
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment(),
+        )
+        for rank in (0, 1)
+    ]
     outputs = [node.communicate(timeout=120) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], [err[-1500:] for _, err in outputs]
     assert "done:" in outputs[0][0] and outputs[1][0] == ""  # rank 0 reports, rank 1 is quiet
@@ -85,11 +154,32 @@ def test_two_machines_on_localhost_train_together_from_a_prepared_directory(tmp_
 
 
 def test_sigterm_under_torchrun_saves_once_and_resumes_with_another_process_count(tmp_path):
-    options = ["--hidden", "16", "--batch-size", "64", "--num-steps", "8", "--num-train", "2048", "--num-val", "64",
-               "--max-steps", "400", "--save-every", "0", "--sample-every", "0"]
+    options = [
+        "--hidden",
+        "16",
+        "--batch-size",
+        "64",
+        "--num-steps",
+        "8",
+        "--num-train",
+        "2048",
+        "--num-val",
+        "64",
+        "--max-steps",
+        "400",
+        "--save-every",
+        "0",
+        "--sample-every",
+        "0",
+    ]
     run = tmp_path / "run"
-    job = subprocess.Popen(torchrun_command(["--standalone", "--nproc-per-node=2"], [*options, "--out", str(run)]),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment())
+    job = subprocess.Popen(
+        torchrun_command(["--standalone", "--nproc-per-node=2"], [*options, "--out", str(run)]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+    )
     for line in job.stdout:
         if line.startswith("epoch    3"):
             job.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to every process
@@ -109,11 +199,34 @@ def test_sigterm_under_torchrun_saves_once_and_resumes_with_another_process_coun
 
 def test_a_process_that_dies_takes_the_job_down_with_a_message(tmp_path):
     run = tmp_path / "run"
-    options = ["--hidden", "16", "--batch-size", "64", "--num-steps", "8", "--num-train", "2048", "--num-val", "64",
-               "--epochs", "1000", "--save-every", "2", "--sample-every", "0", "--out", str(run)]
-    job = subprocess.Popen(torchrun_command(["--standalone", "--nproc-per-node=2"], options),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(),
-                           start_new_session=True)
+    options = [
+        "--hidden",
+        "16",
+        "--batch-size",
+        "64",
+        "--num-steps",
+        "8",
+        "--num-train",
+        "2048",
+        "--num-val",
+        "64",
+        "--epochs",
+        "1000",
+        "--save-every",
+        "2",
+        "--sample-every",
+        "0",
+        "--out",
+        str(run),
+    ]
+    job = subprocess.Popen(
+        torchrun_command(["--standalone", "--nproc-per-node=2"], options),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        start_new_session=True,
+    )
     for line in job.stdout:
         if line.startswith("epoch    3"):
             break
@@ -134,8 +247,9 @@ def test_a_process_that_dies_takes_the_job_down_with_a_message(tmp_path):
 def test_a_batch_that_the_processes_cannot_share_is_said_once(tmp_path):
     job = torchrun([*BOOK, "--batch-size", "63", "--out", str(tmp_path / "run")], nproc=2)
     assert job.returncode != 0
-    assert errors(job.stderr) == ["rnnkit: error: --batch-size 63 is the batch of all 2 processes together and "
-                                  "must be a multiple of their number"]
+    assert errors(job.stderr) == [
+        "rnnkit: error: --batch-size 63 is the batch of all 2 processes together and must be a multiple of their number"
+    ]
     assert not (tmp_path / "run").exists()
 
 
@@ -150,8 +264,12 @@ def test_bad_torchrun_environments_exit_2_said_by_rank_0_only(tmp_path, monkeypa
         assert errors(err) == [err.strip()] and "half set (RANK set, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR" in err
     else:
         assert err == ""
-    for name, value in (("WORLD_SIZE", "2"), ("LOCAL_RANK", rank), ("MASTER_ADDR", "127.0.0.1"),
-                        ("MASTER_PORT", str(free_port()))):
+    for name, value in (
+        ("WORLD_SIZE", "2"),
+        ("LOCAL_RANK", rank),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", str(free_port())),
+    ):
         monkeypatch.setenv(name, value)
     assert main(["train", *BOOK, "--batch-size", "63", "--out", str(tmp_path / "b")]) == 2  # before joining
     assert ("multiple of their number" in capsys.readouterr().err) == (rank == "0")

@@ -19,8 +19,11 @@ CHECKED = ["serve", "timeseries", "prepare.py"]
 def function_lengths(path: Path) -> list[tuple[str, int]]:
     """``(where, lines)`` of every function and method in a module (nested ones too)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    return [(f"{path.name}:{node.lineno} {node.name}", node.end_lineno - node.lineno + 1)
-            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return [
+        (f"{path.name}:{node.lineno} {node.name}", node.end_lineno - node.lineno + 1)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
 
 
 def long_functions(name: str, limit: int = MAX_LINES) -> list[str]:

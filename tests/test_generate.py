@@ -85,8 +85,7 @@ def test_unknown_prefix_characters():
         assert predict(model, d2l_vocab, "abX", 3).startswith("abX")
 
 
-@pytest.mark.parametrize("bad", [Sampling(temperature=0), Sampling(top_p=0), Sampling(top_k=-1),
-                                 Sampling(alpha=-1)])
+@pytest.mark.parametrize("bad", [Sampling(temperature=0), Sampling(top_p=0), Sampling(top_k=-1), Sampling(alpha=-1)])
 def test_bad_sampling_settings(lm, bad):
     model, vocab = lm
     with pytest.raises(RnnkitError):
@@ -115,5 +114,6 @@ def test_lean_generation_step_follows_the_model(kind, activation):
             torch.testing.assert_close(lean_logits, logits, rtol=1e-6, atol=1e-6)
             (lean_logits, lean_state), (logits, state) = lean([token], lean_state), full([token], state)
     for sampling, seed in ((Sampling(greedy=True), None), (Sampling(temperature=0.9, top_k=10), 3)):
-        assert (list(generate_ids(lean, [1, 2], 300, model.initial_logits(), sampling, seed))
-                == list(generate_ids(full, [1, 2], 300, model.initial_logits(), sampling, seed)))
+        assert list(generate_ids(lean, [1, 2], 300, model.initial_logits(), sampling, seed)) == list(
+            generate_ids(full, [1, 2], 300, model.initial_logits(), sampling, seed)
+        )

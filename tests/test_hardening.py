@@ -20,8 +20,20 @@ from rnnkit.files import UMASK, DirectoryLock
 from rnnkit.text import read_text
 from rnnkit.train import TrainConfig, Trainer, perplexity
 
-TINY = ["--hidden", "8", "--batch-size", "16", "--num-steps", "8", "--num-train", "64", "--num-val", "16",
-        "--sample-every", "0"]
+TINY = [
+    "--hidden",
+    "8",
+    "--batch-size",
+    "16",
+    "--num-steps",
+    "8",
+    "--num-train",
+    "64",
+    "--num-val",
+    "16",
+    "--sample-every",
+    "0",
+]
 
 
 def one_line_error(capsys, status, expected_status=2):
@@ -78,10 +90,31 @@ def test_a_refused_start_leaves_no_empty_run_directory(tmp_path, capsys):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_save_like_ctrl_c(tmp_path, signum):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rnnkit.cli", "train", "--hidden", "16", "--batch-size", "64", "--num-steps", "8",
-           "--num-train", "2048", "--num-val", "64", "--epochs", "500", "--save-every", "0", "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "rnnkit.cli",
+        "train",
+        "--hidden",
+        "16",
+        "--batch-size",
+        "64",
+        "--num-steps",
+        "8",
+        "--num-train",
+        "2048",
+        "--num-val",
+        "64",
+        "--epochs",
+        "500",
+        "--save-every",
+        "0",
+        "--out",
+        str(run),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     for line in proc.stdout:
         if line.startswith("epoch    2"):
             proc.send_signal(signum)
@@ -119,8 +152,12 @@ def test_a_long_epoch_still_saves_every_few_minutes(tmp_path, monkeypatch):
 
     real = rnnkit.run.saving.save_run
     monkeypatch.setattr(rnnkit.run.saving, "save_run", lambda *a, **k: saves.append(a[4]) or real(*a, **k))
-    assert main(["train", *TINY, "--epochs", "4", "--save-every", "0", "--save-minutes", "10", "--out", str(run),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["train", *TINY, "--epochs", "4", "--save-every", "0", "--save-minutes", "10", "--out", str(run), "--quiet"]
+        )
+        == 0
+    )
     assert len(saves) >= 3  # epochs that found the last save 10 minutes old, and the end
 
 
@@ -154,8 +191,11 @@ def _nan_weights(run):
     path = weights_file(run)
     tensors = load_file(str(path))
     meta = json.loads((run / "config.json").read_text())
-    save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, str(path),
-              metadata={"format": "rnnkit-run", "checkpoint": meta["checkpoint"]})
+    save_file(
+        {k: torch.full_like(v, float("nan")) for k, v in tensors.items()},
+        str(path),
+        metadata={"format": "rnnkit-run", "checkpoint": meta["checkpoint"]},
+    )
     return str(run)
 
 
@@ -171,26 +211,32 @@ def _metrics(run, line):
     return str(run)
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda d, r: ["train", *TINY, "--corpus", _fifo(d), "--out", str(d / "o")], "not a regular file"),
-    (lambda d, r: ["train", *TINY, "--corpus", "/dev/zero", "--out", str(d / "o")], "not a regular file"),
-    (lambda d, r: ["generate", str(r), "--seed", "100000000000000000000"], "seed must be an integer"),
-    (lambda d, r: ["train", *TINY, "--seed", "-1", "--out", str(d / "o")], "seed"),
-    (lambda d, r: ["train", *TINY, "--weight-decay", "-1", "--out", str(d / "o")], "weight_decay"),
-    (lambda d, r: ["eval", _config_field(r, dropout="0.1")], "dropout must be of type float"),
-    (lambda d, r: ["eval", _config_field(r, hidden=8.0)], "hidden must be of type int"),
-    (lambda d, r: ["train", *TINY, "--device", "mps", "--out", str(d / "o")], "mps"),
-    (lambda d, r: ["train", *TINY, "--device", "meta", "--out", str(d / "o")], "cannot train"),
-    (lambda d, r: ["train", *TINY, "--device", "tpu", "--out", str(d / "o")], "unknown device"),
-    (lambda d, r: ["generate", str(r), "--temperature", "1e-310"], "temperature must be between"),
-    (lambda d, r: ["generate", str(r), "--alpha", "1e300"], "alpha must be between"),
-    (lambda d, r: ["generate", _nan_weights(r), "-n", "5", "--checkpoint", "last"], "not a probability distribution"),
-    (lambda d, r: ["generate", _nan_weights(r), "-n", "5", "--greedy", "--checkpoint", "last"], "NaN"),
-    (lambda d, r: ["generate", _weights_dir(r), "--checkpoint", "last"], "cannot read"),
-    (lambda d, r: ["plot", _metrics(r, "{}"), "--out", str(d / "p.png")], "not a metrics row"),
-    (lambda d, r: ["plot", _metrics(r, "5"), "--out", str(d / "p.png")], "not a metrics row"),
-    (lambda d, r: ["train", "--model", "lstm", "--dropout", "0.2", *TINY, "--out", str(d / "o")], "--layers 2"),
-])
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d, r: ["train", *TINY, "--corpus", _fifo(d), "--out", str(d / "o")], "not a regular file"),
+        (lambda d, r: ["train", *TINY, "--corpus", "/dev/zero", "--out", str(d / "o")], "not a regular file"),
+        (lambda d, r: ["generate", str(r), "--seed", "100000000000000000000"], "seed must be an integer"),
+        (lambda d, r: ["train", *TINY, "--seed", "-1", "--out", str(d / "o")], "seed"),
+        (lambda d, r: ["train", *TINY, "--weight-decay", "-1", "--out", str(d / "o")], "weight_decay"),
+        (lambda d, r: ["eval", _config_field(r, dropout="0.1")], "dropout must be of type float"),
+        (lambda d, r: ["eval", _config_field(r, hidden=8.0)], "hidden must be of type int"),
+        (lambda d, r: ["train", *TINY, "--device", "mps", "--out", str(d / "o")], "mps"),
+        (lambda d, r: ["train", *TINY, "--device", "meta", "--out", str(d / "o")], "cannot train"),
+        (lambda d, r: ["train", *TINY, "--device", "tpu", "--out", str(d / "o")], "unknown device"),
+        (lambda d, r: ["generate", str(r), "--temperature", "1e-310"], "temperature must be between"),
+        (lambda d, r: ["generate", str(r), "--alpha", "1e300"], "alpha must be between"),
+        (
+            lambda d, r: ["generate", _nan_weights(r), "-n", "5", "--checkpoint", "last"],
+            "not a probability distribution",
+        ),
+        (lambda d, r: ["generate", _nan_weights(r), "-n", "5", "--greedy", "--checkpoint", "last"], "NaN"),
+        (lambda d, r: ["generate", _weights_dir(r), "--checkpoint", "last"], "cannot read"),
+        (lambda d, r: ["plot", _metrics(r, "{}"), "--out", str(d / "p.png")], "not a metrics row"),
+        (lambda d, r: ["plot", _metrics(r, "5"), "--out", str(d / "p.png")], "not a metrics row"),
+        (lambda d, r: ["train", "--model", "lstm", "--dropout", "0.2", *TINY, "--out", str(d / "o")], "--layers 2"),
+    ],
+)
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, trained, make_args, message):
     status = main(make_args(tmp_path, trained))
     err = capsys.readouterr().err.strip().splitlines()
@@ -212,11 +258,42 @@ def test_the_memory_a_run_needs_is_checked_before_allocating(tmp_path, capsys, m
 
 def test_a_tiny_corpus_with_no_validation_part(tmp_path, capsys):
     (tmp_path / "nine.txt").write_text("abcdefghi")
-    status = main(["train", "--corpus", str(tmp_path / "nine.txt"), "--split", "fraction", "--val-fraction", "0",
-                   "--num-steps", "4", "--batch-size", "2", "--epochs", "1", "--out", str(tmp_path / "o"), "--quiet"])
+    status = main(
+        [
+            "train",
+            "--corpus",
+            str(tmp_path / "nine.txt"),
+            "--split",
+            "fraction",
+            "--val-fraction",
+            "0",
+            "--num-steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     assert status == 0  # trains: there are windows; validation is simply absent
-    status = main(["train", "--corpus", str(tmp_path / "nine.txt"), "--split", "fraction", "--val-fraction", "0",
-                   "--num-steps", "20", "--out", str(tmp_path / "p")])
+    status = main(
+        [
+            "train",
+            "--corpus",
+            str(tmp_path / "nine.txt"),
+            "--split",
+            "fraction",
+            "--val-fraction",
+            "0",
+            "--num-steps",
+            "20",
+            "--out",
+            str(tmp_path / "p"),
+        ]
+    )
     assert "shorter than one window" in one_line_error(capsys, status)
 
 
@@ -258,8 +335,20 @@ def test_resume_refuses_a_changed_corpus(tmp_path, capsys):
 def test_the_trainer_leaves_the_callers_random_state_alone(tm_text):
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    trainer = Trainer(TrainConfig(model="lstm", hidden=8, layers=2, dropout=0.3, batch_size=16, num_steps=8,
-                                  num_train=64, num_val=16, epochs=1), text=tm_text[:3000])
+    trainer = Trainer(
+        TrainConfig(
+            model="lstm",
+            hidden=8,
+            layers=2,
+            dropout=0.3,
+            batch_size=16,
+            num_steps=8,
+            num_train=64,
+            num_val=16,
+            epochs=1,
+        ),
+        text=tm_text[:3000],
+    )
     trainer.fit()
     assert torch.equal(torch.get_rng_state(), before)
 
@@ -268,6 +357,5 @@ def test_huge_seeds_train_and_shuffle_without_overflow(tm_text):
     from rnnkit.data import epoch_generator
 
     assert torch.randperm(5, generator=epoch_generator((1 << 63) - 1, 7)).sort().values.tolist() == list(range(5))
-    config = TrainConfig(hidden=8, batch_size=16, num_steps=8, num_train=64, num_val=16, epochs=1,
-                         seed=20000000000000)
+    config = TrainConfig(hidden=8, batch_size=16, num_steps=8, num_train=64, num_val=16, epochs=1, seed=20000000000000)
     assert len(Trainer(config, text=tm_text[:3000]).fit()) == 1

@@ -26,15 +26,17 @@ def kernel():
 def pytorch_path_loss(model, X, Y, state):
     """The same loss through the layer's forward and the fused output layer (no kernel)."""
     outputs, last = model.hidden(X, state)
-    return linear_cross_entropy(outputs.reshape(-1, outputs.shape[-1]), model.head.weight, model.head.bias,
-                                Y.T.reshape(-1)), last
+    return linear_cross_entropy(
+        outputs.reshape(-1, outputs.shape[-1]), model.head.weight, model.head.bias, Y.T.reshape(-1)
+    ), last
 
 
 @pytest.mark.parametrize("kind", ["rnn", "scratch"])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("batch", [3, 301])  # one chunk; two uneven chunks (with 2 threads)
-def test_kernel_loss_gradients_and_state_are_as_accurate_as_the_pytorch_path(kernel, kind, activation, batch,
-                                                                              assert_as_accurate):
+def test_kernel_loss_gradients_and_state_are_as_accurate_as_the_pytorch_path(
+    kernel, kind, activation, batch, assert_as_accurate
+):
     """Large weights (x10) saturate the units and make the recurrence chaotic: a last-bit
     difference in one step grows over the sequence (here to 4e-4 in the final state of the float32
     PyTorch path itself). So both float32 paths are held against the same math in float64: the
@@ -65,8 +67,9 @@ def test_kernel_loss_gradients_and_state_are_as_accurate_as_the_pytorch_path(ker
         as_accurate = assert_as_accurate
         as_accurate(loss, ref, exact_loss, "loss")
         as_accurate(last, ref_last, exact_last, "final state")
-        for name, g, r, e in zip([n for n, _ in model.named_parameters()] + ["h0"], grads, ref_grads, exact_grads,
-                                 strict=True):
+        for name, g, r, e in zip(
+            [n for n, _ in model.named_parameters()] + ["h0"], grads, ref_grads, exact_grads, strict=True
+        ):
             as_accurate(g, r, e, name)
         torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-3)
         with torch.inference_mode():  # evaluation: the forward pass only, same numbers
@@ -107,8 +110,12 @@ def test_kernel_applies_to_the_book_model_only(kernel):
     X = torch.zeros(4, 5, dtype=torch.int64)
     assert choose_path(build_model("rnn", 7, 8), X).name == KERNEL
     assert choose_path(build_model("scratch", 7, 8), X).name == KERNEL
-    for model in (build_model("lstm", 7, 8), build_model("gru", 7, 8), build_model("rnn", 7, 8, layers=2),
-                  build_model("rnn", 7, 8, embedding=4)):
+    for model in (
+        build_model("lstm", 7, 8),
+        build_model("gru", 7, 8),
+        build_model("rnn", 7, 8, layers=2),
+        build_model("rnn", 7, 8, embedding=4),
+    ):
         assert choose_path(model, X).name != KERNEL
     book = build_model("rnn", 7, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -162,7 +169,8 @@ def test_kernel_gradients_repeat_bit_for_bit_across_processes(kernel, tmp_path):
     if kernel is None:
         pytest.skip("no kernel here (no C++ compiler): nothing to compare across processes")
     script = tmp_path / "once.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import hashlib, torch
         from rnnkit.models import build_model
         torch.manual_seed(0)
@@ -173,9 +181,12 @@ def test_kernel_gradients_repeat_bit_for_bit_across_processes(kernel, tmp_path):
         loss.backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters()])
         print(hashlib.sha1(grads.numpy().tobytes()).hexdigest())
-    """))
-    digests = {subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
-               for _ in range(6)}
+    """)
+    )
+    digests = {
+        subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
+        for _ in range(6)
+    }
     assert len(digests) == 1 and len(next(iter(digests)).strip()) == 40
 
 
@@ -203,8 +214,11 @@ def test_a_lock_of_a_builder_that_died_goes_at_once_and_a_live_ones_stays(tmp_pa
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    for pid, host, kept in ((dead.pid, socket.gethostname(), False), (os.getpid(), socket.gethostname(), True),
-                            (dead.pid, "another-host", True)):
+    for pid, host, kept in (
+        (dead.pid, socket.gethostname(), False),
+        (os.getpid(), socket.gethostname(), True),
+        (dead.pid, "another-host", True),
+    ):
         (tmp_path / "lock").touch()
         (tmp_path / kernels.BUILDER_FILE).write_text(f"{pid} {host}\n")
         kernels.remove_stale_lock(tmp_path)

@@ -70,8 +70,9 @@ def run_files(run_dir):
         with safe_open(str(run_dir / files["state"]), "pt") as f:
             skeleton = f.metadata()["state"]
     meta = {k: v for k, v in meta.items() if k not in ("checkpoint", "files")}
-    logs = {name: (run_dir / name).read_text() for name in ("metrics.jsonl", "evals.jsonl")
-            if (run_dir / name).exists()}
+    logs = {
+        name: (run_dir / name).read_text() for name in ("metrics.jsonl", "evals.jsonl") if (run_dir / name).exists()
+    }
     return meta, tensors, skeleton, logs
 
 
@@ -100,8 +101,17 @@ def train_both_ways(tmp_path, fixed_clock, options: dict):
 PARITY_CASES = {
     "the book's default": dict(TINY),
     "gru with dropout": dict(TINY, model="gru", layers=2, dropout=0.2, optimizer="adam", lr=0.01),
-    "sequential split": dict(TINY, split="sequential", model="lstm", preprocess="raw", eval_every=5,
-                             schedule="cosine", warmup=0.1, ema=0.9, sample_prefixes=["the ", "a"]),
+    "sequential split": dict(
+        TINY,
+        split="sequential",
+        model="lstm",
+        preprocess="raw",
+        eval_every=5,
+        schedule="cosine",
+        warmup=0.1,
+        ema=0.9,
+        sample_prefixes=["the ", "a"],
+    ),
 }
 
 
@@ -138,8 +148,13 @@ def test_a_budget_run_sizes_and_trains_the_same_both_ways(tmp_path, fixed_clock,
     assert config.model == "lstm" and config.preprocess == "raw" and config.split == "sequential"
     assert config.time_budget == 20.0 and "time budget of 20 s spent" in read_config(run.directory)["finished"]
     fixed_clock()  # the speeds given instead of measured: the same decision
-    given = rnnkit.train(corpus=str(corpus), time_budget=20, out=str(tmp_path / "given"), quiet=True,
-                         speeds={128: 40_000, 256: 12_000, 384: 5_000, 512: 2_000})
+    given = rnnkit.train(
+        corpus=str(corpus),
+        time_budget=20,
+        out=str(tmp_path / "given"),
+        quiet=True,
+        speeds={128: 40_000, 256: 12_000, 384: 5_000, 512: 2_000},
+    )
     assert_same_run(tmp_path / "cli", given.directory)
 
 
@@ -147,8 +162,12 @@ def test_generate_and_evaluate_say_what_the_commands_print(tmp_path, fixed_clock
     (tmp_path / "book.txt").write_text(tm_text[:30_000])
     run = train_both_ways(tmp_path, fixed_clock, dict(TINY, corpus=str(tmp_path / "book.txt")))
     capsys.readouterr()
-    assert main(["generate", str(run.directory), "--prefix", "the time", "-n", "40", "--temperature", "0.8",
-                 "--seed", "3"]) == 0
+    assert (
+        main(
+            ["generate", str(run.directory), "--prefix", "the time", "-n", "40", "--temperature", "0.8", "--seed", "3"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert run.generate("the time", n=40, temperature=0.8, seed=3) + "\n" == printed
     assert main(["eval", str(run.directory), "--json"]) == 0
@@ -171,13 +190,34 @@ def test_tensorboard_logs_what_the_run_records(tmp_path, tm_text):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (tmp_path / "book.txt").write_text(tm_text[:30_000])
-    assert main(["train", *flags(dict(TINY, corpus=str(tmp_path / "book.txt"), eval_every=4)), "--out",
-                 str(tmp_path / "run"), "--tensorboard", str(tmp_path / "tb"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *flags(dict(TINY, corpus=str(tmp_path / "book.txt"), eval_every=4)),
+                "--out",
+                str(tmp_path / "run"),
+                "--tensorboard",
+                str(tmp_path / "tb"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     scalars = events.Tags()["scalars"]
-    assert {"train/loss", "train/lr", "val/loss", "val/ppl", "val/bpc", "epoch/train_loss", "epoch/val_ppl",
-            "epoch/val_bpc", "epoch/tokens_per_s"} <= set(scalars)
+    assert {
+        "train/loss",
+        "train/lr",
+        "val/loss",
+        "val/ppl",
+        "val/bpc",
+        "epoch/train_loss",
+        "epoch/val_ppl",
+        "epoch/val_bpc",
+        "epoch/tokens_per_s",
+    } <= set(scalars)
     evals = [json.loads(line) for line in (tmp_path / "run" / "evals.jsonl").read_text().splitlines()]
     logged = events.Scalars("val/loss")
     assert [e.step for e in logged] == [e["step"] for e in evals]
@@ -196,13 +236,47 @@ def test_tensorboard_into_a_file_is_one_line_and_leaves_no_run(tmp_path, capsys)
 
 
 OLD_IMPORTS = {  # names that code outside rnnkit imported before the library-first refactor: they stay
-    "rnnkit": ["TrainConfig", "Trainer", "Sampling", "predict", "generate", "RNNLM", "RNNScratch", "Recurrent",
-               "build_model", "Vocab", "build_corpus", "load_corpus_text", "RnnkitError", "d2l"],
-    "rnnkit.train": ["TrainConfig", "Trainer", "EvalPoint", "EpochStats", "CapturedGradients", "select_device",
-                     "keep_freed_memory", "clip_gradients", "compute_gradients", "compute_shared_gradients",
-                     "window_nll", "stream_nll", "validation_lanes", "perplexity", "bits_per_token",
-                     "characters_predicted", "make_optimizer", "lr_factor", "check_memory", "memory_needed",
-                     "OPTIMIZERS", "SCHEDULES", "CUDA_GRAPHS"],
+    "rnnkit": [
+        "TrainConfig",
+        "Trainer",
+        "Sampling",
+        "predict",
+        "generate",
+        "RNNLM",
+        "RNNScratch",
+        "Recurrent",
+        "build_model",
+        "Vocab",
+        "build_corpus",
+        "load_corpus_text",
+        "RnnkitError",
+        "d2l",
+    ],
+    "rnnkit.train": [
+        "TrainConfig",
+        "Trainer",
+        "EvalPoint",
+        "EpochStats",
+        "CapturedGradients",
+        "select_device",
+        "keep_freed_memory",
+        "clip_gradients",
+        "compute_gradients",
+        "compute_shared_gradients",
+        "window_nll",
+        "stream_nll",
+        "validation_lanes",
+        "perplexity",
+        "bits_per_token",
+        "characters_predicted",
+        "make_optimizer",
+        "lr_factor",
+        "check_memory",
+        "memory_needed",
+        "OPTIMIZERS",
+        "SCHEDULES",
+        "CUDA_GRAPHS",
+    ],
     "rnnkit.checkpoint": ["load_run", "save_run", "load_state", "read_config", "checkpoint_path"],
     "rnnkit.models": ["RNNLM", "build_model", "MODEL_KINDS", "State", "layer_states", "state_batch_dim"],
     "rnnkit.serve": ["Limits", "ServedRun", "create_app", "load_runs", "score", "activations", "serve"],
@@ -217,7 +291,10 @@ def test_public_names_keep_their_old_imports(module):
     import importlib.util
 
     imported = importlib.import_module(module)
-    missing = [name for name in OLD_IMPORTS[module]
-               if not hasattr(imported, name) and importlib.util.find_spec(f"{module}.{name}") is None]
+    missing = [
+        name
+        for name in OLD_IMPORTS[module]
+        if not hasattr(imported, name) and importlib.util.find_spec(f"{module}.{name}") is None
+    ]
     assert missing == []
     assert callable(rnnkit.train) and rnnkit.Run.load.__name__ == "load"

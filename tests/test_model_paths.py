@@ -52,8 +52,10 @@ def initial_state(model, device="cpu"):
     g = torch.Generator().manual_seed(1)
     dtype = model.head.weight.dtype
     shape = (B, H) if isinstance(model.rnn, RNNScratch) else (model.rnn.rnn.num_layers, B, H)
-    leaves = [(torch.randn(shape, generator=g, dtype=dtype) * 0.5).to(device).requires_grad_()
-              for _ in range(2 if getattr(model.rnn, "kind", "") == "lstm" else 1)]
+    leaves = [
+        (torch.randn(shape, generator=g, dtype=dtype) * 0.5).to(device).requires_grad_()
+        for _ in range(2 if getattr(model.rnn, "kind", "") == "lstm" else 1)
+    ]
     return (tuple(leaves) if len(leaves) == 2 else leaves[0]), leaves
 
 
@@ -117,8 +119,9 @@ def kernel():
 
 
 @pytest.mark.parametrize("through_state", [False, True])
-@pytest.mark.parametrize("kind, activation", [("rnn", "tanh"), ("rnn", "relu"), ("scratch", "tanh"),
-                                              ("scratch", "relu")])
+@pytest.mark.parametrize(
+    "kind, activation", [("rnn", "tanh"), ("rnn", "relu"), ("scratch", "tanh"), ("scratch", "relu")]
+)
 def test_fused_kernel_path_equals_the_reference(kernel, kind, activation, through_state):
     """float32 both; without a carried state the gradients are the kernel's own, with one they are
     recomputed (see fused.py)."""
@@ -131,12 +134,20 @@ def test_fused_kernel_path_equals_the_reference(kernel, kind, activation, throug
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind, options", [
-    ("scratch", {}), ("scratch", {"activation": "relu"}), ("scratch", {"embedding": 4}),
-    ("scratch", {"embedding": 4, "io_dropout": 0.3}),
-    ("rnn", {}), ("rnn", {"activation": "relu"}), ("rnn", {"io_dropout": 0.3}),
-    ("rnn", {"weight_drop": 0.5}), ("rnn", {"weight_drop": 0.5, "io_dropout": 0.2, "activation": "relu"}),
-])
+@pytest.mark.parametrize(
+    "kind, options",
+    [
+        ("scratch", {}),
+        ("scratch", {"activation": "relu"}),
+        ("scratch", {"embedding": 4}),
+        ("scratch", {"embedding": 4, "io_dropout": 0.3}),
+        ("rnn", {}),
+        ("rnn", {"activation": "relu"}),
+        ("rnn", {"io_dropout": 0.3}),
+        ("rnn", {"weight_drop": 0.5}),
+        ("rnn", {"weight_drop": 0.5, "io_dropout": 0.2, "activation": "relu"}),
+    ],
+)
 def test_recurrence_path_equals_the_reference(kind, options, device):
     """float64 (the kernel declines it); dropout in training, one mask per call for DropConnect."""
     model = make(kind, device=device, **options)
@@ -150,13 +161,21 @@ def test_recurrence_path_equals_the_reference(kind, options, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind, options", [
-    ("rnn", {"layers": 2}), ("rnn", {"layers": 2, "activation": "relu"}), ("rnn", {"embedding": 4}),
-    ("gru", {}), ("gru", {"layers": 2, "embedding": 4}), ("lstm", {}), ("lstm", {"layers": 3}),
-    ("rnn", {"layers": 2, "dropout": 0.3, "io_dropout": 0.2, "weight_drop": 0.4, "embedding": 4}),
-    ("gru", {"layers": 2, "dropout": 0.3, "weight_drop": 0.5}),
-    ("lstm", {"layers": 2, "dropout": 0.3, "io_dropout": 0.2, "weight_drop": 0.4, "embedding": 4}),
-])
+@pytest.mark.parametrize(
+    "kind, options",
+    [
+        ("rnn", {"layers": 2}),
+        ("rnn", {"layers": 2, "activation": "relu"}),
+        ("rnn", {"embedding": 4}),
+        ("gru", {}),
+        ("gru", {"layers": 2, "embedding": 4}),
+        ("lstm", {}),
+        ("lstm", {"layers": 3}),
+        ("rnn", {"layers": 2, "dropout": 0.3, "io_dropout": 0.2, "weight_drop": 0.4, "embedding": 4}),
+        ("gru", {"layers": 2, "dropout": 0.3, "weight_drop": 0.5}),
+        ("lstm", {"layers": 2, "dropout": 0.3, "io_dropout": 0.2, "weight_drop": 0.4, "embedding": 4}),
+    ],
+)
 def test_torch_layer_path_equals_the_reference(kind, options, device):
     """nn.RNN/GRU/LSTM in float64 (ATen on the CPU, cuDNN where CUDA is); in training the masks of
     io dropout, DropConnect and dropout between layers are drawn in the reference's order."""
@@ -191,7 +210,7 @@ def test_lean_step_equals_the_reference(kind, activation, dtype):
             torch.testing.assert_close(logits, ref_logits[-1, 0], **tolerance)
             torch.testing.assert_close(state, ref_state, **tolerance)
             if i < len(ids):
-                logits, state = step(ids[i:i + 1], state)
+                logits, state = step(ids[i : i + 1], state)
 
 
 def test_lean_step_is_chosen_for_the_book_model_in_evaluation_on_the_cpu_only():
@@ -201,9 +220,17 @@ def test_lean_step_is_chosen_for_the_book_model_in_evaluation_on_the_cpu_only():
         assert path.name == TORCH and "no lean step" in path.reason and model.lean_step() is None
 
 
-@pytest.mark.parametrize("kind, options", [("scratch", {}), ("scratch", {"embedding": 4}), ("rnn", {}),
-                                           ("rnn", {"layers": 2, "dropout": 0.5}), ("gru", {"layers": 2}),
-                                           ("lstm", {"layers": 2, "embedding": 4})])
+@pytest.mark.parametrize(
+    "kind, options",
+    [
+        ("scratch", {}),
+        ("scratch", {"embedding": 4}),
+        ("rnn", {}),
+        ("rnn", {"layers": 2, "dropout": 0.5}),
+        ("gru", {"layers": 2}),
+        ("lstm", {"layers": 2, "embedding": 4}),
+    ],
+)
 def test_layer_states_are_the_layers_of_the_model_in_evaluation(kind, options):
     """Introspection reads the reference's per-layer states; its last layer is what the model's own
     path computes in evaluation (the scratch model with an embedding included)."""
@@ -223,8 +250,11 @@ def test_reference_cells_are_pytorchs_cells_bit_for_bit():
     are the ones PyTorch's cells give)."""
     g = torch.Generator().manual_seed(0)
     x, h, c = (torch.randn(2, n, generator=g) for n in (5, 4, 4))
-    for gates, step, cell in ((1, rnn_step, torch.rnn_tanh_cell), (3, gru_step, torch.gru_cell),
-                              (4, lstm_step, torch.lstm_cell)):
+    for gates, step, cell in (
+        (1, rnn_step, torch.rnn_tanh_cell),
+        (3, gru_step, torch.gru_cell),
+        (4, lstm_step, torch.lstm_cell),
+    ):
         W_ih, W_hh = torch.randn(gates * 4, 5, generator=g), torch.randn(gates * 4, 4, generator=g)
         b_ih, b_hh = torch.randn(gates * 4, generator=g), torch.randn(gates * 4, generator=g)
         if gates == 4:
@@ -239,15 +269,19 @@ def test_choose_path_names_the_path_and_why(kernel, monkeypatch):
     X = torch.zeros(2, 3, dtype=torch.int64)
     book = make("rnn", torch.float32)
     if kernel is not None:
-        assert str(choose_path(book, X)) == ("fused CPU kernel: one-layer rnn (tanh), one-hot input, float32 on "
-                                             "the CPU, no dropout")
+        assert str(choose_path(book, X)) == (
+            "fused CPU kernel: one-layer rnn (tanh), one-hot input, float32 on the CPU, no dropout"
+        )
     cases = [  # (model, expected path, words its reason must contain)
         (make("rnn"), RECURRENCE, "not the fused kernel: weights not float32"),
         (make("rnn", torch.float32, io_dropout=0.2), RECURRENCE, "not the fused kernel: io dropout in training"),
         (make("rnn", torch.float32, weight_drop=0.2), RECURRENCE, "weight drop on W_hh"),
         (make("rnn", torch.float32, embedding=4), TORCH, "not the fused kernel: a learned embedding"),
-        (make("lstm", torch.float32, layers=2, weight_drop=0.3), TORCH,
-         "2-layer lstm, one-hot input, on cpu, weight drop needs torch.func.functional_call"),
+        (
+            make("lstm", torch.float32, layers=2, weight_drop=0.3),
+            TORCH,
+            "2-layer lstm, one-hot input, on cpu, weight drop needs torch.func.functional_call",
+        ),
         (make("scratch", embedding=4), RECURRENCE, "scratch model (tanh), embedding input"),
     ]
     for model, name, words in cases:

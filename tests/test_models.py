@@ -62,8 +62,9 @@ def test_one_hot_lookup_equals_one_hot_matmul_values_and_gradients():
     torch.testing.assert_close(out_lookup, out_matmul)
     for g, p in zip(grads_lookup, scratch.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad)
-    ref, _ = book_rnn_scratch_forward(F.one_hot(ids, V).float(), torch.zeros(B, H), scratch.W_xh, scratch.W_hh,
-                                      scratch.b_h)
+    ref, _ = book_rnn_scratch_forward(
+        F.one_hot(ids, V).float(), torch.zeros(B, H), scratch.W_xh, scratch.W_hh, scratch.b_h
+    )
     torch.testing.assert_close(out_lookup, ref)
 
 
@@ -156,8 +157,9 @@ def test_fast_concise_rnn_path_equals_nn_rnn():
         torch.testing.assert_close(g, r)
 
 
-@pytest.mark.parametrize("kind, activation", [("scratch", "tanh"), ("scratch", "relu"), ("rnn", "tanh"),
-                                              ("rnn", "relu")])
+@pytest.mark.parametrize(
+    "kind, activation", [("scratch", "tanh"), ("scratch", "relu"), ("rnn", "tanh"), ("rnn", "relu")]
+)
 def test_book_model_loss_equals_autograd_reference(kind, activation, assert_as_accurate):
     """Against the book's loop with one-hot matmuls and plain autograd, in float32 and in float64:
     large weights (x20) saturate the units, so rnnkit's float32 results are held to being as
@@ -173,6 +175,7 @@ def test_book_model_loss_equals_autograd_reference(kind, activation, assert_as_a
     state = h0 if kind == "scratch" else h0.unsqueeze(0)
     loss, last = model.loss(X, Y, state, reduction="sum")
     grads = torch.autograd.grad(loss, [*model.parameters(), h0])
+
     def book_loop(dtype):
         if kind == "scratch":
             W_xh, W_hh, b = model.rnn.W_xh, model.rnn.W_hh, model.rnn.b_h

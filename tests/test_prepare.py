@@ -14,12 +14,29 @@ from rnnkit.errors import RnnkitError
 from rnnkit.prepare import decode, open_prepared, prepare
 
 AWKWARD = "\ufeffFirst line, CRLF\r\nnaïve café — 日本語 😀\rold Mac line\nlast line without newline"
-TRAIN = ["--model", "lstm", "--hidden", "16", "--embedding", "8", "--optimizer", "adam", "--lr", "0.01",
-         "--batch-size", "8", "--num-steps", "16", "--quiet", "--sample-every", "0"]
+TRAIN = [
+    "--model",
+    "lstm",
+    "--hidden",
+    "16",
+    "--embedding",
+    "8",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.01",
+    "--batch-size",
+    "8",
+    "--num-steps",
+    "16",
+    "--quiet",
+    "--sample-every",
+    "0",
+]
 
 
 def ids_of(prepared):
-    return torch.cat([prepared.train[0:len(prepared.train)], prepared.val[0:len(prepared.val)]]).tolist()
+    return torch.cat([prepared.train[0 : len(prepared.train)], prepared.val[0 : len(prepared.val)]]).tolist()
 
 
 @pytest.mark.parametrize("chunk", [7, 1 << 22])  # 7 bytes: chunks cut through multi-byte characters
@@ -70,10 +87,16 @@ def damaged(tmp_path, how):
     return data
 
 
-@pytest.mark.parametrize("how,words", [("truncated", "truncated or foreign"), ("flipped", "does not match"),
-                                       ("foreign manifest", "not an rnnkit data manifest"),
-                                       ("no manifest", "rnnkit prepare makes one"),
-                                       ("vocab changed", "does not match manifest.json")])
+@pytest.mark.parametrize(
+    "how,words",
+    [
+        ("truncated", "truncated or foreign"),
+        ("flipped", "does not match"),
+        ("foreign manifest", "not an rnnkit data manifest"),
+        ("no manifest", "rnnkit prepare makes one"),
+        ("vocab changed", "does not match manifest.json"),
+    ],
+)
 def test_damaged_data_directories_are_refused_with_one_line(tmp_path, capsys, how, words):
     data = damaged(tmp_path, how)
     assert main(["train", "--data", str(data), *TRAIN, "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
@@ -82,10 +105,16 @@ def test_damaged_data_directories_are_refused_with_one_line(tmp_path, capsys, ho
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("source,options,words", [
-    ("missing.txt", [], "no such file"), ("/dev/zero", [], "not a regular file"), ("empty.txt", [], "empty"),
-    ("latin.txt", [], "not valid utf-8"), ("t.txt", ["--val-fraction", "1.5"], "--val-fraction"),
-])
+@pytest.mark.parametrize(
+    "source,options,words",
+    [
+        ("missing.txt", [], "no such file"),
+        ("/dev/zero", [], "not a regular file"),
+        ("empty.txt", [], "empty"),
+        ("latin.txt", [], "not valid utf-8"),
+        ("t.txt", ["--val-fraction", "1.5"], "--val-fraction"),
+    ],
+)
 def test_prepare_refuses_bad_sources(tmp_path, capsys, source, options, words):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "latin.txt").write_bytes("café".encode("latin-1"))
@@ -133,8 +162,11 @@ def test_random_windows_hold_no_per_window_state(tmp_path):
 def test_data_options_that_cannot_work_are_refused(tmp_path, capsys):
     (tmp_path / "t.txt").write_text("hello world " * 200)
     prepare(tmp_path / "t.txt", tmp_path / "data")
-    for options, words in ((["--tokens", "word"], "--split sample"), (["--split", "d2l"], "--split sample"),
-                           (["--time-budget", "5s"], "give the model's size")):
+    for options, words in (
+        (["--tokens", "word"], "--split sample"),
+        (["--split", "d2l"], "--split sample"),
+        (["--time-budget", "5s"], "give the model's size"),
+    ):
         assert main(["train", "--data", str(tmp_path / "data"), *options, "--out", str(tmp_path / "r")]) == 2
         assert words in capsys.readouterr().err
     with pytest.raises(RnnkitError, match="byte tokens come from a prepared directory"):
@@ -181,19 +213,34 @@ def test_held_out_tokens_are_scored_from_the_memory_map_as_from_a_tensor(tmp_pat
     (tmp_path / "tm.txt").write_text(tm_text[:50000])
     prepare(tmp_path / "tm.txt", tmp_path / "data")
     prepared = open_prepared(tmp_path / "data")
-    tensor = prepared.val[0:len(prepared.val)]
+    tensor = prepared.val[0 : len(prepared.val)]
     torch.manual_seed(0)
     model = build_model("lstm", len(prepared.idx_to_token), 8).eval()
     for lanes in (1, 3):  # read chunk by chunk from the map, never as one tensor
         assert stream_nll(model, prepared.val, chunk=100, lanes=lanes, warmup=50) == pytest.approx(
-            stream_nll(model, tensor, chunk=100, lanes=lanes, warmup=50), rel=1e-6)
+            stream_nll(model, tensor, chunk=100, lanes=lanes, warmup=50), rel=1e-6
+        )
 
 
 def test_a_prepared_runs_samples_do_not_start_with_a_byte_order_mark(tmp_path, capsys, tm_text):
     (tmp_path / "book.txt").write_text("\ufeff" + tm_text[:20000], encoding="utf-8")
     assert main(["prepare", str(tmp_path / "book.txt"), "--out", str(tmp_path / "data")]) == 0
     capsys.readouterr()
-    assert main(["train", "--data", str(tmp_path / "data"), *TRAIN, "--epochs", "1", "--out",
-                 str(tmp_path / "run"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "data"),
+                *TRAIN,
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     sample = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sample: ")]
     assert sample and sample[0].startswith("sample: The Time Machine") and "\ufeff" not in sample[0]

@@ -19,8 +19,20 @@ from rnnkit.cli import main
 from rnnkit.errors import RnnkitError
 from rnnkit.train import TrainConfig, Trainer
 
-SMALL = ["--hidden", "24", "--batch-size", "128", "--num-steps", "16", "--num-train", "2048", "--num-val", "256",
-         "--sample-every", "0"]
+SMALL = [
+    "--hidden",
+    "24",
+    "--batch-size",
+    "128",
+    "--num-steps",
+    "16",
+    "--num-train",
+    "2048",
+    "--num-val",
+    "256",
+    "--sample-every",
+    "0",
+]
 
 
 def weights(run_dir):
@@ -40,16 +52,37 @@ def test_sigint_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     # default thread count once differed already in epoch 1 (MKL may change its thread count with
     # the load, and with it the order of a GEMM's sums); what this test checks is the resume, and
     # benchmarks/determinism.py stresses fresh processes at the default thread count.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "MKL_DYNAMIC": "FALSE"}
-    cmd = [sys.executable, "-m", "rnnkit.cli", "train", *SMALL, "--optimizer", "adam", "--lr", "0.01",
-           "--model", "gru", "--epochs", epochs, "--save-every", "5"]
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "MKL_DYNAMIC": "FALSE",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "rnnkit.cli",
+        "train",
+        *SMALL,
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--model",
+        "gru",
+        "--epochs",
+        epochs,
+        "--save-every",
+        "5",
+    ]
     ref = tmp_path / "ref"
     subprocess.run([*cmd, "--out", str(ref)], check=True, capture_output=True, env=env)
 
     run = tmp_path / "run"
-    proc = subprocess.Popen([*cmd, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     for line in proc.stdout:  # interrupt once a few epochs are done, mid-training
         if line.startswith("epoch    3"):
             time.sleep(0.05)
@@ -60,15 +93,21 @@ def test_sigint_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     assert "rnnkit train --resume" in err and "Traceback" not in err
     meta = json.loads((run / "config.json").read_text())
     assert 3 <= meta["epoch"] < int(epochs)
-    resumed = subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", "--resume", str(run), "--quiet"],
-                             capture_output=True, text=True, env=env)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "rnnkit.cli", "train", "--resume", str(run), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert resumed.returncode == 0, resumed.stderr
     ref_metrics = (ref / "metrics.jsonl").read_text().splitlines()
     run_metrics = (run / "metrics.jsonl").read_text().splitlines()
-    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("seconds", "tokens_per_s")}
-                          for r in rows]
-    first_diff = next((i for i, (a, b) in enumerate(zip(strip(run_metrics), strip(ref_metrics), strict=False))
-                       if a != b), None)
+    strip = lambda rows: [
+        {k: v for k, v in json.loads(r).items() if k not in ("seconds", "tokens_per_s")} for r in rows
+    ]
+    first_diff = next(
+        (i for i, (a, b) in enumerate(zip(strip(run_metrics), strip(ref_metrics), strict=False)) if a != b), None
+    )
     assert first_diff is None and len(run_metrics) == int(epochs), (meta["epoch"], first_diff, err[-300:])
     assert_bitwise_equal(weights(run), weights(ref))
 
@@ -106,7 +145,6 @@ def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, 
     save_run(tmp_path, t.model, t.vocab, t.config, 1, t.state_dict())
     files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with torch.no_grad():  # a later state to save
-
         t.model.head.bias.add_(1)
 
     real_fsync = os.fsync
@@ -149,9 +187,10 @@ def _save_killed_at(run_dir, trainer, epoch, kill_at):
                 real_write(write_end, b".")
                 if count[0] == kill_at:
                     if name == "write":
-                        real(args[0], bytes(args[1][:len(args[1]) // 2]))
+                        real(args[0], bytes(args[1][: len(args[1]) // 2]))
                     os._exit(137)
                 return real(*args, **kwargs)
+
             return operation
 
         for module, name in ((os, "write"), (os, "fsync"), (os, "replace"), (os, "unlink"), (tempfile, "mkstemp")):
@@ -209,8 +248,18 @@ def test_mixed_checkpoint_files_are_refused(tmp_path, small_trainer):
 
 
 def test_state_round_trip_restores_optimizer_and_rng(tmp_path, tm_text):
-    config = TrainConfig(model="gru", hidden=8, batch_size=64, num_steps=8, epochs=2, num_train=256, num_val=64,
-                         optimizer="adamw", lr=0.01, dropout=0.0)
+    config = TrainConfig(
+        model="gru",
+        hidden=8,
+        batch_size=64,
+        num_steps=8,
+        epochs=2,
+        num_train=256,
+        num_val=64,
+        optimizer="adamw",
+        lr=0.01,
+        dropout=0.0,
+    )
     a = Trainer(config, text=tm_text)
     a.fit()
     save_run(tmp_path, a.model, a.vocab, config, 2, a.state_dict())
@@ -226,8 +275,10 @@ def test_state_round_trip_restores_optimizer_and_rng(tmp_path, tm_text):
 
 
 def test_gutenberg_stripping():
-    book = ("The Project Gutenberg eBook of X\nlicence blah\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n"
-            "Chapter 1\nIt was.\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nmore licence\n")
+    book = (
+        "The Project Gutenberg eBook of X\nlicence blah\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n"
+        "Chapter 1\nIt was.\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nmore licence\n"
+    )
     assert text.strip_gutenberg(book) == "Chapter 1\nIt was.\n"
     assert text.strip_gutenberg("no markers here") == "no markers here\n"
 
@@ -235,14 +286,18 @@ def test_gutenberg_stripping():
 @pytest.fixture()
 def fake_book(tmp_path, monkeypatch):
     """An unpinned built-in entry whose file sits in RNNKIT_DATA_DIR."""
-    entry = text.CorpusEntry("fake_book", "fake_book.txt", "http://example.invalid/fake.txt", None, "A fake book",
-                             gutenberg=True)
+    entry = text.CorpusEntry(
+        "fake_book", "fake_book.txt", "http://example.invalid/fake.txt", None, "A fake book", gutenberg=True
+    )
     monkeypatch.setitem(text.CORPORA, "fake_book", entry)
     data = tmp_path / "data"
     data.mkdir()
     monkeypatch.setenv("RNNKIT_DATA_DIR", str(data))
-    body = "*** START OF THE PROJECT GUTENBERG EBOOK FAKE ***\n" + "the war of the worlds. " * 200 + \
-        "Zebra!\n*** END OF THE PROJECT GUTENBERG EBOOK FAKE ***\nlicence\n"
+    body = (
+        "*** START OF THE PROJECT GUTENBERG EBOOK FAKE ***\n"
+        + "the war of the worlds. " * 200
+        + "Zebra!\n*** END OF THE PROJECT GUTENBERG EBOOK FAKE ***\nlicence\n"
+    )
     (data / "fake_book.txt").write_text(body)
     return data / "fake_book.txt"
 
@@ -267,8 +322,24 @@ def test_eval_on_another_book_counts_unknown_characters(tmp_path, fake_book, cap
     assert main(["train", *SMALL, "--corpus", timemachine, "--epochs", "1", "--out", str(d2l_run), "--quiet"]) == 0
     corpus = tmp_path / "lower.txt"
     corpus.write_text("the time machine, by h. g. wells. " * 300)
-    assert main(["train", *SMALL, "--corpus", str(corpus), "--preprocess", "raw", "--epochs", "1",
-                 "--out", str(raw_run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *SMALL,
+                "--corpus",
+                str(corpus),
+                "--preprocess",
+                "raw",
+                "--epochs",
+                "1",
+                "--out",
+                str(raw_run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["eval", str(d2l_run), "--corpus", "fake_book", "--json"]) == 0
     d2l_result = json.loads(capsys.readouterr().out)
@@ -305,14 +376,17 @@ def test_empty_prefix_generates_from_a_fresh_state(tmp_path, capsys):
     assert len(capsys.readouterr().out.rstrip("\n")) == 30
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--hidden", "1000000"], "parameters"),
-    (["--num-steps", "-3"], "num_steps"),
-    (["--batch-size", "0"], "batch_size"),
-    (["--epochs", "-1"], "epochs"),
-    (["--lr", "nan"], "lr"),
-    (["--dropout", "1.5"], "dropout"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--hidden", "1000000"], "parameters"),
+        (["--num-steps", "-3"], "num_steps"),
+        (["--batch-size", "0"], "batch_size"),
+        (["--epochs", "-1"], "epochs"),
+        (["--lr", "nan"], "lr"),
+        (["--dropout", "1.5"], "dropout"),
+    ],
+)
 def test_absurd_sizes(tmp_path, capsys, args, message):
     assert main(["train", *args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -339,8 +413,16 @@ def test_bad_input_with_force_leaves_the_earlier_run_intact(tmp_path, capsys, ba
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-@pytest.mark.parametrize("split,model,stop_at", [("d2l", "rnn", 7), ("sequential", "lstm", 150), ("random", "gru", 9),
-                                                 ("fraction", "lstm", 5), ("sample", "rnn", 30)])
+@pytest.mark.parametrize(
+    "split,model,stop_at",
+    [
+        ("d2l", "rnn", 7),
+        ("sequential", "lstm", 150),
+        ("random", "gru", 9),
+        ("fraction", "lstm", 5),
+        ("sample", "rnn", 30),
+    ],
+)
 def test_a_run_stopped_mid_epoch_resumes_from_its_checkpoint_bitwise(tmp_path, tm_text, split, model, stop_at):
     """A stop request lands between two steps; the checkpoint written there (weights, optimizer,
     RNG, the batch reached, partial sums, the carried state) continues exactly as if never stopped."""
@@ -349,9 +431,22 @@ def test_a_run_stopped_mid_epoch_resumes_from_its_checkpoint_bitwise(tmp_path, t
     from rnnkit.errors import Stop
 
     layers = 2 if model == "lstm" else 1
-    config = dict(model=model, hidden=12, layers=layers, dropout=0.2 if layers > 1 else 0.0, batch_size=16,
-                  num_steps=8, epochs=2, num_train=300, num_val=32, split=split, optimizer="adam", lr=0.01,
-                  eval_every=4, seed=3)
+    config = dict(
+        model=model,
+        hidden=12,
+        layers=layers,
+        dropout=0.2 if layers > 1 else 0.0,
+        batch_size=16,
+        num_steps=8,
+        epochs=2,
+        num_train=300,
+        num_val=32,
+        split=split,
+        optimizer="adam",
+        lr=0.01,
+        eval_every=4,
+        seed=3,
+    )
     corpus = tm_text[:12000]
     reference = Trainer(TrainConfig(**config), text=corpus)
     reference.fit()
@@ -367,16 +462,28 @@ def test_a_run_stopped_mid_epoch_resumes_from_its_checkpoint_bitwise(tmp_path, t
         stopped.fit(on_batch=on_batch)
     position = stopped.snapshot["position"]
     assert (stopped.snapshot["step"], position["epoch"], position["batch"]) == (
-        stop_at, stop_at // per_epoch, stop_at % per_epoch)
+        stop_at,
+        stop_at // per_epoch,
+        stop_at % per_epoch,
+    )
     assert (position["carry"] is not None) == (split == "sequential")
-    save_run(tmp_path, stopped.model, stopped.vocab, stopped.config, stopped.snapshot["epoch"], stopped.snapshot,
-             stopped.corpus_sha1)
+    save_run(
+        tmp_path,
+        stopped.model,
+        stopped.vocab,
+        stopped.config,
+        stopped.snapshot["epoch"],
+        stopped.snapshot,
+        stopped.corpus_sha1,
+    )
     _, vocab, saved_config, meta = load_run(tmp_path)
     resumed = Trainer(saved_config, text=corpus, vocab=vocab)
     resumed.load_state_dict(load_state(tmp_path, meta))
     resumed.fit()
-    assert_bitwise_equal({k: v.contiguous() for k, v in resumed.model.state_dict().items()},
-                         {k: v.contiguous() for k, v in reference.model.state_dict().items()})
+    assert_bitwise_equal(
+        {k: v.contiguous() for k, v in resumed.model.state_dict().items()},
+        {k: v.contiguous() for k, v in reference.model.state_dict().items()},
+    )
     timeless = lambda rows: [{k: v for k, v in vars(r).items() if k not in ("seconds", "tokens_per_s")} for r in rows]
     assert timeless(resumed.history) == timeless(reference.history)
     assert timeless(resumed.evals) == timeless(reference.evals) and len(reference.evals) > 4
@@ -386,8 +493,26 @@ def test_a_killed_run_resumes_from_its_last_mid_epoch_save_bitwise(tmp_path):
     """SIGKILL (no handler runs) after some --save-steps saves: the run continues from the last one
     exactly, mid-epoch, as if it had never stopped."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "rnnkit.cli", "train", *SMALL, "--optimizer", "adam", "--lr", "0.01",
-           "--model", "gru", "--epochs", "6", "--save-every", "0", "--save-steps", "7", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rnnkit.cli",
+        "train",
+        *SMALL,
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--model",
+        "gru",
+        "--epochs",
+        "6",
+        "--save-every",
+        "0",
+        "--save-steps",
+        "7",
+        "--quiet",
+    ]
     ref = tmp_path / "ref"
     subprocess.run([*cmd, "--out", str(ref)], check=True, capture_output=True, env=env)
     run = tmp_path / "run"
@@ -406,7 +531,9 @@ def test_a_killed_run_resumes_from_its_last_mid_epoch_save_bitwise(tmp_path):
     assert meta["step"] % 7 == 0 and 30 <= meta["step"] < 6 * 16, meta["step"]
     assert subprocess.run([*cmd[:3], "train", "--resume", str(run), "--quiet"], env=env).returncode == 0
     assert_bitwise_equal(weights(run), weights(ref))
-    strip = lambda path: [{k: v for k, v in json.loads(r).items() if k not in ("seconds", "tokens_per_s")}
-                          for r in path.read_text().splitlines()]
+    strip = lambda path: [
+        {k: v for k, v in json.loads(r).items() if k not in ("seconds", "tokens_per_s")}
+        for r in path.read_text().splitlines()
+    ]
     assert strip(run / "metrics.jsonl") == strip(ref / "metrics.jsonl")
     assert strip(run / "evals.jsonl") == strip(ref / "evals.jsonl")

@@ -65,10 +65,13 @@ def test_runs_lists_each_run_with_its_model_and_validation(server, runs):
     assert lstm["model"] == "lstm" and lstm["layers"] == 2 and lstm["unk_token"] is None
 
 
-@pytest.mark.parametrize("run,settings", [
-    ("book", {"temperature": "0.8", "top_k": "5", "seed": "7"}),
-    ("lstm", {"top_p": "0.9", "alpha": "1.5", "seed": "3"}),
-])
+@pytest.mark.parametrize(
+    "run,settings",
+    [
+        ("book", {"temperature": "0.8", "top_k": "5", "seed": "7"}),
+        ("lstm", {"top_p": "0.9", "alpha": "1.5", "seed": "3"}),
+    ],
+)
 def test_generate_with_a_seed_streams_what_rnnkit_generate_prints(server, runs, capsys, run, settings):
     events = stream(server, run=run, prefix="the time", n=60, **settings)
     names = [e for e, _ in events]
@@ -179,17 +182,29 @@ def test_bad_requests_get_a_4xx_with_a_json_error(server, method, path, payload,
 
 
 def test_malformed_and_oversized_bodies_and_unknown_paths(server):
-    malformed = server.post("/api/score", content=b'{"run": "book", "text": ',
-                            headers={"content-type": "application/json"})
+    malformed = server.post(
+        "/api/score", content=b'{"run": "book", "text": ', headers={"content-type": "application/json"}
+    )
     assert malformed.status_code == 422 and "error" in malformed.json()
-    huge = server.post("/api/score", content=json.dumps({"run": "book", "text": "a" * 30000}).encode(),
-                       headers={"content-type": "application/json"})
+    huge = server.post(
+        "/api/score",
+        content=json.dumps({"run": "book", "text": "a" * 30000}).encode(),
+        headers={"content-type": "application/json"},
+    )
     assert huge.status_code == 413 and "at most 20000" in huge.json()["error"]
-    chunked = server.post("/api/score", content=iter([b'{"run": "book", ', b'"text": "abc"}']),
-                          headers={"content-type": "application/json"})
+    chunked = server.post(
+        "/api/score",
+        content=iter([b'{"run": "book", ', b'"text": "abc"}']),
+        headers={"content-type": "application/json"},
+    )
     assert chunked.status_code == 411 and "Content-Length" in chunked.json()["error"]
-    for path in ("/nothing", "/../pyproject.toml", "/docs-assets/../../serve.py", "/static/app.js",
-                 "/%2e%2e/config.json"):
+    for path in (
+        "/nothing",
+        "/../pyproject.toml",
+        "/docs-assets/../../serve.py",
+        "/static/app.js",
+        "/%2e%2e/config.json",
+    ):
         response = server.get(path)
         assert response.status_code == 404, path
         assert "error" in response.json()
@@ -220,8 +235,10 @@ def test_openapi_describes_every_request_and_response_body(server):
     def body(operation, status="200"):
         return operation["responses"][status]["content"]["application/json"]["schema"]
 
-    runs, score, activations = (schema["paths"][path][method] for path, method in (
-        ("/api/runs", "get"), ("/api/score", "post"), ("/api/activations", "post")))
+    runs, score, activations = (
+        schema["paths"][path][method]
+        for path, method in (("/api/runs", "get"), ("/api/score", "post"), ("/api/activations", "post"))
+    )
     assert body(runs) == {**body(runs), "type": "array", "items": {"$ref": "#/components/schemas/RunInfo"}}
     assert body(score) == {"$ref": "#/components/schemas/ScoreResult"}
     assert body(activations) == {"$ref": "#/components/schemas/ActivationsResult"}
@@ -241,8 +258,10 @@ def test_the_package_imports_without_fastapi():
     import subprocess
     import sys
 
-    code = ("import sys, rnnkit.serve as s; assert 'fastapi' not in sys.modules, 'fastapi imported'; "
-            "s.create_app; assert 'fastapi' in sys.modules")
+    code = (
+        "import sys, rnnkit.serve as s; assert 'fastapi' not in sys.modules, 'fastapi imported'; "
+        "s.create_app; assert 'fastapi' in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -288,8 +307,10 @@ def test_concurrent_streams_beyond_the_limit_are_refused_with_429(runs):
     model.forward = slow_forward
     app = serve.create_app(runs, serve.Limits(max_streams=2))
     with TestClient(app) as client:
-        with client.stream("GET", "/api/generate", params={"run": "book", "n": "100"}) as first, \
-                client.stream("GET", "/api/generate", params={"run": "book", "n": "100"}) as second:
+        with (
+            client.stream("GET", "/api/generate", params={"run": "book", "n": "100"}) as first,
+            client.stream("GET", "/api/generate", params={"run": "book", "n": "100"}) as second,
+        ):
             assert first.status_code == second.status_code == 200
             third = client.get("/api/generate", params={"run": "book", "n": "3"})
             assert third.status_code == 429 and "limit" in third.json()["error"]
@@ -325,8 +346,11 @@ def test_a_run_being_saved_meanwhile_loads_consistently(runs, tmp_path, monkeypa
     monkeypatch.setattr(checkpoint, "load_run", save_lands_meanwhile)
     run = serve.load_served_run(run_dir, None, "book")
     assert len(calls) == 2
-    assert run.info["checkpoint_id"] == checkpoint.read_config(run_dir)["checkpoint"] != \
-        checkpoint.read_config(runs["book"])["checkpoint"]
+    assert (
+        run.info["checkpoint_id"]
+        == checkpoint.read_config(run_dir)["checkpoint"]
+        != checkpoint.read_config(runs["book"])["checkpoint"]
+    )
     assert run.checkpoint == "last"  # the new save kept no best weights: the loader follows what is there
 
 

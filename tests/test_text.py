@@ -43,13 +43,16 @@ def test_raw_vocab_has_no_unk_and_roundtrips():
     assert rebuilt.token_to_idx == vocab.token_to_idx
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty"),
-    (b"  \n\n ", "empty"),
-    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "not a text file"),
-    (bytes(range(256)) * 4, "not a text file"),
-    ("caf\xe9 au lait".encode("latin-1"), "--encoding"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"  \n\n ", "empty"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "not a text file"),
+        (bytes(range(256)) * 4, "not a text file"),
+        ("caf\xe9 au lait".encode("latin-1"), "--encoding"),
+    ],
+)
 def test_read_text_refuses_bad_files(tmp_path, content, message):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)

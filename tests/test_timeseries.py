@@ -37,7 +37,7 @@ def test_linear_ar_is_the_least_squares_solution():
     x = synthetic_d2l(seed=0).values[:600]
     model = LinearAR(tau=4)
     model.fit(x)
-    design = np.stack([x.numpy()[i:600 - 4 + i] for i in range(4)] + [np.ones(596)], axis=1)
+    design = np.stack([x.numpy()[i : 600 - 4 + i] for i in range(4)] + [np.ones(596)], axis=1)
     expected, *_ = np.linalg.lstsq(design, x.numpy()[4:], rcond=None)
     assert np.allclose(model.linear.weight.detach().numpy()[0], expected[:4], atol=1e-10)
     assert model.linear.bias.item() == pytest.approx(expected[4], abs=1e-10)
@@ -63,9 +63,9 @@ def test_k_step_prediction_sees_nothing_after_t_minus_k(kind):
     targets = torch.arange(600, 700)
     before = k_step_predictions(model, z, targets, k)
     leaked = z.clone()
-    leaked[t0 - k + 1:] = 100.0  # everything a 16-step prediction of x_t0 must not see
+    leaked[t0 - k + 1 :] = 100.0  # everything a 16-step prediction of x_t0 must not see
     after = k_step_predictions(model, leaked, targets, k)
-    assert torch.equal(after[:t0 - 600 + 1], before[:t0 - 600 + 1])  # predictions of x_600..x_t0: unchanged
+    assert torch.equal(after[: t0 - 600 + 1], before[: t0 - 600 + 1])  # predictions of x_600..x_t0: unchanged
     assert not torch.allclose(after[t0 - 600 + 1], before[t0 - 600 + 1])  # x_{t0+1} sees x_{t0-15}: it changes
     one_step = k_step_predictions(model, z, targets, 1)
     assert not torch.allclose(one_step, before)  # feeding predictions back is not reading the data
@@ -77,7 +77,7 @@ def test_k_step_rollout_matches_a_step_by_step_loop():
     model = RecurrentAR("lstm", 6, layers=2)
     t, k = 100, 5
     with torch.no_grad():
-        _, state = model(z[:t - k + 1].float().view(-1, 1))
+        _, state = model(z[: t - k + 1].float().view(-1, 1))
         prediction = model.head(state[0][-1]).squeeze()
         for _ in range(k - 1):
             out, state = model(prediction.view(1, 1), state)
@@ -104,8 +104,12 @@ def write(tmp_path, name, text):
 
 
 def test_csv_missing_values_are_interpolated_ordered_and_said(tmp_path):
-    path = write(tmp_path, "s.csv", "# from somewhere\nwhen,value\n2001-01-03,3\n2001-01-01,\n2001-01-02,2\n"
-                                    "2001-01-04,NA\n2001-01-05,5\n2001-01-06,\n")
+    path = write(
+        tmp_path,
+        "s.csv",
+        "# from somewhere\nwhen,value\n2001-01-03,3\n2001-01-01,\n2001-01-02,2\n"
+        "2001-01-04,NA\n2001-01-05,5\n2001-01-06,\n",
+    )
     series = read_csv_series(path, "value", "when")
     assert series.values.tolist() == [2.0, 3.0, 4.0, 5.0]
     assert any("time order" in n for n in series.notes)
@@ -141,9 +145,16 @@ def test_csv_problems_are_one_line_and_exit_2(tmp_path, capsys, case, text, opti
     assert status == 2 and words in err and err.count("\n") == 1, err
 
 
-@pytest.mark.parametrize("options,words", [(["--tau", "0"], "--tau"), (["--train", "1.5"], "--train"),
-                                           (["--lr", "nan"], "--lr"), (["--ks", "0"], "--ks"),
-                                           (["--column", "x"], "--column needs --csv")])
+@pytest.mark.parametrize(
+    "options,words",
+    [
+        (["--tau", "0"], "--tau"),
+        (["--train", "1.5"], "--train"),
+        (["--lr", "nan"], "--lr"),
+        (["--ks", "0"], "--ks"),
+        (["--column", "x"], "--column needs --csv"),
+    ],
+)
 def test_bad_settings_are_refused(tmp_path, capsys, options, words):
     assert main(["timeseries", *options, *QUICK, "--out", str(tmp_path / "run")]) == 2
     assert words in capsys.readouterr().err
@@ -214,8 +225,12 @@ def test_resume_and_interrupt_end_equal_to_one_run(tmp_path, capsys, monkeypatch
 def test_resume_refuses_a_changed_csv(tmp_path, capsys):
     path = write(tmp_path, "s.csv", "v\n" + "".join(f"{math.sin(i / 5):.4f}\n" for i in range(200)))
     out = str(tmp_path / "run")
-    assert main(["timeseries", "--csv", path, "--column", "v", "--models", "linear", "--ks", "1", "4",
-                 *QUICK, "--out", out]) == 0
+    assert (
+        main(
+            ["timeseries", "--csv", path, "--column", "v", "--models", "linear", "--ks", "1", "4", *QUICK, "--out", out]
+        )
+        == 0
+    )
     with open(path, "a") as f:
         f.write("0.5\n")
     assert main(["timeseries", "--resume", out]) == 2
@@ -244,7 +259,8 @@ def test_the_package_exports_every_public_name_of_its_modules():
 
 def test_a_short_row_in_a_time_ordered_csv_is_one_line(tmp_path, capsys):
     path = write(tmp_path, "short.csv", "value,date\n1,2003-09-19\n2\n")
-    status = main(["timeseries", "--csv", str(path), "--column", "value", "--time-column", "date",
-                   "--out", str(tmp_path / "run")])
+    status = main(
+        ["timeseries", "--csv", str(path), "--column", "value", "--time-column", "date", "--out", str(tmp_path / "run")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "line 3: cannot read time None" in err[0]

@@ -49,13 +49,14 @@ def test_window_perplexity_is_mean_over_every_window_token():
     corpus = torch.randint(0, 7, (200,))
     data = split_corpus(corpus, "d2l", 16, 10, num_train=50, num_val=40)
     nll, count = window_nll(model, data.val_windows)
-    ref = sum(independent_nll(model, corpus[s:s + 11])[0] for s in range(50, 90))
+    ref = sum(independent_nll(model, corpus[s : s + 11])[0] for s in range(50, 90))
     assert count == 40 * 10 and math.isclose(nll, ref, rel_tol=1e-6)
 
 
 def test_short_training_run_lowers_loss(tm_text):
-    config = TrainConfig(hidden=16, batch_size=128, num_steps=16, epochs=6, num_train=1024, num_val=256,
-                         lr=2.0, device="cpu")
+    config = TrainConfig(
+        hidden=16, batch_size=128, num_steps=16, epochs=6, num_train=1024, num_val=256, lr=2.0, device="cpu"
+    )
     history = Trainer(config, text=tm_text).fit()
     assert len(history) == 6
     assert history[-1].train_loss < history[0].train_loss - 0.2
@@ -64,8 +65,9 @@ def test_short_training_run_lowers_loss(tm_text):
 
 
 def test_sequential_training_carries_state(tm_text):
-    config = TrainConfig(model="gru", split="sequential", hidden=16, batch_size=8, num_steps=20, epochs=2,
-                         lr=1.0, device="cpu")
+    config = TrainConfig(
+        model="gru", split="sequential", hidden=16, batch_size=8, num_steps=20, epochs=2, lr=1.0, device="cpu"
+    )
     trainer = Trainer(config, text=tm_text[:20000])
     history = trainer.fit()
     assert history[-1].train_loss < history[0].train_loss
@@ -118,8 +120,7 @@ def test_captured_gradients_fill_fixed_tensors_with_the_eager_gradients():
 
 def test_device_selection():
     assert select_device("cpu").type == "cpu"
-    expected = "cuda" if torch.cuda.is_available() else (
-        "mps" if torch.backends.mps.is_available() else "cpu")
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     assert select_device("auto").type == expected
     if not torch.cuda.is_available():
         with pytest.raises(RnnkitError, match="CUDA is not available"):

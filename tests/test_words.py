@@ -12,9 +12,31 @@ from safetensors.torch import load_file
 from rnnkit.checkpoint import checkpoint_path, read_config
 from rnnkit.cli import main
 
-WORDS = ["--tokens", "word", "--min-freq", "3", "--model", "lstm", "--embedding", "16", "--hidden", "24",
-         "--optimizer", "adam", "--lr", "0.01", "--batch-size", "16", "--num-steps", "12", "--split", "fraction",
-         "--quiet", "--sample-every", "0"]
+WORDS = [
+    "--tokens",
+    "word",
+    "--min-freq",
+    "3",
+    "--model",
+    "lstm",
+    "--embedding",
+    "16",
+    "--hidden",
+    "24",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.01",
+    "--batch-size",
+    "16",
+    "--num-steps",
+    "12",
+    "--split",
+    "fraction",
+    "--quiet",
+    "--sample-every",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +132,30 @@ def test_min_freq_needs_an_unknown_token(tmp_path, capsys):
 def test_tied_weights_share_one_matrix_through_save_load_and_resume(tmp_path, capsys):
     from rnnkit.checkpoint import load_run
 
-    options = ["--model", "lstm", "--hidden", "16", "--embedding", "16", "--tie-weights", "--preprocess", "raw",
-               "--split", "fraction", "--batch-size", "16", "--num-steps", "16", "--optimizer", "adamw",
-               "--lr", "0.01", "--quiet", "--sample-every", "0"]
+    options = [
+        "--model",
+        "lstm",
+        "--hidden",
+        "16",
+        "--embedding",
+        "16",
+        "--tie-weights",
+        "--preprocess",
+        "raw",
+        "--split",
+        "fraction",
+        "--batch-size",
+        "16",
+        "--num-steps",
+        "16",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.01",
+        "--quiet",
+        "--sample-every",
+        "0",
+    ]
     assert main(["train", *options, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
     model, _, config, _ = load_run(tmp_path / "straight")
     assert config.tie_weights and model.head.weight is model.embedding.weight

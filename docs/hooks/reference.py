@@ -38,16 +38,28 @@ def describe(action: argparse.Action) -> str:
     text = (action.help or "").replace("%(default)s", str(action.default)).replace("%%", "%")
     if action.choices and not isinstance(action, argparse._SubParsersAction):
         text += f" (one of: {', '.join(map(str, action.choices))})"
-    if (action.option_strings and action.default not in (None, False, "", [], argparse.SUPPRESS)
-            and action.nargs != 0 and "(default" not in text):
+    if (
+        action.option_strings
+        and action.default not in (None, False, "", [], argparse.SUPPRESS)
+        and action.nargs != 0
+        and "(default" not in text
+    ):
         text += f" (default: {action.default})"
     return cell(text)
 
 
 def command_section(name: str, parser: argparse.ArgumentParser, summary: str) -> list[str]:
     usage = " ".join(parser.format_usage().split())
-    lines = [f"## `rnnkit {name}`", "", cell(summary or parser.description or ""), "",
-             "```text", usage.replace("usage: ", "", 1), "```", ""]
+    lines = [
+        f"## `rnnkit {name}`",
+        "",
+        cell(summary or parser.description or ""),
+        "",
+        "```text",
+        usage.replace("usage: ", "", 1),
+        "```",
+        "",
+    ]
     for group in parser._action_groups:
         actions = [a for a in group._group_actions if a.help != argparse.SUPPRESS and a.dest != "help"]
         if not actions:
@@ -77,15 +89,20 @@ def options_reference() -> str:
     owner = {name: cls.__name__ for cls in (TrainConfig, RunOptions) for name in cls.__dataclass_fields__}
     lines = []
     for group in GROUPS:
-        lines += [f"**{group.capitalize()}**", "",
-                  "| Python name | flag | type | default | on resume | sizing | meaning |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"**{group.capitalize()}**",
+            "",
+            "| Python name | flag | type | default | on resume | sizing | meaning |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for f in (f for f in option_fields() if f.metadata["group"] == group):
             default = f.default_factory() if callable(f.default_factory) else f.default
             choices = f" (one of: {', '.join(f.metadata['choices'])})" if f.metadata["choices"] else ""
-            lines.append(f"| `{f.name}` ({owner[f.name]}) | `{flag_name(f)}` | {f.type} | `{default!r}` | "
-                         f"{'may change' if f.metadata['resumable'] else 'kept'} | "
-                         f"{'turns it off' if f.metadata['sizing'] else ''} | {cell(f.metadata['help'] + choices)} |")
+            lines.append(
+                f"| `{f.name}` ({owner[f.name]}) | `{flag_name(f)}` | {f.type} | `{default!r}` | "
+                f"{'may change' if f.metadata['resumable'] else 'kept'} | "
+                f"{'turns it off' if f.metadata['sizing'] else ''} | {cell(f.metadata['help'] + choices)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

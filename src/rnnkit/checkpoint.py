@@ -45,8 +45,17 @@ CHECKPOINT_FILE = re.compile(r"(model|state|best)-[0-9]+-[0-9a-f]{12}\.safetenso
 
 SAVE_FAILED = "cannot save checkpoint in {run_dir}: {reason}; the previous checkpoint, if any, is unchanged"
 
-__all__ = ["atomic_write", "commit_files", "save_run", "load_run", "load_state", "read_config", "checkpoint_files",
-           "checkpoint_path", "chosen_checkpoint"]
+__all__ = [
+    "atomic_write",
+    "commit_files",
+    "save_run",
+    "load_run",
+    "load_state",
+    "read_config",
+    "checkpoint_files",
+    "checkpoint_path",
+    "chosen_checkpoint",
+]
 
 
 def pack(obj) -> tuple[dict[str, torch.Tensor], str]:
@@ -89,8 +98,15 @@ def metrics_lines(history: list[dict]) -> bytes:
     return "".join(json.dumps(row) + "\n" for row in clean).encode()
 
 
-def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: TrainConfig, epoch: int,
-             state: dict | None = None, corpus_sha1: str | None = None) -> None:
+def save_run(
+    run_dir: str | os.PathLike,
+    model: RNNLM,
+    vocab: Vocab,
+    config: TrainConfig,
+    epoch: int,
+    state: dict | None = None,
+    corpus_sha1: str | None = None,
+) -> None:
     """Write a checkpoint (module doc): weights and training state (if given) under new names, then
     ``config.json`` naming them, then remove what the previous checkpoint and killed saves left.
 
@@ -112,8 +128,9 @@ def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: Tra
     if best is not None:  # the weights of the lowest validation loss so far
         names["best"] = f"best-{checkpoint}.safetensors"
         best_weights = {k: v.detach().to("cpu").contiguous() for k, v in best["model"].items()}
-        payload[names["best"]] = save_safetensors(best_weights, metadata={**meta, "step": str(best["step"]),
-                                                                          "val_loss": repr(best["val_loss"])})
+        payload[names["best"]] = save_safetensors(
+            best_weights, metadata={**meta, "step": str(best["step"]), "val_loss": repr(best["val_loss"])}
+        )
     config_json = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -133,8 +150,13 @@ def save_run(run_dir: str | os.PathLike, model: RNNLM, vocab: Vocab, config: Tra
     commit_files(run_dir, payload, (json.dumps(config_json, indent=1, ensure_ascii=False) + "\n").encode(), extra)
 
 
-def commit_files(run_dir: str | os.PathLike, files: dict[str, bytes], config: bytes,
-                 extra: dict[str, bytes] | None = None, failure: str = SAVE_FAILED) -> None:
+def commit_files(
+    run_dir: str | os.PathLike,
+    files: dict[str, bytes],
+    config: bytes,
+    extra: dict[str, bytes] | None = None,
+    failure: str = SAVE_FAILED,
+) -> None:
     """Commit a checkpoint to ``run_dir`` (module doc): each of ``files`` (name: bytes; names new to
     this checkpoint) through a temp file, an fsync of the directory, then ``config`` replacing
     ``config.json`` with one rename (the commit point), then ``extra`` (``metrics.jsonl`` and the
@@ -230,8 +252,10 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         raise RnnkitError(f"{path}: not an rnnkit run config")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise RnnkitError(f"{path}: checkpoint format {version} is newer than this rnnkit "
-                          f"({__version__}) reads (format {FORMAT_VERSION}); upgrade rnnkit")
+        raise RnnkitError(
+            f"{path}: checkpoint format {version} is newer than this rnnkit "
+            f"({__version__}) reads (format {FORMAT_VERSION}); upgrade rnnkit"
+        )
     return meta
 
 
@@ -252,18 +276,21 @@ def read_tensors(path: str | os.PathLike, checkpoint: str | None = None) -> tupl
         # clone: the loaded tensors would otherwise be unaligned views of immutable Python bytes,
         # which the optimizer then updates in place
         tensors = {name: tensor.clone() for name, tensor in load_safetensors(data).items()}
-        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise RnnkitError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
     metadata = header.get("__metadata__") or {}
     if checkpoint is not None and metadata.get("checkpoint") != checkpoint:
-        raise RnnkitError(f"{path}: belongs to checkpoint {metadata.get('checkpoint')}, but config.json names "
-                          f"{checkpoint} (a save was interrupted?); the run cannot be loaded consistently")
+        raise RnnkitError(
+            f"{path}: belongs to checkpoint {metadata.get('checkpoint')}, but config.json names "
+            f"{checkpoint} (a save was interrupted?); the run cannot be loaded consistently"
+        )
     return tensors, metadata
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
-             checkpoint: str = "last") -> tuple[RNNLM, Vocab, TrainConfig, dict]:
+def load_run(
+    run_dir: str | os.PathLike, device: str | torch.device = "cpu", checkpoint: str = "last"
+) -> tuple[RNNLM, Vocab, TrainConfig, dict]:
     """Rebuild (model, vocab, config, meta) from a run directory, checking weights against config.
 
     ``checkpoint``: ``last`` (the weights at the end of training, what ``--resume`` continues) or
@@ -275,8 +302,16 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
         vocab = Vocab.from_tokens_list(meta["vocab"]["idx_to_token"], meta["vocab"]["unk_token"])
     except (KeyError, TypeError) as exc:
         raise RnnkitError(f"{run_dir / CONFIG_FILE}: incomplete config ({exc})") from None
-    model = build_model(config.model, len(vocab), config.hidden, config.layers, config.dropout,
-                        config.embedding, config.activation, config.tie_weights)
+    model = build_model(
+        config.model,
+        len(vocab),
+        config.hidden,
+        config.layers,
+        config.dropout,
+        config.embedding,
+        config.activation,
+        config.tie_weights,
+    )
     files = checkpoint_files(meta)
     if checkpoint not in ("last", "best"):
         raise RnnkitError(f"checkpoint must be last or best, got {checkpoint!r}")
@@ -285,8 +320,11 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
     tensors, _ = read_tensors(run_dir / files["model" if checkpoint == "last" else "best"], meta.get("checkpoint"))
     expected = model.state_dict()
     problems = sorted(set(expected) ^ set(tensors))
-    problems += [f"{k}: {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
-                 for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    problems += [
+        f"{k}: {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
     if problems:
         raise RnnkitError(f"{run_dir}: weights do not match config.json ({'; '.join(problems[:4])})")
     model.load_state_dict(tensors)

@@ -49,10 +49,21 @@ def add_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, action="append", metavar=meta["metavar"], help=meta["help"])
         else:
             parse = duration if meta["parse"] is not None else {"int": int, "float": float, "str": str}[f.type]
-            group.add_argument(flag, dest=f.name, type=parse, default=f.default, choices=meta["choices"],
-                               metavar=meta["metavar"], help=meta["help"])
-    groups["checkpoints"].add_argument("--resume", metavar="RUN_DIR", help="continue this run where it stopped "
-                                       "(--epochs may raise its epoch count; other settings come from the run)")
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=parse,
+                default=f.default,
+                choices=meta["choices"],
+                metavar=meta["metavar"],
+                help=meta["help"],
+            )
+    groups["checkpoints"].add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue this run where it stopped "
+        "(--epochs may raise its epoch count; other settings come from the run)",
+    )
 
 
 SILENT_EXIT_GRACE_S = 2.0  # how long a process whose error rank 0 reports waits before it exits
@@ -65,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnkit", description="Character-level RNN language models.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a model (or --resume one)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = sub.add_parser(
+        "train", help="train a model (or --resume one)", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.train_parser = t  # see given_train_options
     add_options(t)
     add_generate_parser(sub)
@@ -78,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="write a corpus as token files for training through memory maps (--data)")
     pr.add_argument("corpus", help="a text file (or any file, with --tokens bytes)")
     pr.add_argument("--out", required=True, metavar="DATA_DIR")
-    pr.add_argument("--tokens", choices=["char", "bytes"], default="char",
-                    help="characters of the decoded text, or the file's bytes (any file, 256 tokens)")
+    pr.add_argument(
+        "--tokens",
+        choices=["char", "bytes"],
+        default="char",
+        help="characters of the decoded text, or the file's bytes (any file, 256 tokens)",
+    )
     pr.add_argument("--encoding", default="utf-8")
     pr.add_argument("--val-fraction", type=float, default=0.1, help="the held-out tail")
     add_timeseries_parser(sub)
@@ -115,25 +131,41 @@ def add_timeseries_parser(sub) -> None:
     from rnnkit.timeseries import MISSING, SERIES_MODELS, SeriesConfig
 
     ts = SeriesConfig()
-    x = sub.add_parser("timeseries", help="autoregressive models of a real-valued series (§9.1; §9.6's exercise)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    x = sub.add_parser(
+        "timeseries",
+        help="autoregressive models of a real-valued series (§9.1; §9.6's exercise)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     source = x.add_mutually_exclusive_group()
-    source.add_argument("--synthetic", choices=["d2l"], default="d2l",
-                        help="the book's series: sin(0.01 t) + N(0, 0.2^2), t = 1..1000 (noise from --seed)")
+    source.add_argument(
+        "--synthetic",
+        choices=["d2l"],
+        default="d2l",
+        help="the book's series: sin(0.01 t) + N(0, 0.2^2), t = 1..1000 (noise from --seed)",
+    )
     source.add_argument("--csv", metavar="FILE", help="read a column of a CSV file instead")
     x.add_argument("--column", help="the CSV column to model")
     x.add_argument("--time-column", help="a CSV column to put the rows in time order by")
-    x.add_argument("--missing", choices=MISSING, default=ts.missing,
-                   help="empty or NA cells: interpolate inside the series (dropped at the ends), drop rows, or refuse")
+    x.add_argument(
+        "--missing",
+        choices=MISSING,
+        default=ts.missing,
+        help="empty or NA cells: interpolate inside the series (dropped at the ends), drop rows, or refuse",
+    )
     x.add_argument("--models", nargs="+", choices=SERIES_MODELS, default=list(ts.models))
     x.add_argument("--tau", type=int, default=ts.tau, help="values the linear AR model regresses on")
-    x.add_argument("--train", type=float, default=ts.train,
-                   help="fraction of the series to train on (the rest is held out)")
+    x.add_argument(
+        "--train", type=float, default=ts.train, help="fraction of the series to train on (the rest is held out)"
+    )
     x.add_argument("--hidden", type=int, default=ts.hidden)
     x.add_argument("--layers", type=int, default=ts.layers)
-    x.add_argument("--epochs", type=int, default=None,
-                   help=f"full passes over the training part per recurrent model (default {ts.epochs}; with --resume, "
-                        "a higher count continues training)")
+    x.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"full passes over the training part per recurrent model (default {ts.epochs}; with --resume, "
+        "a higher count continues training)",
+    )
     x.add_argument("--lr", type=float, default=ts.lr, help="Adam's learning rate")
     x.add_argument("--clip", type=float, default=ts.clip, help="max gradient norm (0: off)")
     x.add_argument("--ks", type=int, nargs="+", default=list(ts.ks), help="horizons to score")
@@ -141,7 +173,7 @@ def add_timeseries_parser(sub) -> None:
     x.add_argument("--out", default="runs/timeseries", help="run directory to write")
     x.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     x.add_argument("--resume", metavar="RUN_DIR", help="continue this run (--epochs may raise the count)")
-    x.add_argument("--json", action="store_true", help="print {\"mse\": {MODEL: {K: ...}}} as the last line")
+    x.add_argument("--json", action="store_true", help='print {"mse": {MODEL: {K: ...}}} as the last line')
     x.add_argument("--quiet", action="store_true")
 
 
@@ -149,19 +181,27 @@ def add_serve_parser(sub) -> None:
     from rnnkit.serve import Limits
 
     limits = Limits()
-    s = sub.add_parser("serve", help="serve runs over HTTP: an API and a playground page (the serve extra)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = sub.add_parser(
+        "serve",
+        help="serve runs over HTTP: an API and a playground page (the serve extra)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     s.add_argument("--port", type=int, default=8000, help="port (0: any free one; the address is printed)")
     s.add_argument("--checkpoint", choices=["best", "last"], default=None, help=CHECKPOINT_HELP)
     s.add_argument("--max-chars", type=int, default=limits.max_chars, help="characters per generation stream")
-    s.add_argument("--max-text", type=int, default=limits.max_text,
-                   help="characters of a prompt, or of a text to score or read hidden units of")
+    s.add_argument(
+        "--max-text",
+        type=int,
+        default=limits.max_text,
+        help="characters of a prompt, or of a text to score or read hidden units of",
+    )
     s.add_argument("--max-streams", type=int, default=limits.max_streams, help="generation streams at once")
     s.add_argument("--max-body", type=int, default=limits.max_body, help="bytes of a request body")
-    s.add_argument("--threads", type=int, default=1,
-                   help="PyTorch threads per operation (requests already run side by side)")
+    s.add_argument(
+        "--threads", type=int, default=1, help="PyTorch threads per operation (requests already run side by side)"
+    )
 
 
 def given_train_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
@@ -220,8 +260,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rnnkit.run import Run
 
-    evaluation = Run.load(args.run_dir).evaluate(args.corpus, encoding=args.encoding,
-                                                 strip_gutenberg=args.strip_gutenberg, checkpoint=args.checkpoint)
+    evaluation = Run.load(args.run_dir).evaluate(
+        args.corpus, encoding=args.encoding, strip_gutenberg=args.strip_gutenberg, checkpoint=args.checkpoint
+    )
     if evaluation.note:
         print(evaluation.note, file=sys.stderr)
     print(json.dumps(evaluation.to_dict(), ensure_ascii=False) if args.json else evaluation.describe())
@@ -256,10 +297,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     manifest = prepare(args.corpus, args.out, args.tokens, args.encoding, args.val_fraction)
     files = manifest["files"]
-    print(f"{args.out}: {files['train']['tokens']:,} training and {files['val']['tokens']:,} validation tokens "
-          f"({manifest['tokens']}, vocabulary {manifest['vocab_size']}, {manifest['dtype']}) from "
-          f"{manifest['source_bytes']:,} bytes in {time.perf_counter() - started:.1f} s; "
-          f"train with: rnnkit train --data {args.out}")
+    print(
+        f"{args.out}: {files['train']['tokens']:,} training and {files['val']['tokens']:,} validation tokens "
+        f"({manifest['tokens']}, vocabulary {manifest['vocab_size']}, {manifest['dtype']}) from "
+        f"{manifest['source_bytes']:,} bytes in {time.perf_counter() - started:.1f} s; "
+        f"train with: rnnkit train --data {args.out}"
+    )
     return 0
 
 
@@ -276,17 +319,30 @@ def cmd_timeseries(args: argparse.Namespace) -> int:
     if not args.resume:
         if args.csv is None and args.column:
             raise RnnkitError("--column needs --csv")
-        config = SeriesConfig(csv=args.csv, column=args.column, time_column=args.time_column, missing=args.missing,
-                              seed=args.seed, tau=args.tau, train=args.train, models=tuple(args.models),
-                              hidden=args.hidden, layers=args.layers,
-                              epochs=SeriesConfig.epochs if args.epochs is None else args.epochs, lr=args.lr,
-                              clip=args.clip, ks=tuple(args.ks))
+        config = SeriesConfig(
+            csv=args.csv,
+            column=args.column,
+            time_column=args.time_column,
+            missing=args.missing,
+            seed=args.seed,
+            tau=args.tau,
+            train=args.train,
+            models=tuple(args.models),
+            hidden=args.hidden,
+            layers=args.layers,
+            epochs=SeriesConfig.epochs if args.epochs is None else args.epochs,
+            lr=args.lr,
+            clip=args.clip,
+            ks=tuple(args.ks),
+        )
     with DirectoryLock(run_dir):
         trainer = open_series_run(run_dir, config, args.epochs, args.force)
         say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
         series = trainer.series
-        say(f"series: {series.source}, {len(series.values)} values ({trainer.num_train} for training, "
-            f"{len(series.values) - trainer.num_train} held out)" + "".join(f"; {n}" for n in series.notes))
+        say(
+            f"series: {series.source}, {len(series.values)} values ({trainer.num_train} for training, "
+            f"{len(series.values) - trainer.num_train} held out)" + "".join(f"; {n}" for n in series.notes)
+        )
         trainer.on_save = lambda: save_series_run(run_dir, trainer)
         try:
             with signal_handlers((signal.SIGTERM, signal.SIGHUP), raise_stop):
@@ -294,8 +350,10 @@ def cmd_timeseries(args: argparse.Namespace) -> int:
         except KeyboardInterrupt as stop:
             save_series_run(run_dir, trainer)
             signum = getattr(stop, "signum", signal.SIGINT)
-            print(f"\ninterrupted ({signal.Signals(signum).name}); saved: rnnkit timeseries --resume {run_dir}",
-                  file=sys.stderr)
+            print(
+                f"\ninterrupted ({signal.Signals(signum).name}); saved: rnnkit timeseries --resume {run_dir}",
+                file=sys.stderr,
+            )
             return 128 + signum
         save_series_run(run_dir, trainer)
         results, plots = write_series_results(run_dir, trainer)
@@ -340,9 +398,15 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "train":
             return cmd_train(args, given_train_options(parser, argv))
-        commands = {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot, "corpora": cmd_corpora,
-                    "serve": cmd_serve, "timeseries": cmd_timeseries,
-                    "prepare": cmd_prepare}
+        commands = {
+            "generate": cmd_generate,
+            "eval": cmd_eval,
+            "plot": cmd_plot,
+            "corpora": cmd_corpora,
+            "serve": cmd_serve,
+            "timeseries": cmd_timeseries,
+            "prepare": cmd_prepare,
+        }
         return commands[args.command](args)
     except RnnkitError as exc:
         if getattr(exc, "silent", False):  # another process of a torchrun job (rank 0) says it; torchrun
@@ -352,8 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_status
     except KeyboardInterrupt as exc:  # Ctrl-C, or a Stop raised by SIGTERM/SIGHUP (raise_stop)
         signum = getattr(exc, "signum", signal.SIGINT)
-        print("\ninterrupted" if signum == signal.SIGINT else f"\nstopped by {signal.Signals(signum).name}",
-              file=sys.stderr)
+        print(
+            "\ninterrupted" if signum == signal.SIGINT else f"\nstopped by {signal.Signals(signum).name}",
+            file=sys.stderr,
+        )
         return 128 + signum
     except BrokenPipeError:  # e.g. `rnnkit generate ... | head`
         return 0

@@ -33,15 +33,33 @@ CUDA_GRAPHS = ("auto", "on", "off")
 GROUPS = ("data", "model", "optimisation", "schedule and budget", "device and processes", "checkpoints", "output")
 
 
-def option(default: Any, help: str, group: str, *, choices: tuple | None = None, resumable: bool = False,
-           sizing: bool = False, metavar: str | None = None, parse: Any = None, flag: str | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    group: str,
+    *,
+    choices: tuple | None = None,
+    resumable: bool = False,
+    sizing: bool = False,
+    metavar: str | None = None,
+    parse: Any = None,
+    flag: str | None = None,
+) -> Any:
     """A dataclass field with its command-line description in ``metadata``: ``help``, ``group`` (one
     of :data:`GROUPS`), ``choices``, whether it may change on resume (``resumable``) and whether giving
     it turns automatic sizing off (``sizing``); ``parse`` converts the flag's text (default: the
     field's type), ``flag`` names the flag where it is not the field's name in kebab case."""
     assert group in GROUPS, group
-    metadata = {"help": help, "group": group, "choices": choices, "resumable": resumable, "sizing": sizing,
-                "metavar": metavar, "parse": parse, "flag": flag}
+    metadata = {
+        "help": help,
+        "group": group,
+        "choices": choices,
+        "resumable": resumable,
+        "sizing": sizing,
+        "metavar": metavar,
+        "parse": parse,
+        "flag": flag,
+    }
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -75,71 +93,136 @@ class TrainConfig:
 
     # data
     corpus: str = option("timemachine", "built-in corpus name (rnnkit corpora) or a text file", "data")
-    data: str = option("", "train from a prepared directory (rnnkit prepare) through memory maps, instead of "
-                       "--corpus", "data", metavar="DATA_DIR")
+    data: str = option(
+        "",
+        "train from a prepared directory (rnnkit prepare) through memory maps, instead of --corpus",
+        "data",
+        metavar="DATA_DIR",
+    )
     val_tokens: int = option(0, "validate on the first N held-out tokens only (0: all)", "data")
     encoding: str = option("utf-8", "text encoding of the corpus file", "data")
-    strip_gutenberg: bool = option(False, "drop a Project Gutenberg header and footer (always done for built-in "
-                                   "books)", "data")
-    preprocess: str = option("d2l", "d2l: letters only, lower case (the book); raw: every character a token",
-                             "data", choices=PREPROCESS_MODES)
-    tokens: str = option("char", "model characters (the book) or words (whitespace-separated, §9.2); bytes come "
-                         "from a prepared directory", "data", choices=("char", "word"))
+    strip_gutenberg: bool = option(
+        False, "drop a Project Gutenberg header and footer (always done for built-in books)", "data"
+    )
+    preprocess: str = option(
+        "d2l",
+        "d2l: letters only, lower case (the book); raw: every character a token",
+        "data",
+        choices=PREPROCESS_MODES,
+    )
+    tokens: str = option(
+        "char",
+        "model characters (the book) or words (whitespace-separated, §9.2); bytes come from a prepared directory",
+        "data",
+        choices=("char", "word"),
+    )
     min_freq: int = option(0, "word models: words seen fewer times are read as <unk>", "data")
-    split: str = option("d2l", "how the corpus becomes training and held-out data (rnnkit.data)", "data",
-                        choices=SPLITS)
+    split: str = option(
+        "d2l", "how the corpus becomes training and held-out data (rnnkit.data)", "data", choices=SPLITS
+    )
     num_train: int = option(10000, "d2l split: training windows", "data")
     num_val: int = option(5000, "d2l split: validation windows", "data")
     val_fraction: float = option(0.1, "other splits: held-out tail", "data")
     # model
-    model: str = option("rnn", "the recurrent layer (scratch: the book's RNNScratch)", "model", choices=MODEL_KINDS,
-                        sizing=True)
+    model: str = option(
+        "rnn", "the recurrent layer (scratch: the book's RNNScratch)", "model", choices=MODEL_KINDS, sizing=True
+    )
     hidden: int = option(32, "hidden units per layer", "model", sizing=True)
     layers: int = option(1, "recurrent layers", "model", sizing=True)
     dropout: float = option(0.0, "dropout between recurrent layers", "model", sizing=True)
-    io_dropout: float = option(0.0, "dropout on the learned embedding and on the recurrent outputs (any number of "
-                               "layers)", "model", sizing=True)
-    weight_drop: float = option(0.0, "DropConnect on the recurrent layers' hidden-to-hidden weights, one mask per "
-                                "step (rnn, gru, lstm; AWD-LSTM)", "model", sizing=True, metavar="P")
-    tie_weights: bool = option(False, "the output layer shares the embedding's weight (needs --embedding equal to "
-                               "--hidden)", "model", sizing=True)
-    embedding: int = option(0, "learned embedding size (0: one-hot input, as the book)", "model", sizing=True,
-                            metavar="DIM")
-    activation: str = option("tanh", "the recurrence's nonlinearity (rnn and scratch)", "model",
-                             choices=ACTIVATIONS, sizing=True)
+    io_dropout: float = option(
+        0.0,
+        "dropout on the learned embedding and on the recurrent outputs (any number of layers)",
+        "model",
+        sizing=True,
+    )
+    weight_drop: float = option(
+        0.0,
+        "DropConnect on the recurrent layers' hidden-to-hidden weights, one mask per step (rnn, gru, lstm; AWD-LSTM)",
+        "model",
+        sizing=True,
+        metavar="P",
+    )
+    tie_weights: bool = option(
+        False,
+        "the output layer shares the embedding's weight (needs --embedding equal to --hidden)",
+        "model",
+        sizing=True,
+    )
+    embedding: int = option(
+        0, "learned embedding size (0: one-hot input, as the book)", "model", sizing=True, metavar="DIM"
+    )
+    activation: str = option(
+        "tanh", "the recurrence's nonlinearity (rnn and scratch)", "model", choices=ACTIVATIONS, sizing=True
+    )
     # optimisation
     batch_size: int = option(1024, "windows per training step", "optimisation", sizing=True)
-    num_steps: int = option(32, "time steps per window (truncated backpropagation through time)", "optimisation",
-                            sizing=True)
-    optimizer: str = option("sgd", "sgd and adam as the book; adamw decays weight matrices only", "optimisation",
-                            choices=OPTIMIZERS, sizing=True)
+    num_steps: int = option(
+        32, "time steps per window (truncated backpropagation through time)", "optimisation", sizing=True
+    )
+    optimizer: str = option(
+        "sgd",
+        "sgd and adam as the book; adamw decays weight matrices only",
+        "optimisation",
+        choices=OPTIMIZERS,
+        sizing=True,
+    )
     lr: float = option(1.0, "learning rate", "optimisation", sizing=True)
     weight_decay: float = option(0.0, "weight decay", "optimisation", sizing=True)
     clip: float = option(1.0, "max global gradient norm (0: off)", "optimisation", sizing=True)
-    ema: float = option(0.0, "validate and keep as best a moving average of the weights (0.998: ~the last 500 "
-                        "steps; 0: off)", "optimisation", sizing=True, metavar="DECAY")
+    ema: float = option(
+        0.0,
+        "validate and keep as best a moving average of the weights (0.998: ~the last 500 steps; 0: off)",
+        "optimisation",
+        sizing=True,
+        metavar="DECAY",
+    )
     seed: int = option(0, "seed of the initialisation, the batches and dropout", "optimisation")
     # device and processes
     device: str = option("auto", "auto, cpu, cuda, cuda:1, mps", "device and processes", resumable=True)
-    cuda_graphs: str = option("auto", "on a CUDA device, replay each training step as a captured CUDA graph (auto: "
-                              "whenever the run allows it: not --split sequential, no dropout)",
-                              "device and processes", choices=CUDA_GRAPHS, resumable=True)
+    cuda_graphs: str = option(
+        "auto",
+        "on a CUDA device, replay each training step as a captured CUDA graph (auto: "
+        "whenever the run allows it: not --split sequential, no dropout)",
+        "device and processes",
+        choices=CUDA_GRAPHS,
+        resumable=True,
+    )
     # schedule and budget
     epochs: int = option(100, "passes over the training data", "schedule and budget", resumable=True)
-    time_budget: float = option(0.0, "train for this wall-clock time (e.g. 90s, 3m, 1h, 1h30m; evaluations "
-                                "included) instead of --epochs; 0: off", "schedule and budget", metavar="DURATION",
-                                parse=duration)
-    schedule: str = option("constant", "learning rate over the run (after --warmup): constant, or cosine/linear "
-                           "decay to --min-lr-ratio x --lr", "schedule and budget", choices=SCHEDULES, sizing=True)
+    time_budget: float = option(
+        0.0,
+        "train for this wall-clock time (e.g. 90s, 3m, 1h, 1h30m; evaluations included) instead of --epochs; 0: off",
+        "schedule and budget",
+        metavar="DURATION",
+        parse=duration,
+    )
+    schedule: str = option(
+        "constant",
+        "learning rate over the run (after --warmup): constant, or cosine/linear decay to --min-lr-ratio x --lr",
+        "schedule and budget",
+        choices=SCHEDULES,
+        sizing=True,
+    )
     warmup: float = option(0.0, "fraction of the run with a linear lr warmup", "schedule and budget", sizing=True)
     min_lr_ratio: float = option(0.1, "where the lr decay ends, x --lr", "schedule and budget", sizing=True)
-    eval_every: int = option(0, "validate every N training steps (0: at each epoch's end; with --time-budget about "
-                             "ten times per budget)", "schedule and budget", metavar="STEPS")
-    patience: int = option(0, "stop after this many evaluations without a better validation loss (0: never)",
-                           "schedule and budget")
-    max_steps: int = option(0, "stop after this many training steps, whatever --epochs says (0: no limit); with "
-                            "--resume, a larger count continues a run that stopped there", "schedule and budget",
-                            metavar="STEPS", resumable=True)
+    eval_every: int = option(
+        0,
+        "validate every N training steps (0: at each epoch's end; with --time-budget about ten times per budget)",
+        "schedule and budget",
+        metavar="STEPS",
+    )
+    patience: int = option(
+        0, "stop after this many evaluations without a better validation loss (0: never)", "schedule and budget"
+    )
+    max_steps: int = option(
+        0,
+        "stop after this many training steps, whatever --epochs says (0: no limit); with "
+        "--resume, a larger count continues a run that stopped there",
+        "schedule and budget",
+        metavar="STEPS",
+        resumable=True,
+    )
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -172,12 +255,18 @@ class TrainConfig:
 
     def _check_ranges(self) -> None:
         counts = {  # name: (low, high, what)
-            "epochs": (0, 10**9, "an epoch count"), "num_train": (1, 10**12, "a window count"),
-            "num_val": (0, 10**12, "a window count"), "seed": (0, (1 << 63) - 1, "an integer"),
-            "hidden": (1, 1_000_000, "a size"), "layers": (1, 1000, "a layer count"),
-            "embedding": (0, 1_000_000, "a size (0: one-hot)"), "eval_every": (0, 10**12, "a step count"),
-            "patience": (0, 10**9, "an evaluation count"), "min_freq": (0, 10**12, "a count"),
-            "val_tokens": (0, 10**15, "a token count"), "max_steps": (0, 10**15, "a step count"),
+            "epochs": (0, 10**9, "an epoch count"),
+            "num_train": (1, 10**12, "a window count"),
+            "num_val": (0, 10**12, "a window count"),
+            "seed": (0, (1 << 63) - 1, "an integer"),
+            "hidden": (1, 1_000_000, "a size"),
+            "layers": (1, 1000, "a layer count"),
+            "embedding": (0, 1_000_000, "a size (0: one-hot)"),
+            "eval_every": (0, 10**12, "a step count"),
+            "patience": (0, 10**9, "an evaluation count"),
+            "min_freq": (0, 10**12, "a count"),
+            "val_tokens": (0, 10**15, "a token count"),
+            "max_steps": (0, 10**15, "a step count"),
         }
         for name, (low, high, what) in counts.items():
             if not low <= getattr(self, name) <= high:
@@ -202,21 +291,27 @@ class TrainConfig:
 
     def _check_combinations(self) -> None:
         if self.data and (self.tokens == "word" or self.split != "sample" or self.preprocess != "raw"):
-            raise RnnkitError("a prepared --data directory is read as its prepared tokens, raw, with --split sample "
-                              "(random windows: memory that does not grow with the corpus)")
+            raise RnnkitError(
+                "a prepared --data directory is read as its prepared tokens, raw, with --split sample "
+                "(random windows: memory that does not grow with the corpus)"
+            )
         if self.tokens == "bytes" and not self.data:
             raise RnnkitError("byte tokens come from a prepared directory: rnnkit prepare --tokens bytes, then --data")
         if self.tie_weights and self.embedding != self.hidden:
-            raise RnnkitError(f"tie_weights needs --embedding equal to --hidden ({self.hidden}), got "
-                              f"{self.embedding or 'one-hot'}")
+            raise RnnkitError(
+                f"tie_weights needs --embedding equal to --hidden ({self.hidden}), got {self.embedding or 'one-hot'}"
+            )
         if self.min_freq and not has_unknown_token(self.preprocess, self.tokens):
-            raise RnnkitError("min_freq needs a vocabulary with <unk> to read rare tokens as: --tokens word, or "
-                              "--preprocess d2l")
+            raise RnnkitError(
+                "min_freq needs a vocabulary with <unk> to read rare tokens as: --tokens word, or --preprocess d2l"
+            )
         if self.weight_drop and self.model == "scratch":
             raise RnnkitError("--weight-drop applies to --model rnn, gru and lstm, not scratch")
         if self.dropout and self.layers < 2:
-            raise RnnkitError("dropout acts between recurrent layers: it needs --layers 2 or more "
-                              f"(got --layers {self.layers} --dropout {self.dropout})")
+            raise RnnkitError(
+                "dropout acts between recurrent layers: it needs --layers 2 or more "
+                f"(got --layers {self.layers} --dropout {self.dropout})"
+            )
         if self.cuda_graphs == "on" and not self.graphs_possible():
             raise RnnkitError("--cuda-graphs on needs a split without carried state (not sequential) and no dropout")
 
@@ -236,20 +331,45 @@ class RunOptions:
     out: str = option("runs/tm", "run directory to write", "output")
     force: bool = option(False, "overwrite a run already in --out", "output")
     save_every: int = option(10, "checkpoint every N epochs (0: at the end only)", "checkpoints", resumable=True)
-    save_minutes: float = option(10.0, "also checkpoint after any step that finds the last save at least this many "
-                                 "minutes old (0: off)", "checkpoints", resumable=True)
-    save_steps: int = option(0, "also checkpoint every N training steps, mid-epoch (0: off); a resumed run "
-                             "continues from the exact batch", "checkpoints", resumable=True, metavar="STEPS")
-    dist_timeout: float = option(600.0, "under torchrun: how long a process waits for the others (to start, in a "
-                                 "step, while rank 0 validates or saves) before giving up", "device and processes",
-                                 resumable=True, metavar="SECONDS")
+    save_minutes: float = option(
+        10.0,
+        "also checkpoint after any step that finds the last save at least this many minutes old (0: off)",
+        "checkpoints",
+        resumable=True,
+    )
+    save_steps: int = option(
+        0,
+        "also checkpoint every N training steps, mid-epoch (0: off); a resumed run continues from the exact batch",
+        "checkpoints",
+        resumable=True,
+        metavar="STEPS",
+    )
+    dist_timeout: float = option(
+        600.0,
+        "under torchrun: how long a process waits for the others (to start, in a "
+        "step, while rank 0 validates or saves) before giving up",
+        "device and processes",
+        resumable=True,
+        metavar="SECONDS",
+    )
     sample_every: int = option(10, "print samples every N epochs (0: never)", "output", resumable=True)
-    sample_prefixes: list = option([], f"prefix for the periodic samples (repeatable; default: {SAMPLE_PREFIXES} for "
-                                   "the book, the opening words of the training text for any other)", "output",
-                                   resumable=True, metavar="TEXT", flag="--sample-prefix")
+    sample_prefixes: list = option(
+        [],
+        f"prefix for the periodic samples (repeatable; default: {SAMPLE_PREFIXES} for "
+        "the book, the opening words of the training text for any other)",
+        "output",
+        resumable=True,
+        metavar="TEXT",
+        flag="--sample-prefix",
+    )
     sample_chars: int = option(50, "length of the periodic samples", "output", resumable=True)
-    tensorboard: str = option("", "also log training and validation curves for TensorBoard into this directory",
-                              "output", resumable=True, metavar="DIR")
+    tensorboard: str = option(
+        "",
+        "also log training and validation curves for TensorBoard into this directory",
+        "output",
+        resumable=True,
+        metavar="DIR",
+    )
     quiet: bool = option(False, "no progress bar, no per-epoch lines", "output", resumable=True)
 
     def validate(self) -> None:
@@ -307,5 +427,7 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
     if "time_budget" in options:
         options["time_budget"] = seconds(options["time_budget"])
-    return ({k: v for k, v in options.items() if k in config_names},
-            {k: v for k, v in options.items() if k in run_names})
+    return (
+        {k: v for k, v in options.items() if k in config_names},
+        {k: v for k, v in options.items() if k in run_names},
+    )

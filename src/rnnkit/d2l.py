@@ -32,9 +32,28 @@ from rnnkit.text import D2L_DATA_URL, Vocab, find_corpus, preprocess, read_text,
 from rnnkit.training.optim import clip_gradients as _clip_gradients
 
 __all__ = [
-    "Classifier", "DataModule", "HyperParameters", "Module", "ProgressBoard", "RNN", "RNNLM", "RNNLMScratch",
-    "RNNScratch", "SGD", "TimeMachine", "Trainer", "Vocab", "add_to_class", "check_len", "check_shape", "cpu",
-    "gpu", "num_gpus", "swapaxes", "try_all_gpus", "try_gpu",
+    "Classifier",
+    "DataModule",
+    "HyperParameters",
+    "Module",
+    "ProgressBoard",
+    "RNN",
+    "RNNLM",
+    "RNNLMScratch",
+    "RNNScratch",
+    "SGD",
+    "TimeMachine",
+    "Trainer",
+    "Vocab",
+    "add_to_class",
+    "check_len",
+    "check_shape",
+    "cpu",
+    "gpu",
+    "num_gpus",
+    "swapaxes",
+    "try_all_gpus",
+    "try_gpu",
 ]
 
 DATA_URL = D2L_DATA_URL
@@ -62,8 +81,10 @@ repeat = lambda x, *args, **kwargs: x.repeat(*args, **kwargs)
 
 def add_to_class(Class):
     """Register the decorated function as a method of ``Class`` (d2l's notebook idiom)."""
+
     def wrapper(obj):
         setattr(Class, obj.__name__, obj)
+
     return wrapper
 
 
@@ -104,8 +125,9 @@ class HyperParameters:
     def save_hyperparameters(self, ignore=()):
         frame = inspect.currentframe().f_back
         _, _, _, local_vars = inspect.getargvalues(frame)
-        self.hparams = {k: v for k, v in local_vars.items()
-                        if k not in set(list(ignore) + ["self"]) and not k.startswith("_")}
+        self.hparams = {
+            k: v for k, v in local_vars.items() if k not in set(list(ignore) + ["self"]) and not k.startswith("_")
+        }
         for k, v in self.hparams.items():
             setattr(self, k, v)
 
@@ -127,9 +149,21 @@ class ProgressBoard(HyperParameters):
     notebook_interval_s = 1.0
     file_interval_s = 5.0
 
-    def __init__(self, xlabel=None, ylabel=None, xlim=None, ylim=None, xscale="linear", yscale="linear",
-                 ls=("-", "--", "-.", ":"), colors=("C0", "C1", "C2", "C3"), fig=None, axes=None,
-                 figsize=(3.5, 2.5), display=True):
+    def __init__(
+        self,
+        xlabel=None,
+        ylabel=None,
+        xlim=None,
+        ylim=None,
+        xscale="linear",
+        yscale="linear",
+        ls=("-", "--", "-.", ":"),
+        colors=("C0", "C1", "C2", "C3"),
+        fig=None,
+        axes=None,
+        figsize=(3.5, 2.5),
+        display=True,
+    ):
         self.save_hyperparameters()
         self.raw_points: dict = collections.OrderedDict()
         self.data: dict = collections.OrderedDict()
@@ -167,13 +201,16 @@ class ProgressBoard(HyperParameters):
             return
         try:
             import matplotlib
+
             if not in_notebook:
                 matplotlib.use("Agg")
             from matplotlib import pyplot as plt
         except ImportError:
             self.display = False
-            print("rnnkit.d2l: matplotlib is not installed; progress board off "
-                  "(pip install 'rnnkit[plot]')", file=sys.stderr)
+            print(
+                "rnnkit.d2l: matplotlib is not installed; progress board off (pip install 'rnnkit[plot]')",
+                file=sys.stderr,
+            )
             return
         if self.fig is None:
             self.fig = plt.figure(figsize=self.figsize)
@@ -194,6 +231,7 @@ class ProgressBoard(HyperParameters):
         axes.legend(plt_lines, labels)
         if in_notebook:
             from IPython import display
+
             display.display(self.fig)
             display.clear_output(wait=True)
         else:
@@ -227,8 +265,7 @@ class Module(nn.Module, HyperParameters):
         else:
             x = self.trainer.epoch + 1
             n = self.trainer.num_val_batches / self.plot_valid_per_epoch
-        self.board.draw(x, value.detach().to(cpu()).numpy(), ("train_" if train else "val_") + key,
-                        every_n=int(n))
+        self.board.draw(x, value.detach().to(cpu()).numpy(), ("train_" if train else "val_") + key, every_n=int(n))
 
     def training_step(self, batch):
         l = self.loss(self(*batch[:-1]), batch[-1])  # noqa: E741

@@ -62,9 +62,18 @@ class WindowBatches:
 
     stateful = False
 
-    def __init__(self, corpus: torch.Tensor, starts: torch.Tensor, batch_size: int, num_steps: int,
-                 shuffle: bool, drop_last: bool = False, seed: int = 0, random_offset: bool = False,
-                 cover_ends: bool = False) -> None:
+    def __init__(
+        self,
+        corpus: torch.Tensor,
+        starts: torch.Tensor,
+        batch_size: int,
+        num_steps: int,
+        shuffle: bool,
+        drop_last: bool = False,
+        seed: int = 0,
+        random_offset: bool = False,
+        cover_ends: bool = False,
+    ) -> None:
         self.corpus, self.starts = corpus, starts.to(corpus.device)
         self.batch_size, self.num_steps = batch_size, num_steps
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
@@ -105,11 +114,10 @@ class WindowBatches:
             starts = starts[perm.to(starts.device)]
         return starts
 
-    def epoch(self, epoch: int = 0, start: int = 0, part: Part = WHOLE
-              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, start: int = 0, part: Part = WHOLE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         starts = self.epoch_starts(epoch)
         for k in range(start, self._num_batches(len(starts))):
-            rows = starts[k * self.batch_size:(k + 1) * self.batch_size]
+            rows = starts[k * self.batch_size : (k + 1) * self.batch_size]
             window = self.corpus[rows[part_rows(len(rows), part), None] + self.offsets]
             yield window[:, :-1], window[:, 1:]
 
@@ -133,8 +141,7 @@ class RandomWindows:
     def num_windows(self) -> int:
         return len(self) * self.batch_size
 
-    def epoch(self, epoch: int = 0, start: int = 0, part: Part = WHOLE
-              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, start: int = 0, part: Part = WHOLE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = epoch_generator(self.seed, epoch)
         mine = part_rows(self.batch_size, part)
         for k in range(len(self)):  # the skipped batches' draws are replayed: the generator's stream is the data
@@ -166,9 +173,9 @@ class TensorBatches:
         order = torch.randperm(n) if self.shuffle else None
         for start in range(0, n, self.batch_size):
             if order is None:
-                yield tuple(t[start:start + self.batch_size] for t in self.tensors)
+                yield tuple(t[start : start + self.batch_size] for t in self.tensors)
             else:
-                idx = order[start:start + self.batch_size]
+                idx = order[start : start + self.batch_size]
                 yield tuple(t[idx.to(t.device)] for t in self.tensors)
 
 
@@ -193,13 +200,12 @@ class SequentialBatches:
         """d2l's ``random.randint(0, num_steps)``, from (seed, epoch)."""
         return int(torch.randint(self.num_steps + 1, (), generator=epoch_generator(self.seed, epoch)))
 
-    def epoch(self, epoch: int = 0, start: int = 0, part: Part = WHOLE
-              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, start: int = 0, part: Part = WHOLE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         offset = self.epoch_offset(epoch)
         num_tokens = (len(self.corpus) - offset - 1) // self.batch_size * self.batch_size
         lanes = part_rows(self.batch_size, part)
-        X = self.corpus[offset:offset + num_tokens].reshape(self.batch_size, -1)[lanes]
-        Y = self.corpus[offset + 1:offset + 1 + num_tokens].reshape(self.batch_size, -1)[lanes]
+        X = self.corpus[offset : offset + num_tokens].reshape(self.batch_size, -1)[lanes]
+        Y = self.corpus[offset + 1 : offset + 1 + num_tokens].reshape(self.batch_size, -1)[lanes]
         for k in range(start, self._num_batches(offset)):
             cols = slice(k * self.num_steps, (k + 1) * self.num_steps)
             yield X[:, cols], Y[:, cols]
@@ -224,9 +230,17 @@ def check_sizes(batch_size: int, num_steps: int) -> None:
         raise RnnkitError(f"batch_size must be between 1 and 10000000, got {batch_size}")
 
 
-def split_corpus(corpus: torch.Tensor, split: str, batch_size: int, num_steps: int, *,
-                 num_train: int = 10000, num_val: int = 5000, val_fraction: float = 0.1,
-                 seed: int = 0) -> DataSplit:
+def split_corpus(
+    corpus: torch.Tensor,
+    split: str,
+    batch_size: int,
+    num_steps: int,
+    *,
+    num_train: int = 10000,
+    num_val: int = 5000,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> DataSplit:
     """Cut a 1-D tensor of token indices into training batches and validation data (module doc)."""
     check_sizes(batch_size, num_steps)
     n = len(corpus)
@@ -252,21 +266,27 @@ def split_corpus(corpus: torch.Tensor, split: str, batch_size: int, num_steps: i
     val_text = val_text if len(val_text) >= 2 else None
     if split == "sequential":
         if (len(train_text) - num_steps - 1) // batch_size < num_steps:  # even at the largest offset
-            raise RnnkitError(f"training part ({len(train_text)} tokens) is too short for {batch_size} lanes of "
-                              f"{num_steps} steps after an offset of up to {num_steps}; lower --batch-size")
+            raise RnnkitError(
+                f"training part ({len(train_text)} tokens) is too short for {batch_size} lanes of "
+                f"{num_steps} steps after an offset of up to {num_steps}; lower --batch-size"
+            )
         return DataSplit(SequentialBatches(train_text, batch_size, num_steps, seed), None, val_text)
     if split == "random":
         if (len(train_text) - num_steps) // num_steps < batch_size:  # windows at the largest offset
-            raise RnnkitError(f"training part has {(len(train_text) - num_steps) // num_steps} windows of "
-                              f"{num_steps} steps after an offset of up to {num_steps - 1}, fewer than one batch "
-                              f"of {batch_size}")
+            raise RnnkitError(
+                f"training part has {(len(train_text) - num_steps) // num_steps} windows of "
+                f"{num_steps} steps after an offset of up to {num_steps - 1}, fewer than one batch "
+                f"of {batch_size}"
+            )
         starts = torch.arange(0, len(train_text) - num_steps, num_steps)  # offset 0; shifted every epoch
-        train = WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, drop_last=True, seed=seed,
-                              random_offset=True)
+        train = WindowBatches(
+            train_text, starts, batch_size, num_steps, shuffle=True, drop_last=True, seed=seed, random_offset=True
+        )
         return DataSplit(train, None, val_text)
     if split == "sample":
         return DataSplit(RandomWindows(train_text, batch_size, num_steps, seed), None, val_text)
     starts = torch.arange(0, len(train_text) - num_steps, num_steps)  # fraction
-    train = WindowBatches(train_text, starts, batch_size, num_steps, shuffle=True, seed=seed, random_offset=True,
-                          cover_ends=True)
+    train = WindowBatches(
+        train_text, starts, batch_size, num_steps, shuffle=True, seed=seed, random_offset=True, cover_ends=True
+    )
     return DataSplit(train, None, val_text)

@@ -75,25 +75,32 @@ def world_from_environment(env: Mapping[str, str] | None = None) -> World:
         return ONE_PROCESS
     missing = [name for name in TORCHRUN_VARIABLES if name not in given]
     if missing:
-        raise RnnkitError(f"torchrun's environment is half set ({', '.join(given)} set, {', '.join(missing)} not): "
-                          "start with torchrun --nproc-per-node N -m rnnkit train ..., or unset them")
+        raise RnnkitError(
+            f"torchrun's environment is half set ({', '.join(given)} set, {', '.join(missing)} not): "
+            "start with torchrun --nproc-per-node N -m rnnkit train ..., or unset them"
+        )
     try:
-        rank, size, local_rank, port = (int(env[name]) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
-                                                                    "MASTER_PORT"))
+        rank, size, local_rank, port = (int(env[name]) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"))
     except ValueError:
-        raise RnnkitError("RANK, WORLD_SIZE, LOCAL_RANK and MASTER_PORT must be integers, got "
-                          + ", ".join(f"{n}={env[n]!r}" for n in TORCHRUN_VARIABLES if n != "MASTER_ADDR")) from None
+        raise RnnkitError(
+            "RANK, WORLD_SIZE, LOCAL_RANK and MASTER_PORT must be integers, got "
+            + ", ".join(f"{n}={env[n]!r}" for n in TORCHRUN_VARIABLES if n != "MASTER_ADDR")
+        ) from None
     if not (size >= 1 and 0 <= rank < size and 0 <= local_rank <= rank and 0 < port < 65536):
-        raise RnnkitError(f"torchrun's environment does not fit together: RANK={rank}, WORLD_SIZE={size}, "
-                          f"LOCAL_RANK={local_rank}, MASTER_PORT={port}")
+        raise RnnkitError(
+            f"torchrun's environment does not fit together: RANK={rank}, WORLD_SIZE={size}, "
+            f"LOCAL_RANK={local_rank}, MASTER_PORT={port}"
+        )
     return World(rank, size, local_rank)
 
 
 def check_batch(batch_size: int, world: World) -> None:
     """The batch is the processes' batch together: their number must divide it."""
     if batch_size % world.size:
-        raise RnnkitError(f"--batch-size {batch_size} is the batch of all {world.size} processes together and "
-                          f"must be a multiple of their number")
+        raise RnnkitError(
+            f"--batch-size {batch_size} is the batch of all {world.size} processes together and "
+            f"must be a multiple of their number"
+        )
 
 
 def start(world: World, device: torch.device, timeout_s: float) -> World:
@@ -137,8 +144,10 @@ def collective(function):
         try:
             return function(*args, **kwargs)
         except RuntimeError as exc:
-            raise PeerLost(f"another training process stopped answering ({first_line(exc)}); torchrun stops the "
-                           "job: resume it from its last checkpoint with --resume") from None
+            raise PeerLost(
+                f"another training process stopped answering ({first_line(exc)}); torchrun stops the "
+                "job: resume it from its last checkpoint with --resume"
+            ) from None
 
     return wrapped
 
@@ -147,8 +156,9 @@ COUNT_BASE = 4096  # the token count travels as two float32 digits in this base:
 
 
 @collective
-def all_reduce_step(parameters: Iterable[torch.nn.Parameter], count: int, flags: list[float]
-                    ) -> tuple[int, list[float]]:
+def all_reduce_step(
+    parameters: Iterable[torch.nn.Parameter], count: int, flags: list[float]
+) -> tuple[int, list[float]]:
     """Sum every process's gradients (of its summed loss), its token ``count`` and its ``flags``
     (small integers) in one all-reduce; divide the gradients by the global count, so that they are
     the gradients of the one-process mean loss. Missing gradients (a process with no rows this
@@ -158,8 +168,9 @@ def all_reduce_step(parameters: Iterable[torch.nn.Parameter], count: int, flags:
     between two processes on one machine) is what a step costs beyond its arithmetic."""
     parameters = list(parameters)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    extras = torch.tensor([count // COUNT_BASE, count % COUNT_BASE, *flags], dtype=grads[0].dtype,
-                          device=grads[0].device)
+    extras = torch.tensor(
+        [count // COUNT_BASE, count % COUNT_BASE, *flags], dtype=grads[0].dtype, device=grads[0].device
+    )
     flat = torch.cat([*(g.reshape(-1) for g in grads), extras])
     dist.all_reduce(flat)
     size = len(flat) - len(extras)
@@ -168,7 +179,7 @@ def all_reduce_step(parameters: Iterable[torch.nn.Parameter], count: int, flags:
     flat = flat[:size].div_(max(total, 1))
     offset = 0
     for p in parameters:
-        p.grad = flat[offset:offset + p.numel()].view_as(p)
+        p.grad = flat[offset : offset + p.numel()].view_as(p)
         offset += p.numel()
     return total, summed
 

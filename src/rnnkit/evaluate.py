@@ -40,8 +40,9 @@ def window_nll(model: RNNLM, batches: WindowBatches) -> tuple[float, int]:
     return total, count
 
 
-def stream_nll(model: RNNLM, tokens: torch.Tensor, chunk: int = 1024, lanes: int = 1,
-               warmup: int = STREAM_WARMUP) -> tuple[float, int]:
+def stream_nll(
+    model: RNNLM, tokens: torch.Tensor, chunk: int = 1024, lanes: int = 1, warmup: int = STREAM_WARMUP
+) -> tuple[float, int]:
     """Summed NLL (nats) and count over a token stream (N,), carrying the state across chunks so
     that every token after the first is predicted once, from all the text before it. ``tokens`` may
     be a memory-mapped file's tokens: they are read ``chunk`` at a time.
@@ -64,7 +65,7 @@ def stream_nll(model: RNNLM, tokens: torch.Tensor, chunk: int = 1024, lanes: int
         warm = min(warmup, starts[1])
         state = None
         if warm:  # lanes 1.. read the text before them; lane 0 starts the text with a fresh state
-            _, warmed = model.hidden(torch.stack([tokens[s - warm:s] for s in starts[1:]]))
+            _, warmed = model.hidden(torch.stack([tokens[s - warm : s] for s in starts[1:]]))
             row = split_state(warmed, dim)[0]
             fresh = tuple(map(torch.zeros_like, row)) if isinstance(row, tuple) else torch.zeros_like(row)
             state = join_states([fresh, warmed], dim)
@@ -85,15 +86,16 @@ def validation_lanes(tokens: int) -> int:
     return max(1, min(VALIDATION_LANES, tokens // (2 * STREAM_WARMUP)))
 
 
-def _carried_nll(model: RNNLM, tokens: torch.Tensor, starts: list[int], length: int, state: State,
-                 chunk: int) -> tuple[float, int, State]:
+def _carried_nll(
+    model: RNNLM, tokens: torch.Tensor, starts: list[int], length: int, state: State, chunk: int
+) -> tuple[float, int, State]:
     """Summed NLL and count of lanes side by side: lane i predicts ``tokens[s_i + 1 : s_i + length + 1]``
     from the tokens before them, ``chunk`` steps at a time with the state carried; and the state
     after the last step."""
     total, count = 0.0, 0
     for offset in range(0, length, chunk):
         steps = min(chunk, length - offset)
-        piece = torch.stack([tokens[s + offset:s + offset + steps + 1] for s in starts])
+        piece = torch.stack([tokens[s + offset : s + offset + steps + 1] for s in starts])
         loss, state = model.loss(piece[:, :-1], piece[:, 1:], state, reduction="sum")
         total += loss.double().item()
         count += piece[:, 1:].numel()
@@ -158,24 +160,30 @@ class Evaluation:
             return result
         result["skipped"] = self.skipped
         if self.spans_characters:
-            result.update({"bits_per_word": self.bits_per_token, "chars": self.characters,
-                           "unknown_words": self.unknown_tokens, "unknown_word_types": len(self.unknown)})
+            result.update(
+                {
+                    "bits_per_word": self.bits_per_token,
+                    "chars": self.characters,
+                    "unknown_words": self.unknown_tokens,
+                    "unknown_word_types": len(self.unknown),
+                }
+            )
         else:
             result["unknown_chars"] = "".join(self.unknown)
         return result
-
 
     def describe(self) -> str:
         """``rnnkit eval``'s line: perplexity, bits per character (and per word), tokens, and what the
         vocabulary lacked."""
         if not self.from_text:
-            return (f"{self.corpus}: perplexity {self.ppl:.4f}  bits/{self.unit} {self.bpc:.4f}  "
-                    f"tokens {self.tokens}")
+            return f"{self.corpus}: perplexity {self.ppl:.4f}  bits/{self.unit} {self.bpc:.4f}  tokens {self.tokens}"
         if self.spans_characters:
-            return (f"{self.corpus}: perplexity {self.ppl:.4f} per word  bits/word {self.bits_per_token:.4f}  "
-                    f"bits/char {self.bpc:.4f} (of the {self.characters} characters those words span)  words "
-                    f"{self.tokens}  ({self.unknown_tokens} of them, {len(self.unknown)} word types, read as <unk>: "
-                    "their spelling is not scored)")
+            return (
+                f"{self.corpus}: perplexity {self.ppl:.4f} per word  bits/word {self.bits_per_token:.4f}  "
+                f"bits/char {self.bpc:.4f} (of the {self.characters} characters those words span)  words "
+                f"{self.tokens}  ({self.unknown_tokens} of them, {len(self.unknown)} word types, read as <unk>: "
+                "their spelling is not scored)"
+            )
         note = ""
         if self.unknown:
             how = f"{self.skipped} skipped" if self.skipped else "read as <unk>"
@@ -191,8 +199,9 @@ def evaluate_tokens(model: RNNLM, ids: torch.Tensor, corpus: str, unit: str = "c
     return Evaluation(corpus, nll, count, count, unit, from_text=False)
 
 
-def evaluate_text(model: RNNLM, vocab: Vocab, text: str, corpus: str, preprocessing: str = "raw",
-                  kind: str = "char") -> Evaluation:
+def evaluate_text(
+    model: RNNLM, vocab: Vocab, text: str, corpus: str, preprocessing: str = "raw", kind: str = "char"
+) -> Evaluation:
     """Score ``text`` as one stream, read as the run read its training text (``preprocessing`` and
     token ``kind``). Tokens the vocabulary lacks are read as ``<unk>`` where it has one, otherwise
     left out and counted in ``skipped``."""
@@ -207,5 +216,14 @@ def evaluate_text(model: RNNLM, vocab: Vocab, text: str, corpus: str, preprocess
         raise RnnkitError(f"{corpus}: fewer than 2 tokens the model knows; nothing to evaluate")
     nll, count = stream_nll(model, torch.tensor(vocab[tokens], dtype=torch.int64))
     unknown_set = set(unknown)
-    return Evaluation(str(corpus), nll, count, tokenizer.characters_predicted(tokens), tokenizer.unit,
-                      tokenizer.spans_characters, skipped, unknown, sum(t in unknown_set for t in tokens[1:]))
+    return Evaluation(
+        str(corpus),
+        nll,
+        count,
+        tokenizer.characters_predicted(tokens),
+        tokenizer.unit,
+        tokenizer.spans_characters,
+        skipped,
+        unknown,
+        sum(t in unknown_set for t in tokens[1:]),
+    )

@@ -36,7 +36,7 @@ def write_temp(path: Path, data: bytes) -> Path:
         os.fchmod(fd, 0o666 & ~UMASK)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -106,8 +106,9 @@ class DirectoryLock:
         except OSError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RnnkitError(f"{self.directory} is in use by another rnnkit process ({holder}); "
-                              "wait for it to finish or stop it") from None
+            raise RnnkitError(
+                f"{self.directory} is in use by another rnnkit process ({holder}); wait for it to finish or stop it"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self.fd = fd
@@ -123,4 +124,3 @@ class DirectoryLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
-

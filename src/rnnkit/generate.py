@@ -57,8 +57,10 @@ class Sampling:
             logits = logits.masked_fill(logits < kth, -math.inf)
         probs = torch.softmax(logits, dim=-1)
         if not torch.isfinite(probs).all():
-            raise RnnkitError("the model's output is not a probability distribution (NaN or infinite values: "
-                              "its weights are not finite, or --temperature/--alpha are extreme)")
+            raise RnnkitError(
+                "the model's output is not a probability distribution (NaN or infinite values: "
+                "its weights are not finite, or --temperature/--alpha are extreme)"
+            )
         if self.top_p < 1:
             sorted_probs, order = torch.sort(probs, descending=True)
             before = torch.cumsum(sorted_probs, -1) - sorted_probs  # mass of strictly more likely tokens
@@ -107,8 +109,14 @@ def encode_prefix(vocab: Vocab, prefix: Sequence[str]) -> list[int]:
     return [vocab[t] for t in prefix]
 
 
-def generate_steps(step: StepFn, prefix_ids: Sequence[int], num_preds: int, initial_logits: torch.Tensor,
-                   sampling: Sampling, seed: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+def generate_steps(
+    step: StepFn,
+    prefix_ids: Sequence[int],
+    num_preds: int,
+    initial_logits: torch.Tensor,
+    sampling: Sampling,
+    seed: int | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``num_preds`` pairs (token index, the logits (V,) it was chosen from).
     ``step(ids, state) -> (logits of the last id (V,), state)``; ``initial_logits`` are used when
     the prefix is empty (a fresh state)."""
@@ -126,15 +134,22 @@ def generate_steps(step: StepFn, prefix_ids: Sequence[int], num_preds: int, init
             logits, state = step([token], state)
 
 
-def generate_ids(step: StepFn, prefix_ids: Sequence[int], num_preds: int, initial_logits: torch.Tensor,
-                 sampling: Sampling, seed: int | None = None) -> Iterator[int]:
+def generate_ids(
+    step: StepFn,
+    prefix_ids: Sequence[int],
+    num_preds: int,
+    initial_logits: torch.Tensor,
+    sampling: Sampling,
+    seed: int | None = None,
+) -> Iterator[int]:
     """:func:`generate_steps` without the logits."""
     for token, _ in generate_steps(step, prefix_ids, num_preds, initial_logits, sampling, seed):
         yield token
 
 
-def model_step(forward: Callable[[torch.Tensor, State], tuple[torch.Tensor, State]],
-               device: torch.device | str | None) -> StepFn:
+def model_step(
+    forward: Callable[[torch.Tensor, State], tuple[torch.Tensor, State]], device: torch.device | str | None
+) -> StepFn:
     """The step function of a model whose ``forward(X (1, T) int64, state)`` returns
     ``(logits (T, 1, V), state)`` (an :class:`RNNLM`; the d2l layer adapts the book's models)."""
 
@@ -146,8 +161,15 @@ def model_step(forward: Callable[[torch.Tensor, State], tuple[torch.Tensor, Stat
     return step
 
 
-def generate(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: Sampling | None = None,
-             seed: int | None = None, token: str = "char") -> Iterator[str]:
+def generate(
+    model: RNNLM,
+    vocab: Vocab,
+    prefix: str,
+    num_preds: int,
+    sampling: Sampling | None = None,
+    seed: int | None = None,
+    token: str = "char",
+) -> Iterator[str]:
     """Stream ``num_preds`` new tokens after ``prefix`` (greedy unless ``sampling`` says otherwise);
     ``token``: how the prefix is cut into tokens, ``char`` or ``word`` (as the model was trained)."""
     if num_preds < 0:
@@ -160,8 +182,15 @@ def generate(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: 
             yield vocab.idx_to_token[token]
 
 
-def predict(model: RNNLM, vocab: Vocab, prefix: str, num_preds: int, sampling: Sampling | None = None,
-            seed: int | None = None, token: str = "char") -> str:
+def predict(
+    model: RNNLM,
+    vocab: Vocab,
+    prefix: str,
+    num_preds: int,
+    sampling: Sampling | None = None,
+    seed: int | None = None,
+    token: str = "char",
+) -> str:
     """d2l's ``predict``: the prefix followed by ``num_preds`` generated characters (or words,
     joined with spaces)."""
     new = list(generate(model, vocab, prefix, num_preds, sampling, seed, token))

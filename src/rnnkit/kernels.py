@@ -66,9 +66,15 @@ def build_name() -> str:
     command names it, so two checkouts sharing one build folder would rebuild each other's), the
     compiler flags and the CPU, the torch build (version and install path: each virtual environment gets its
     own) and Python."""
-    key = SOURCE.read_bytes() + str(SOURCE.resolve()).encode() + torch.__version__.encode() \
-        + str(Path(torch.__file__).parent).encode() + sys.version.encode() + " ".join(compiler_flags()).encode() \
+    key = (
+        SOURCE.read_bytes()
+        + str(SOURCE.resolve()).encode()
+        + torch.__version__.encode()
+        + str(Path(torch.__file__).parent).encode()
+        + sys.version.encode()
+        + " ".join(compiler_flags()).encode()
         + cpu_identity().encode()
+    )
     return f"rnnkit_rnn_lm_{hashlib.sha1(key).hexdigest()[:12]}"
 
 
@@ -132,9 +138,13 @@ def rnn_lm_kernel() -> ModuleType | None:
 
         before = _built_library(build_dir, name)
         if before is None:
-            print(f"rnnkit: compiling its CPU kernel for the book's model (once per environment, about 30 s): "
-                  f"no build yet for this source, torch {torch.__version__} at {Path(torch.__file__).parent} "
-                  f"and Python {sys.version.split()[0]} in {build_dir}", file=sys.stderr, flush=True)
+            print(
+                f"rnnkit: compiling its CPU kernel for the book's model (once per environment, about 30 s): "
+                f"no build yet for this source, torch {torch.__version__} at {Path(torch.__file__).parent} "
+                f"and Python {sys.version.split()[0]} in {build_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
         build_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_lock(build_dir)
         builder = build_dir / BUILDER_FILE
@@ -143,8 +153,14 @@ def rnn_lm_kernel() -> ModuleType | None:
         os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + path  # pip's ninja, in a venv
         started = time.perf_counter()
         try:
-            _kernel = load(name, [str(SOURCE)], extra_cflags=compiler_flags(), extra_ldflags=["-fopenmp"],
-                           build_directory=str(build_dir), verbose=False)
+            _kernel = load(
+                name,
+                [str(SOURCE)],
+                extra_cflags=compiler_flags(),
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
+                verbose=False,
+            )
         finally:
             os.environ["PATH"] = path
             builder.unlink(missing_ok=True)
@@ -152,15 +168,22 @@ def rnn_lm_kernel() -> ModuleType | None:
         if before is None:
             print(f"rnnkit: CPU kernel compiled in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         elif after is not None and after[1] != before[1]:
-            print(f"rnnkit: recompiled its CPU kernel in {time.perf_counter() - started:.0f} s (the build in "
-                  f"{build_dir} was out of date: its compiler command or headers changed)", file=sys.stderr,
-                  flush=True)
+            print(
+                f"rnnkit: recompiled its CPU kernel in {time.perf_counter() - started:.0f} s (the build in "
+                f"{build_dir} was out of date: its compiler command or headers changed)",
+                file=sys.stderr,
+                flush=True,
+            )
         _warm_up(_kernel)
         _tried = True  # not before: a build cut short by Ctrl-C is tried again by the next call
     except Exception as exc:  # no compiler, no OpenMP, a read-only home...
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        warnings.warn(f"rnnkit: CPU kernel not built ({message[:200]}); training runs as PyTorch operations "
-                      "(the same math, about half the speed for the book's model)", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"rnnkit: CPU kernel not built ({message[:200]}); training runs as PyTorch operations "
+            "(the same math, about half the speed for the book's model)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         _kernel, _tried, _why_not = None, True, f"not built ({message[:200]})"
     return _kernel
 

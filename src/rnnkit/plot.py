@@ -45,10 +45,15 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
         raise RnnkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
     for number, row in enumerate(rows, 1):
         numeric = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-        if not (isinstance(row, dict) and all(numeric(row.get(k)) for k in METRIC_KEYS)
-                and (row.get("val_ppl") is None or numeric(row["val_ppl"]))):
-            raise RnnkitError(f"{path}: line {number} is not a metrics row (an object with numeric "
-                              f"{', '.join(METRIC_KEYS)}): {json.dumps(row)[:80]}")
+        if not (
+            isinstance(row, dict)
+            and all(numeric(row.get(k)) for k in METRIC_KEYS)
+            and (row.get("val_ppl") is None or numeric(row["val_ppl"]))
+        ):
+            raise RnnkitError(
+                f"{path}: line {number} is not a metrics row (an object with numeric "
+                f"{', '.join(METRIC_KEYS)}): {json.dumps(row)[:80]}"
+            )
     return rows
 
 
@@ -60,8 +65,13 @@ def render_curves(runs: list[tuple[str, list[dict]]]) -> bytes:
         color = f"C{i % 10}"
         epochs = [r["epoch"] for r in rows]
         ax_loss.plot(epochs, [r["train_loss"] for r in rows], color=color, label=label)
-        ax_ppl.plot(epochs, [r["train_ppl"] for r in rows], color=color, linestyle="--",
-                    label=f"{label} train" if len(runs) > 1 else "train ppl")
+        ax_ppl.plot(
+            epochs,
+            [r["train_ppl"] for r in rows],
+            color=color,
+            linestyle="--",
+            label=f"{label} train" if len(runs) > 1 else "train ppl",
+        )
         val = [(e, r.get("val_ppl")) for e, r in zip(epochs, rows, strict=True)]
         val = [(e, v) for e, v in val if v is not None and math.isfinite(v)]
         if val:

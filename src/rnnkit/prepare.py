@@ -55,8 +55,10 @@ def _texts(path: Path, encoding: str):
             offset += len(block)
         yield decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
-        raise RnnkitError(f"{path}: not valid {encoding} near byte {offset + exc.start}; pass --encoding, or "
-                          "--tokens bytes for any file") from None
+        raise RnnkitError(
+            f"{path}: not valid {encoding} near byte {offset + exc.start}; pass --encoding, or "
+            "--tokens bytes for any file"
+        ) from None
 
 
 def _codepoints(text: str) -> np.ndarray:
@@ -71,8 +73,13 @@ def _check_source(path: Path) -> None:
         raise RnnkitError(f"{path}: file is empty")
 
 
-def prepare(source: str | os.PathLike, out: str | os.PathLike, tokens: str = "char", encoding: str = "utf-8",
-            val_fraction: float = 0.1) -> dict:
+def prepare(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    tokens: str = "char",
+    encoding: str = "utf-8",
+    val_fraction: float = 0.1,
+) -> dict:
     """Write a data directory for ``source`` (module doc) and return its manifest."""
     from rnnkit.files import atomic_write, fsync_directory
 
@@ -98,10 +105,19 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, tokens: str = "ch
         vocab_bytes = (json.dumps(vocab, ensure_ascii=False) + "\n").encode()
         atomic_write(out / "vocab.json", vocab_bytes)
         fsync_directory(out)
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": str(source),
-                    "source_sha1": sha1, "source_bytes": size, "tokens": tokens, "encoding": encoding,
-                    "dtype": dtype.str, "vocab_size": len(idx_to_token), "vocab_sha1":
-                        hashlib.sha1(vocab_bytes).hexdigest(), "files": files}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "source": str(source),
+            "source_sha1": sha1,
+            "source_bytes": size,
+            "tokens": tokens,
+            "encoding": encoding,
+            "dtype": dtype.str,
+            "vocab_size": len(idx_to_token),
+            "vocab_sha1": hashlib.sha1(vocab_bytes).hexdigest(),
+            "files": files,
+        }
         atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     except OSError as exc:
         raise RnnkitError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -147,7 +163,7 @@ def _write_ids(out: Path, pieces, num_train: int, count: int) -> dict:
     hashes = {name: hashlib.sha1() for name in temps}
     for ids in pieces:
         for name, lo, hi in (("train", 0, num_train), ("val", num_train, count)):
-            part = ids[max(lo - written, 0):max(hi - written, 0)]
+            part = ids[max(lo - written, 0) : max(hi - written, 0)]
             if len(part):
                 data = part.tobytes()
                 handles[name].write(data)
@@ -158,8 +174,11 @@ def _write_ids(out: Path, pieces, num_train: int, count: int) -> dict:
         os.fsync(handle.fileno())
         handle.close()
         os.replace(temps[name], out / f"{name}.bin")
-        files[name] = {"name": f"{name}.bin", "tokens": num_train if name == "train" else count - num_train,
-                       "sha1": hashes[name].hexdigest()}
+        files[name] = {
+            "name": f"{name}.bin",
+            "tokens": num_train if name == "train" else count - num_train,
+            "sha1": hashes[name].hexdigest(),
+        }
     return files
 
 
@@ -215,8 +234,9 @@ def open_prepared(data_dir: str | os.PathLike, verify: bool = True) -> PreparedD
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise RnnkitError(f"{path}: not an rnnkit data manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise RnnkitError(f"{path}: data format {manifest.get('format_version')} is not {FORMAT_VERSION}; "
-                          "prepare it again")
+        raise RnnkitError(
+            f"{path}: data format {manifest.get('format_version')} is not {FORMAT_VERSION}; prepare it again"
+        )
     if hashlib.sha1(vocab_bytes).hexdigest() != manifest.get("vocab_sha1"):
         raise RnnkitError(f"{data_dir / 'vocab.json'}: does not match manifest.json (sha1)")
     try:
@@ -229,22 +249,27 @@ def open_prepared(data_dir: str | os.PathLike, verify: bool = True) -> PreparedD
                 raise RnnkitError(f"{data_dir}: {entry['name']} is missing")
             expected = entry["tokens"] * dtype.itemsize
             if file.stat().st_size != expected:
-                raise RnnkitError(f"{file}: {file.stat().st_size} bytes, but manifest.json says {entry['tokens']} "
-                                  f"tokens of {dtype.itemsize} bytes ({expected}); truncated or foreign")
+                raise RnnkitError(
+                    f"{file}: {file.stat().st_size} bytes, but manifest.json says {entry['tokens']} "
+                    f"tokens of {dtype.itemsize} bytes ({expected}); truncated or foreign"
+                )
             if verify:
                 digest = hashlib.sha1()
                 for block in _chunks(file):
                     digest.update(block)
                 if digest.hexdigest() != entry["sha1"]:
-                    raise RnnkitError(f"{file}: sha1 {digest.hexdigest()} does not match manifest.json's "
-                                      f"{entry['sha1']}; prepare again")
+                    raise RnnkitError(
+                        f"{file}: sha1 {digest.hexdigest()} does not match manifest.json's "
+                        f"{entry['sha1']}; prepare again"
+                    )
             parts[name] = MappedTokens(file, dtype.str, entry["tokens"])
         idx_to_token = vocab["idx_to_token"]
     except (KeyError, TypeError) as exc:
         raise RnnkitError(f"{path}: incomplete ({exc})") from None
     if len(idx_to_token) != manifest.get("vocab_size"):
-        raise RnnkitError(f"{data_dir}: vocab.json has {len(idx_to_token)} tokens, manifest.json says "
-                          f"{manifest.get('vocab_size')}")
+        raise RnnkitError(
+            f"{data_dir}: vocab.json has {len(idx_to_token)} tokens, manifest.json says {manifest.get('vocab_size')}"
+        )
     return PreparedData(manifest, idx_to_token, parts["train"], parts["val"])
 
 

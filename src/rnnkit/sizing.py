@@ -66,8 +66,20 @@ EPOCHS_FOR_DROPOUT = 50.0  # ... and so does one that reads its text this often
 IO_DROPOUT = 0.4  # dropout on the recurrent outputs, given beside DropConnect
 EMA = 0.998  # the weight average's decay, given with the output dropout
 ROWS_ON_CPU, ROWS_ON_ACCELERATOR = 8, 32  # batch rows: more updates on a CPU; a GPU's step costs the same for 8
-RECIPE = dict(model="lstm", layers=1, embedding=0, dropout=0.0, num_steps=64, optimizer="adamw",
-              lr=1e-2, weight_decay=0.01, clip=1.0, schedule="cosine", warmup=0.02, min_lr_ratio=0.1)
+RECIPE = dict(
+    model="lstm",
+    layers=1,
+    embedding=0,
+    dropout=0.0,
+    num_steps=64,
+    optimizer="adamw",
+    lr=1e-2,
+    weight_decay=0.01,
+    clip=1.0,
+    schedule="cosine",
+    warmup=0.02,
+    min_lr_ratio=0.1,
+)
 
 
 def trained_weights(vocab_size: int, width: int) -> int:
@@ -77,8 +89,9 @@ def trained_weights(vocab_size: int, width: int) -> int:
     return parameter_count("lstm", vocab_size, width) - GATES["lstm"] * width * vocab_size
 
 
-def measure_tokens_per_second(width: int, vocab_size: int, batch_size: int, num_steps: int,
-                              steps: int = 3, device: torch.device | str = "cpu") -> float:
+def measure_tokens_per_second(
+    width: int, vocab_size: int, batch_size: int, num_steps: int, steps: int = 3, device: torch.device | str = "cpu"
+) -> float:
     """Training tokens per second of the recipe's model at ``width`` on ``device`` (the one the run
     will train on; random ids, one untimed step first)."""
     from rnnkit.training.optim import compute_gradients
@@ -110,8 +123,9 @@ def synchronize(device: torch.device) -> None:
 SpeedOf = Callable[[int], float | None]  # width -> training tokens per second (None: look no further)
 
 
-def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float, *,
-                  speeds: Mapping[int, float] | None = None) -> tuple[object, dict]:
+def choose_config(
+    config, train_tokens: int, vocab_size: int, budget_s: float, *, speeds: Mapping[int, float] | None = None
+) -> tuple[object, dict]:
     """The recipe with the width and the regularisation chosen for ``budget_s`` seconds and
     ``train_tokens`` characters of training text (module doc); returns (config, report), the report
     saying what the choice was made from.
@@ -121,8 +135,10 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float, *
     ``"measuring_s": 0``. Without it the speeds are measured, and the seconds that takes
     (``measuring_s``) belong to the budget."""
     if train_tokens < MIN_TRAIN_TOKENS:
-        raise RnnkitError(f"the training text has {train_tokens} characters; sizing a model needs at least "
-                          f"{MIN_TRAIN_TOKENS} (or give --model/--hidden yourself)")
+        raise RnnkitError(
+            f"the training text has {train_tokens} characters; sizing a model needs at least "
+            f"{MIN_TRAIN_TOKENS} (or give --model/--hidden yourself)"
+        )
     from rnnkit.training.device import select_device
 
     device = select_device(config.device)
@@ -136,16 +152,25 @@ def choose_config(config, train_tokens: int, vocab_size: int, budget_s: float, *
     epochs = seen[chosen] * budget_s / train_tokens  # passes over the text the budget buys
     weights_per_character = trained_weights(vocab_size, chosen) / train_tokens
     weight_drop, io_dropout, ema = regularisation(weights_per_character, epochs)
-    report = {"hidden": chosen, "device": str(device), "speeds": "measured" if speeds is None else "given",
-              "tokens_per_s": seen, "parameters": parameter_count("lstm", vocab_size, chosen),
-              "epochs": round(epochs, 1), "weights_per_character": round(weights_per_character, 2),
-              "weight_drop": weight_drop, "io_dropout": io_dropout, "ema": ema,
-              "measuring_s": round(time.perf_counter() - started, 2) if speeds is None else 0.0}
+    report = {
+        "hidden": chosen,
+        "device": str(device),
+        "speeds": "measured" if speeds is None else "given",
+        "tokens_per_s": seen,
+        "parameters": parameter_count("lstm", vocab_size, chosen),
+        "epochs": round(epochs, 1),
+        "weights_per_character": round(weights_per_character, 2),
+        "weight_drop": weight_drop,
+        "io_dropout": io_dropout,
+        "ema": ema,
+        "measuring_s": round(time.perf_counter() - started, 2) if speeds is None else 0.0,
+    }
     return replace(recipe, hidden=chosen, weight_drop=weight_drop, io_dropout=io_dropout, ema=ema), report
 
 
-def choose_width(widths: tuple[int, ...], speed_of: SpeedOf, vocab_size: int, train_tokens: int,
-                 budget_s: float) -> tuple[int, dict[int, int]]:
+def choose_width(
+    widths: tuple[int, ...], speed_of: SpeedOf, vocab_size: int, train_tokens: int, budget_s: float
+) -> tuple[int, dict[int, int]]:
     """The widest of ``widths`` (narrowest first) whose speed buys :data:`TOKENS_PER_PARAMETER`
     training characters per trained weight and that stays within :data:`PARAMETERS_PER_TOKEN`
     weights per character of text; the narrowest is kept whatever its speed. Returns it and the
@@ -176,8 +201,7 @@ def regularisation(weights_per_character: float, epochs: float) -> tuple[float, 
     return WEIGHT_DROP, 0.0, 0.0
 
 
-def measured_speeds(vocab_size: int, batch_size: int, num_steps: int, device: torch.device,
-                    budget_s: float) -> SpeedOf:
+def measured_speeds(vocab_size: int, batch_size: int, num_steps: int, device: torch.device, budget_s: float) -> SpeedOf:
     """``speed_of(width)``: the recipe's training tokens per second at ``width``, measured on
     ``device``; None once measuring has taken :data:`MEASURING_SHARE` of the budget, counted from
     the end of the first measurement (which also starts the device: a CUDA context, the CPU
@@ -202,9 +226,17 @@ def given_widths(speeds: Mapping[int, float]) -> tuple[int, ...]:
     if not speeds:
         raise RnnkitError("speeds must give at least one width's training tokens per second")
     for width, speed in speeds.items():
-        if (isinstance(width, bool) or not isinstance(width, int) or width < 1
-                or isinstance(speed, bool) or not isinstance(speed, (int, float)) or not math.isfinite(speed)
-                or speed <= 0):
-            raise RnnkitError(f"speeds must map widths (positive integers) to training tokens per second "
-                              f"(positive numbers), got {width!r}: {speed!r}")
+        if (
+            isinstance(width, bool)
+            or not isinstance(width, int)
+            or width < 1
+            or isinstance(speed, bool)
+            or not isinstance(speed, (int, float))
+            or not math.isfinite(speed)
+            or speed <= 0
+        ):
+            raise RnnkitError(
+                f"speeds must map widths (positive integers) to training tokens per second "
+                f"(positive numbers), got {width!r}: {speed!r}"
+            )
     return tuple(sorted(speeds))

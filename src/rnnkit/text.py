@@ -65,14 +65,29 @@ CORPORA: dict[str, CorpusEntry] = {
         "Tiny Shakespeare (karpathy/char-rnn's data/tinyshakespeare/input.txt; nanoGPT's shakespeare_char)",
     ),
     "war_of_the_worlds": CorpusEntry(
-        "war_of_the_worlds", "war_of_the_worlds.txt", GUTENBERG_URL.format(36), None,
-        "H. G. Wells, The War of the Worlds (Project Gutenberg #36)", gutenberg=True),
+        "war_of_the_worlds",
+        "war_of_the_worlds.txt",
+        GUTENBERG_URL.format(36),
+        None,
+        "H. G. Wells, The War of the Worlds (Project Gutenberg #36)",
+        gutenberg=True,
+    ),
     "pride_and_prejudice": CorpusEntry(
-        "pride_and_prejudice", "pride_and_prejudice.txt", GUTENBERG_URL.format(1342), None,
-        "Jane Austen, Pride and Prejudice (Project Gutenberg #1342)", gutenberg=True),
+        "pride_and_prejudice",
+        "pride_and_prejudice.txt",
+        GUTENBERG_URL.format(1342),
+        None,
+        "Jane Austen, Pride and Prejudice (Project Gutenberg #1342)",
+        gutenberg=True,
+    ),
     "alice": CorpusEntry(
-        "alice", "alice.txt", GUTENBERG_URL.format(11), None,
-        "Lewis Carroll, Alice's Adventures in Wonderland (Project Gutenberg #11)", gutenberg=True),
+        "alice",
+        "alice.txt",
+        GUTENBERG_URL.format(11),
+        None,
+        "Lewis Carroll, Alice's Adventures in Wonderland (Project Gutenberg #11)",
+        gutenberg=True,
+    ),
 }
 
 PREPROCESS_MODES = ("d2l", "raw")
@@ -149,8 +164,7 @@ def _download(entry: CorpusEntry, dest: Path) -> None:
         expected = expected_sha1(entry)
         if expected is not None and digest.hexdigest() != expected:
             raise RnnkitError(
-                f"download of {url} has sha1 {digest.hexdigest()}, expected {expected}; "
-                "nothing was saved"
+                f"download of {url} has sha1 {digest.hexdigest()}, expected {expected}; nothing was saved"
             )
         os.replace(tmp, dest)
         if expected is None:
@@ -239,7 +253,7 @@ def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
     except OSError as exc:
         raise RnnkitError(f"{path}: cannot read ({exc.strerror})") from None
     wide = codec.startswith(("utf-16", "utf-32"))  # their text is full of NUL bytes: look after decoding
-    if data.startswith(_BINARY_MAGIC) or (not wide and b"\x00" in data[:1 << 16]):
+    if data.startswith(_BINARY_MAGIC) or (not wide and b"\x00" in data[: 1 << 16]):
         raise RnnkitError(f"{path}: not a text file (binary data)")
     try:
         text = data.decode(encoding)
@@ -250,7 +264,7 @@ def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
         ) from None
     if not text.strip():
         raise RnnkitError(f"{path}: file is empty")
-    if "\x00" in text[:1 << 16]:
+    if "\x00" in text[: 1 << 16]:
         raise RnnkitError(f"{path}: not a text file (binary data)")
     return text
 
@@ -264,15 +278,16 @@ def strip_gutenberg(text: str) -> str:
     (unchanged if it has neither)."""
     start = _GUTENBERG_START.search(text)
     if start:
-        text = text[start.end():]
+        text = text[start.end() :]
     end = _GUTENBERG_END.search(text)
     if end:
-        text = text[:end.start()]
+        text = text[: end.start()]
     return text.strip("\r\n") + "\n"
 
 
-def load_corpus_text(name_or_path: str | os.PathLike, encoding: str = "utf-8",
-                     strip_gutenberg_header: bool | None = None) -> str:
+def load_corpus_text(
+    name_or_path: str | os.PathLike, encoding: str = "utf-8", strip_gutenberg_header: bool | None = None
+) -> str:
     """Find (see :func:`find_corpus`) and read a corpus; strip a Gutenberg header and footer when
     asked, or by default for the built-in Gutenberg books."""
     text = read_text(find_corpus(name_or_path), encoding)

@@ -24,11 +24,36 @@ from rnnkit.training.records import EpochStats, EvalPoint
 from rnnkit.training.steps import CapturedGradients
 from rnnkit.training.trainer import Trainer
 
-__all__ = ["CUDA_GRAPHS", "EVAL_BATCH_TOKENS", "OPTIMIZERS", "SCHEDULES", "STREAM_WARMUP", "VALIDATION_LANES",
-           "CapturedGradients", "EpochStats", "EvalPoint", "TrainConfig", "Trainer", "available_memory",
-           "bits_per_token", "characters_predicted", "check_memory", "clip_gradients", "compute_gradients",
-           "compute_shared_gradients", "keep_freed_memory", "lr_factor", "make_optimizer", "memory_needed",
-           "perplexity", "safe_exp", "select_device", "stream_nll", "validation_lanes", "window_nll"]
+__all__ = [
+    "CUDA_GRAPHS",
+    "EVAL_BATCH_TOKENS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "STREAM_WARMUP",
+    "VALIDATION_LANES",
+    "CapturedGradients",
+    "EpochStats",
+    "EvalPoint",
+    "TrainConfig",
+    "Trainer",
+    "available_memory",
+    "bits_per_token",
+    "characters_predicted",
+    "check_memory",
+    "clip_gradients",
+    "compute_gradients",
+    "compute_shared_gradients",
+    "keep_freed_memory",
+    "lr_factor",
+    "make_optimizer",
+    "memory_needed",
+    "perplexity",
+    "safe_exp",
+    "select_device",
+    "stream_nll",
+    "validation_lanes",
+    "window_nll",
+]
 
 
 class _CallableModule(types.ModuleType):

@@ -29,12 +29,12 @@ def fused_loss(model: RNNLM, X: torch.Tensor, Y: torch.Tensor, state: State = No
     recurrent = isinstance(model.rnn, Recurrent)  # nn.RNN's state is (1, B, H), RNNScratch's (B, H)
     if isinstance(state, (tuple, list)):
         (state,) = state
-    h0 = X.new_zeros(X.shape[0], W.shape[0], dtype=W.dtype) if state is None else (
-        state[0] if recurrent else state)
+    h0 = X.new_zeros(X.shape[0], W.shape[0], dtype=W.dtype) if state is None else (state[0] if recurrent else state)
     head = model.head
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (h0, table, W, head.weight, head.bias))
-    total, last = _FusedRNNLoss.apply(X.long(), Y.long(), h0, table, W, head.weight, head.bias,
-                                      activation == "relu", need_grad, kernel)
+    total, last = _FusedRNNLoss.apply(
+        X.long(), Y.long(), h0, table, W, head.weight, head.bias, activation == "relu", need_grad, kernel
+    )
     return total, (last.unsqueeze(0) if recurrent else last)
 
 
@@ -76,5 +76,6 @@ def _recomputed_gradients(ctx, grad_loss, grad_last) -> list[torch.Tensor]:
         grad_loss = torch.zeros_like(loss) if grad_loss is None else grad_loss
         grads = torch.autograd.grad((loss, last), leaves, (grad_loss, grad_last), allow_unused=True)
     grad_h0, grad_table, grad_W, grad_weight, grad_bias = (
-        torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves, strict=True))
+        torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves, strict=True)
+    )
     return [grad_table, grad_W, grad_h0, grad_weight, grad_bias]

@@ -60,19 +60,30 @@ class RNNScratch(nn.Module):
             (state,) = state
         if inputs.dtype in (torch.int64, torch.int32):
             return recurrence(inputs, *self.one_hot_weights(), state=state)
-        return recurrence(torch.addmm(self.b_h, inputs.flatten(0, -2), self.W_xh).view(*inputs.shape[:-1], -1),
-                          None, self.W_hh, self.activation, state)
+        return recurrence(
+            torch.addmm(self.b_h, inputs.flatten(0, -2), self.W_xh).view(*inputs.shape[:-1], -1),
+            None,
+            self.W_hh,
+            self.activation,
+            state,
+        )
 
-    def run_recurrence(self, inputs: torch.Tensor, state: State = None,
-                       weight_drop: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_recurrence(
+        self, inputs: torch.Tensor, state: State = None, weight_drop: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward`; the scratch model has no DropConnect (``weight_drop`` must be 0)."""
         if weight_drop:
             raise RnnkitError("weight drop applies to --model rnn, gru and lstm, not scratch")
         return self(inputs, state)
 
 
-def recurrence(inputs: torch.Tensor, table: torch.Tensor | None, W_hh: torch.Tensor, activation: str = "tanh",
-               state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def recurrence(
+    inputs: torch.Tensor,
+    table: torch.Tensor | None,
+    W_hh: torch.Tensor,
+    activation: str = "tanh",
+    state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``H_t = phi(P_t + H_{t-1} @ W_hh)`` for t = 1..T; returns (outputs (T, B, H), H_T).
 
     ``P`` is ``table[inputs]`` for token indices ``inputs`` (T, B) and a table (V, H) — the one-hot
@@ -136,8 +147,15 @@ class Recurrent(nn.Module):
     same math, faster there), else :meth:`run_module`, the PyTorch module (cuDNN on CUDA).
     """
 
-    def __init__(self, kind: str, num_inputs: int, num_hiddens: int, num_layers: int = 1,
-                 dropout: float = 0.0, activation: str = "tanh") -> None:
+    def __init__(
+        self,
+        kind: str,
+        num_inputs: int,
+        num_hiddens: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        activation: str = "tanh",
+    ) -> None:
         super().__init__()
         self.kind, self.num_inputs, self.num_hiddens = kind, num_inputs, num_hiddens
         if kind == "rnn":
@@ -169,33 +187,44 @@ class Recurrent(nn.Module):
         and the hand-written BPTT is faster than ``nn.RNN``'s."""
         return one_hot and device.type == "cpu" and self.one_hot_recurrence
 
-    def forward(self, inputs: torch.Tensor, state: State = None,
-                weight_drop: float = 0.0) -> tuple[torch.Tensor, State]:
+    def forward(
+        self, inputs: torch.Tensor, state: State = None, weight_drop: float = 0.0
+    ) -> tuple[torch.Tensor, State]:
         """``weight_drop``: DropConnect on the hidden-to-hidden weights, one mask for the whole call
         (the same dropped connections at every time step; Merity et al.'s AWD-LSTM)."""
         if self.runs_recurrence(is_token_ids(inputs), inputs.device):
             return self.run_recurrence(inputs, state, weight_drop)
         return self.run_module(inputs, state, weight_drop)
 
-    def run_recurrence(self, ids: torch.Tensor, state: State = None,
-                       weight_drop: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_recurrence(
+        self, ids: torch.Tensor, state: State = None, weight_drop: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A one-layer ``nn.RNN`` on token ids (T, B) as :func:`recurrence`; state (1, B, H).
         DropConnect drops entries of ``W_hh`` (one mask for the call)."""
         table, W_hh, activation = self.one_hot_weights()
-        outputs, last = recurrence(ids, table, F.dropout(W_hh, weight_drop) if weight_drop else W_hh,
-                                   activation, None if state is None else state[0])
+        outputs, last = recurrence(
+            ids,
+            table,
+            F.dropout(W_hh, weight_drop) if weight_drop else W_hh,
+            activation,
+            None if state is None else state[0],
+        )
         return outputs, last.unsqueeze(0)
 
-    def run_module(self, inputs: torch.Tensor, state: State = None,
-                   weight_drop: float = 0.0) -> tuple[torch.Tensor, State]:
+    def run_module(
+        self, inputs: torch.Tensor, state: State = None, weight_drop: float = 0.0
+    ) -> tuple[torch.Tensor, State]:
         """The PyTorch module; token ids become one-hot rows of the identity (without F.one_hot's
         int64 scatter). DropConnect swaps in dropped copies of the ``weight_hh_l*`` through
         ``torch.func.functional_call`` (masks drawn layer by layer)."""
         if is_token_ids(inputs):
             inputs = F.embedding(inputs, self.identity)
         if weight_drop:
-            dropped = {name: F.dropout(getattr(self.rnn, name), weight_drop)
-                       for name in self.rnn._flat_weights_names if name.startswith("weight_hh")}
+            dropped = {
+                name: F.dropout(getattr(self.rnn, name), weight_drop)
+                for name in self.rnn._flat_weights_names
+                if name.startswith("weight_hh")
+            }
             with warnings.catch_warnings():  # cuDNN copies weights outside its flat buffer (dropped ones always
                 # are) and would warn at every step
                 warnings.filterwarnings("ignore", "RNN module weights are not part of single contiguous")

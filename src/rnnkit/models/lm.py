@@ -42,8 +42,14 @@ class RNNLM(nn.Module):
     AWD-LSTM; not for RNNScratch). Both are probabilities in [0, 1).
     """
 
-    def __init__(self, rnn: nn.Module, vocab_size: int, embedding_dim: int | None = None,
-                 io_dropout: float = 0.0, weight_drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        rnn: nn.Module,
+        vocab_size: int,
+        embedding_dim: int | None = None,
+        io_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+    ) -> None:
         super().__init__()
         self.rnn, self.vocab_size = rnn, vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
@@ -81,8 +87,9 @@ class RNNLM(nn.Module):
         """Recurrent outputs (T, B, H) for tokens X (B, T), and the final state."""
         return self._hidden(choose_path(self, X, purpose="forward"), X, state)
 
-    def loss(self, X: torch.Tensor, Y: torch.Tensor, state: State = None,
-             reduction: str = "mean") -> tuple[torch.Tensor, State]:
+    def loss(
+        self, X: torch.Tensor, Y: torch.Tensor, state: State = None, reduction: str = "mean"
+    ) -> tuple[torch.Tensor, State]:
         """Cross-entropy of predicting ``Y`` (B, T) from ``X`` (B, T), mean or sum, and the final
         state; the logits are never kept (:func:`linear_cross_entropy`, or the fused kernel)."""
         path = choose_path(self, X, purpose="loss")
@@ -92,8 +99,9 @@ class RNNLM(nn.Module):
             total, state = fused_loss(self, X, Y, state)
         else:
             outputs, state = self._hidden(path, X, state)
-            total = linear_cross_entropy(outputs.reshape(-1, outputs.shape[-1]), self.head.weight, self.head.bias,
-                                         Y.T.reshape(-1))
+            total = linear_cross_entropy(
+                outputs.reshape(-1, outputs.shape[-1]), self.head.weight, self.head.bias, Y.T.reshape(-1)
+            )
         return (total / Y.numel() if reduction == "mean" else total), state
 
     def _hidden(self, path: ExecutionPath, X: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -152,7 +160,7 @@ class RNNLM(nn.Module):
         def step(ids: Sequence[int], state: State) -> tuple[torch.Tensor, State]:
             h = W_hh.new_zeros(1, W_hh.shape[0]) if state is None else (state[0] if layered else state)
             for i in ids:
-                h = activation_(torch.addmm(table[i:i + 1], h, W_hh))
+                h = activation_(torch.addmm(table[i : i + 1], h, W_hh))
             return torch.addmm(head_bias, h, head_weight_t)[0], (h.unsqueeze(0) if layered else h)
 
         return step
@@ -173,22 +181,38 @@ def state_batch_dim(model: RNNLM) -> int:
 def parameter_count(kind: str, vocab_size: int, hidden: int, layers: int = 1, embedding: int = 0) -> int:
     """Parameters of :func:`build_model`'s model, computed without building it."""
     gates, num_inputs = GATES[kind], embedding or vocab_size
-    return (gates * hidden * (num_inputs + hidden + 2) + (layers - 1) * gates * hidden * (2 * hidden + 2)
-            + hidden * vocab_size + vocab_size + vocab_size * embedding)
+    return (
+        gates * hidden * (num_inputs + hidden + 2)
+        + (layers - 1) * gates * hidden * (2 * hidden + 2)
+        + hidden * vocab_size
+        + vocab_size
+        + vocab_size * embedding
+    )
 
 
 def check_parameter_count(kind: str, vocab_size: int, hidden: int, layers: int = 1, embedding: int = 0) -> int:
     """The model's parameter count; an error above :data:`MAX_PARAMETERS` (a typo, not a model)."""
     count = parameter_count(kind, vocab_size, hidden, layers, embedding)
     if count > MAX_PARAMETERS:
-        raise RnnkitError(f"model would have {count:,} parameters ({count * 4 / 2**30:.1f} GiB); "
-                          f"the limit is {MAX_PARAMETERS:,}: lower --hidden, --layers or --embedding")
+        raise RnnkitError(
+            f"model would have {count:,} parameters ({count * 4 / 2**30:.1f} GiB); "
+            f"the limit is {MAX_PARAMETERS:,}: lower --hidden, --layers or --embedding"
+        )
     return count
 
 
-def build_model(kind: str, vocab_size: int, hidden: int, layers: int = 1, dropout: float = 0.0,
-                embedding: int = 0, activation: str = "tanh", tie_weights: bool = False,
-                io_dropout: float = 0.0, weight_drop: float = 0.0) -> RNNLM:
+def build_model(
+    kind: str,
+    vocab_size: int,
+    hidden: int,
+    layers: int = 1,
+    dropout: float = 0.0,
+    embedding: int = 0,
+    activation: str = "tanh",
+    tie_weights: bool = False,
+    io_dropout: float = 0.0,
+    weight_drop: float = 0.0,
+) -> RNNLM:
     """The model a run's config describes (``embedding=0`` means one-hot input). ``dropout``: between
     layers (``nn.RNN``'s); ``io_dropout`` and ``weight_drop``: see :class:`RNNLM`. ``tie_weights``:
     the output layer's weight is the embedding's (Press & Wolf; needs ``embedding == hidden``)."""
@@ -210,7 +234,9 @@ def build_model(kind: str, vocab_size: int, hidden: int, layers: int = 1, dropou
     model = RNNLM(rnn, vocab_size, embedding or None, io_dropout, weight_drop)
     if tie_weights:
         if embedding != hidden:
-            raise RnnkitError(f"tying weights needs --embedding equal to --hidden (the output layer is "
-                              f"{vocab_size}x{hidden}, the embedding {vocab_size}x{embedding or 'one-hot'})")
+            raise RnnkitError(
+                f"tying weights needs --embedding equal to --hidden (the output layer is "
+                f"{vocab_size}x{hidden}, the embedding {vocab_size}x{embedding or 'one-hot'})"
+            )
         model.head.weight = model.embedding.weight
     return model

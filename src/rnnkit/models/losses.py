@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def linear_cross_entropy(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                         targets: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy(
+    inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Summed cross-entropy of ``inputs @ weight.T + bias`` (N, V) against ``targets`` (N,).
 
     Equal to ``F.cross_entropy(F.linear(inputs, weight, bias), targets, reduction="sum")``; the

@@ -34,7 +34,13 @@ if TYPE_CHECKING:
     from rnnkit.models.lm import RNNLM
 
 KERNEL, RECURRENCE, TORCH, MODULE, LEAN_STEP, REFERENCE = (
-    "kernel", "recurrence", "torch", "module", "lean-step", "reference")
+    "kernel",
+    "recurrence",
+    "torch",
+    "module",
+    "lean-step",
+    "reference",
+)
 PURPOSES = ("loss", "forward", "step", "layers")
 BACKENDS = {"cuda": "cuDNN", "cpu": "ATen"}
 
@@ -60,8 +66,12 @@ class ExecutionPath:
             return f"nn.{type(self.model.rnn.rnn).__name__} ({BACKENDS.get(self.device.type, self.device.type)})"
         if self.name == MODULE:
             return f"{type(self.model.rnn).__name__}.forward"
-        return {KERNEL: "fused CPU kernel", RECURRENCE: "rnnkit recurrence (hand-written BPTT)",
-                LEAN_STEP: "lean generation step", REFERENCE: "reference (plain PyTorch)"}[self.name]
+        return {
+            KERNEL: "fused CPU kernel",
+            RECURRENCE: "rnnkit recurrence (hand-written BPTT)",
+            LEAN_STEP: "lean generation step",
+            REFERENCE: "reference (plain PyTorch)",
+        }[self.name]
 
     @property
     def reason(self) -> str:
@@ -87,8 +97,14 @@ class ExecutionPath:
         return f"{self.label}: {self.reason}"
 
 
-def choose_path(model: RNNLM, X: torch.Tensor | None = None, *, purpose: str = "loss", training: bool | None = None,
-                device: torch.device | str | None = None) -> ExecutionPath:
+def choose_path(
+    model: RNNLM,
+    X: torch.Tensor | None = None,
+    *,
+    purpose: str = "loss",
+    training: bool | None = None,
+    device: torch.device | str | None = None,
+) -> ExecutionPath:
     """The path a call of ``model`` takes, decided from the model's settings (layer, input, dtype,
     dropout), the inputs' device (``X`` (B, T), else ``device``, else the model's), training or
     evaluation (``training``, else the model's mode), CPU autocast and the compiled kernel.

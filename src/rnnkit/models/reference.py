@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 LayerStates = list[tuple[torch.Tensor, torch.Tensor | None]]  # per layer: h (T, B, H), LSTM's c or None
 
 
-def reference_loss(model: RNNLM, X: torch.Tensor, Y: torch.Tensor, state: State = None,
-                   reduction: str = "mean") -> tuple[torch.Tensor, State]:
+def reference_loss(
+    model: RNNLM, X: torch.Tensor, Y: torch.Tensor, state: State = None, reduction: str = "mean"
+) -> tuple[torch.Tensor, State]:
     """Cross-entropy of predicting ``Y`` (B, T) from ``X`` (B, T) (mean or sum), and the final state."""
     logits, state = reference_forward(model, X, state)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.T.reshape(-1).long(), reduction="sum")
@@ -73,8 +74,9 @@ def reference_hidden(model: RNNLM, X: torch.Tensor, state: State = None) -> tupl
     return outputs, _final_state(rnn, per_layer), per_layer
 
 
-def _run_layer(kind: str, phi, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None,
-               weights: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _run_layer(
+    kind: str, phi, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, weights: tuple
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One layer over the sequence: x (T, B, D), h and c (B, H) -> h_t and c_t for every t (T, B, H)."""
     hs, cs = [], []
     for x_t in x:
@@ -132,8 +134,10 @@ def _layer_weights(rnn) -> list[tuple]:
     if isinstance(rnn, RNNScratch):
         return [(rnn.W_xh, rnn.W_hh, rnn.b_h)]
     module = rnn.rnn
-    return [tuple(getattr(module, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-            for layer in range(module.num_layers)]
+    return [
+        tuple(getattr(module, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        for layer in range(module.num_layers)
+    ]
 
 
 def _initial_state(model: RNNLM, state: State, batch: int, x: torch.Tensor) -> tuple[list, list]:

@@ -114,14 +114,22 @@ class Run:
         model, vocab, config, meta = load_run(self.directory, checkpoint=choice)
         note = ""
         if choice == "best":
-            note = (f"rnnkit: using the best checkpoint (step {best['step']}, val loss {best['val_loss']:.4f}); "
-                    "--checkpoint last for the final weights")
+            note = (
+                f"rnnkit: using the best checkpoint (step {best['step']}, val loss {best['val_loss']:.4f}); "
+                "--checkpoint last for the final weights"
+            )
         elif best:
             note = f"rnnkit: using the last checkpoint (epoch {meta['epoch']})"
         return LoadedModel(model, vocab, config, meta, choice, note)
 
-    def generation(self, prefix: str = "", n: int = 200, sampling: Sampling | None = None, seed: int | None = None,
-                   checkpoint: str | None = None) -> Generation:
+    def generation(
+        self,
+        prefix: str = "",
+        n: int = 200,
+        sampling: Sampling | None = None,
+        seed: int | None = None,
+        checkpoint: str | None = None,
+    ) -> Generation:
         """``prefix`` (read as the training text was) and ``n`` tokens after it, as they come (``rnnkit
         generate``): greedy unless ``sampling`` says otherwise."""
         from rnnkit.generate import generate
@@ -143,18 +151,36 @@ class Run:
 
         notes = [loaded.note] if loaded.note else []
         if read != prefix:
-            notes.append(f"rnnkit: note: prefix preprocessed as the training text was (--preprocess "
-                         f"{config.preprocess}): {prefix!r} -> {read!r}")
+            notes.append(
+                f"rnnkit: note: prefix preprocessed as the training text was (--preprocess "
+                f"{config.preprocess}): {prefix!r} -> {read!r}"
+            )
         return Generation(pieces(), notes)
 
-    def generate(self, prefix: str = "", n: int = 200, *, greedy: bool = False, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, alpha: float = 1.0, seed: int | None = None,
-                 checkpoint: str | None = None) -> str:
+    def generate(
+        self,
+        prefix: str = "",
+        n: int = 200,
+        *,
+        greedy: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        alpha: float = 1.0,
+        seed: int | None = None,
+        checkpoint: str | None = None,
+    ) -> str:
         """``prefix`` followed by ``n`` generated tokens (:class:`~rnnkit.generate.Sampling`'s knobs)."""
         return self.generation(prefix, n, Sampling(greedy, temperature, top_k, top_p, alpha), seed, checkpoint).text()
 
-    def evaluate(self, corpus: str | None = None, *, encoding: str | None = None, strip_gutenberg: bool = False,
-                 checkpoint: str | None = None) -> Evaluation:
+    def evaluate(
+        self,
+        corpus: str | None = None,
+        *,
+        encoding: str | None = None,
+        strip_gutenberg: bool = False,
+        checkpoint: str | None = None,
+    ) -> Evaluation:
         """Perplexity and bits per character on ``corpus`` (a built-in name or a path; default: the
         run's own corpus, or a prepared run's held-out tokens), as ``rnnkit eval``."""
         from rnnkit.evaluate import evaluate_text, evaluate_tokens
@@ -169,13 +195,15 @@ class Run:
             val = open_prepared(config.data).val
             if len(val) < 2:
                 raise RnnkitError(f"{config.data}: no held-out tokens to evaluate; pass --corpus")
-            evaluation = evaluate_tokens(loaded.model, val, f"{config.data} (held-out part)",
-                                         tokenizer_for(config.tokens).unit)
+            evaluation = evaluate_tokens(
+                loaded.model, val, f"{config.data} (held-out part)", tokenizer_for(config.tokens).unit
+            )
         else:
             strip = strip_gutenberg or (config.strip_gutenberg if corpus is None else False) or None
             text = load_corpus_text(corpus or config.corpus, encoding or config.encoding, strip)
-            evaluation = evaluate_text(loaded.model, loaded.vocab, text, str(corpus or config.corpus),
-                                       config.preprocess, config.tokens)
+            evaluation = evaluate_text(
+                loaded.model, loaded.vocab, text, str(corpus or config.corpus), config.preprocess, config.tokens
+            )
         evaluation.note = loaded.note
         return evaluation
 

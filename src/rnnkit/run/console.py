@@ -67,32 +67,41 @@ class Console(Callback):
 
     def sized(self, config: TrainConfig, budget_s: float, train_tokens: int, report: dict) -> None:
         speeds = ", ".join(f"{w}: {v:,}" for w, v in report["tokens_per_s"].items())
-        self.tell(f"sized for {budget_s:g} s and {train_tokens:,} training characters: LSTM 1x{config.hidden} "
-                  f"({report['parameters']:,} parameters; {report['epochs']:g} passes over the text, "
-                  f"{report['weights_per_character']:g} trained weights per character), "
-                  f"batch {config.batch_size}x{config.num_steps}, "
-                  f"{'weight drop ' + str(config.weight_drop) + ', ' if config.weight_drop else ''}"
-                  f"{'io-dropout ' + str(config.io_dropout) + ', ' if config.io_dropout else ''}"
-                  f"{'weight average (ema) ' + str(config.ema) + ', ' if config.ema else ''}AdamW "
-                  f"{config.lr:g} with warmup and cosine decay ({report.get('speeds', 'measured')} tokens/s by "
-                  f"width on {report['device']}: {speeds}; {report['measuring_s']} s)")
+        self.tell(
+            f"sized for {budget_s:g} s and {train_tokens:,} training characters: LSTM 1x{config.hidden} "
+            f"({report['parameters']:,} parameters; {report['epochs']:g} passes over the text, "
+            f"{report['weights_per_character']:g} trained weights per character), "
+            f"batch {config.batch_size}x{config.num_steps}, "
+            f"{'weight drop ' + str(config.weight_drop) + ', ' if config.weight_drop else ''}"
+            f"{'io-dropout ' + str(config.io_dropout) + ', ' if config.io_dropout else ''}"
+            f"{'weight average (ema) ' + str(config.ema) + ', ' if config.ema else ''}AdamW "
+            f"{config.lr:g} with warmup and cosine decay ({report.get('speeds', 'measured')} tokens/s by "
+            f"width on {report['device']}: {speeds}; {report['measuring_s']} s)"
+        )
 
     def started(self, trainer: Trainer) -> None:
         """The run's first lines: the corpus, the model, where it trains and how."""
-        self.prefixes = [p for p in (self.options.sample_prefixes or default_sample_prefixes(trainer))
-                         if not trainer.vocab.unknown(p) or trainer.vocab.unk_token]
+        self.prefixes = [
+            p
+            for p in (self.options.sample_prefixes or default_sample_prefixes(trainer))
+            if not trainer.vocab.unknown(p) or trainer.vocab.unk_token
+        ]
         config, world = trainer.config, trainer.world
         if tokenizer_for(config.tokens).open_vocabulary:  # words: the rare ones are read as <unk>
             share = trainer.unknown_tokens / max(1, len(trainer.corpus))
-            self.tell(f"words: {len(trainer.vocab) - 1:,} kept (seen at least {max(config.min_freq, 1)} times); "
-                      f"{trainer.unknown_tokens:,} of {len(trainer.corpus):,} words ({share:.1%}) read as <unk>")
+            self.tell(
+                f"words: {len(trainer.vocab) - 1:,} kept (seen at least {max(config.min_freq, 1)} times); "
+                f"{trainer.unknown_tokens:,} of {len(trainer.corpus):,} words ({share:.1%}) read as <unk>"
+            )
         path = training_path(trainer)
         processes = f", {world.size} processes ({config.batch_size // world.size} rows each)" if world.size > 1 else ""
-        self.tell(f"corpus {config.corpus}: {len(trainer.corpus)} tokens, vocab {len(trainer.vocab)}, "
-                  f"{len(trainer.data.train)} batches/epoch; model {config.model} hidden {config.hidden} "
-                  f"({sum(p.numel() for p in trainer.model.parameters()):,} parameters) on {trainer.device}"
-                  f"{f' ({path})' if path else ''}"
-                  f"{processes}")
+        self.tell(
+            f"corpus {config.corpus}: {len(trainer.corpus)} tokens, vocab {len(trainer.vocab)}, "
+            f"{len(trainer.data.train)} batches/epoch; model {config.model} hidden {config.hidden} "
+            f"({sum(p.numel() for p in trainer.model.parameters()):,} parameters) on {trainer.device}"
+            f"{f' ({path})' if path else ''}"
+            f"{processes}"
+        )
 
     def on_batch_end(self, trainer: Trainer, tokens: int, loss) -> None:
         if self.quiet:
@@ -102,9 +111,14 @@ class Console(Callback):
 
             epoch = len(trainer.history) + 1
             total = trainer.data.train.num_windows * trainer.config.num_steps
-            self.bar = tqdm(total=total, unit="tok", unit_scale=True, leave=False, disable=None,
-                            desc=f"epoch {epoch}" if trainer.config.time_budget
-                            else f"epoch {epoch}/{trainer.config.epochs}")
+            self.bar = tqdm(
+                total=total,
+                unit="tok",
+                unit_scale=True,
+                leave=False,
+                disable=None,
+                desc=f"epoch {epoch}" if trainer.config.time_budget else f"epoch {epoch}/{trainer.config.epochs}",
+            )
         self.bar.update(tokens)
         now = time.monotonic()
         if now - self.last_postfix > 0.5:  # .item() syncs a GPU: only a few times a second
@@ -121,8 +135,11 @@ class Console(Callback):
         self.close_bar()
         if self.quiet:
             return
-        print(f"epoch {stats.epoch:4d}  train loss {stats.train_loss:.4f}  train ppl {stats.train_ppl:8.3f}  "
-              f"val ppl {stats.val_ppl:8.3f}  {stats.tokens_per_s:,.0f} tok/s  {stats.seconds:.1f}s", flush=True)
+        print(
+            f"epoch {stats.epoch:4d}  train loss {stats.train_loss:.4f}  train ppl {stats.train_ppl:8.3f}  "
+            f"val ppl {stats.val_ppl:8.3f}  {stats.tokens_per_s:,.0f} tok/s  {stats.seconds:.1f}s",
+            flush=True,
+        )
         every = self.options.sample_every
         if every and stats.epoch % every == 0 and stats.epoch < trainer.config.epochs:
             for prefix in self.prefixes:
@@ -135,8 +152,11 @@ class Console(Callback):
         if self.bar is not None:
             self.bar.clear()
         best = trainer.best is not None and trainer.best.step == point.step
-        print(f"step {point.step:7d}  {point.seconds:7.1f}s  train loss {point.train_loss:.4f}  "
-              f"val loss {point.val_loss:.4f}  lr {point.lr:.2e}{'  (best)' if best else ''}", flush=True)
+        print(
+            f"step {point.step:7d}  {point.seconds:7.1f}s  train loss {point.train_loss:.4f}  "
+            f"val loss {point.val_loss:.4f}  lr {point.lr:.2e}{'  (best)' if best else ''}",
+            flush=True,
+        )
 
     def stopping(self, signum: int) -> None:
         """A signal asked the run to stop after the step in progress."""
@@ -150,14 +170,18 @@ class Console(Callback):
         if trainer.history:
             last = trainer.history[-1]
             rate = tokenizer_for(config.tokens).bits_name
-            self.say(f"done: val ppl {last.val_ppl:.3f}, val {rate} {last.val_bpc:.3f}, {last.seconds:.1f}s training; "
-                     f"saved in {out}")
+            self.say(
+                f"done: val ppl {last.val_ppl:.3f}, val {rate} {last.val_bpc:.3f}, {last.seconds:.1f}s training; "
+                f"saved in {out}"
+            )
             if trainer.finished:
                 self.say(f"stopped early: {trainer.finished}")
             if trainer.best is not None:
-                self.say(f"best: val loss {trainer.best.val_loss:.4f} nats/{tokenizer_for(config.tokens).unit} at "
-                         f"step {trainer.best.step} (epoch {trainer.best.epoch:g}); generate and eval use it unless "
-                         "--checkpoint last")
+                self.say(
+                    f"best: val loss {trainer.best.val_loss:.4f} nats/{tokenizer_for(config.tokens).unit} at "
+                    f"step {trainer.best.step} (epoch {trainer.best.epoch:g}); generate and eval use it unless "
+                    "--checkpoint last"
+                )
         length = tokenizer_for(config.tokens).final_sample_length(self.options.sample_chars)
         for prefix in self.prefixes[-1:]:
             self.say("sample: " + self.sample(trainer, prefix, length))

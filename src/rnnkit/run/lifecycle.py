@@ -62,8 +62,12 @@ def raise_stop(signum, frame):
     raise Stop(signum)
 
 
-def train_run(values: Mapping[str, Any], given: set[str], resume: str | Path | None = None,
-              speeds: Mapping[int, float] | None = None) -> Trainer | None:
+def train_run(
+    values: Mapping[str, Any],
+    given: set[str],
+    resume: str | Path | None = None,
+    speeds: Mapping[int, float] | None = None,
+) -> Trainer | None:
     """Train a new run (``resume`` None) or continue one, with the options ``values`` (names of
     :class:`TrainConfig` and :class:`RunOptions`; missing ones take their defaults), of which
     ``given`` were given by the user (they decide the defaults and whether to size the model).
@@ -93,8 +97,15 @@ def train_run(values: Mapping[str, Any], given: set[str], resume: str | Path | N
         lock.release()  # a joined process group is left by the process's exit (rnnkit.cli.console)
 
 
-def _train_locked(config_values: dict, options: RunOptions, given: set[str], resume, lock: DirectoryLock,
-                  world: distributed.World, speeds) -> Trainer | None:
+def _train_locked(
+    config_values: dict,
+    options: RunOptions,
+    given: set[str],
+    resume,
+    lock: DirectoryLock,
+    world: distributed.World,
+    speeds,
+) -> Trainer | None:
     options.validate()
     budget = config_values.get("time_budget", 0.0)
     if "time_budget" in given and not (isinstance(budget, (int, float)) and budget > 0):
@@ -134,8 +145,10 @@ def new_config(values: Mapping[str, Any], given: set[str]) -> TrainConfig:
             if name not in given:
                 setattr(config, name, value)
         if config.time_budget and not (given & SIZING):
-            raise RnnkitError("--data with --time-budget: give the model's size (--model, --hidden, ...); "
-                              "automatic sizing reads the corpus text")
+            raise RnnkitError(
+                "--data with --time-budget: give the model's size (--model, --hidden, ...); "
+                "automatic sizing reads the corpus text"
+            )
     if config.time_budget and not config.data:  # your own text and a few minutes: raw characters, the best
         if "preprocess" not in given:  # model for them, the last 10% held out, the rest as running lanes
             config.preprocess = "raw"
@@ -145,8 +158,9 @@ def new_config(values: Mapping[str, Any], given: set[str]) -> TrainConfig:
     return config
 
 
-def sized_for_budget(config: TrainConfig, console: Console, speeds: Mapping[int, float] | None
-                     ) -> tuple[str, TrainConfig]:
+def sized_for_budget(
+    config: TrainConfig, console: Console, speeds: Mapping[int, float] | None
+) -> tuple[str, TrainConfig]:
     """(text, config) with the model and batch shape chosen for the corpus and the time budget
     (:mod:`rnnkit.sizing`); the seconds spent measuring come out of the budget."""
     from rnnkit.sizing import choose_config
@@ -161,16 +175,27 @@ def sized_for_budget(config: TrainConfig, console: Console, speeds: Mapping[int,
     return text, sized
 
 
-def new_trainer(out: Path, values: dict, options: RunOptions, given: set[str], lock: DirectoryLock,
-                join: Callable, console: Console, speeds, processes: int = 1) -> Trainer:
+def new_trainer(
+    out: Path,
+    values: dict,
+    options: RunOptions,
+    given: set[str],
+    lock: DirectoryLock,
+    join: Callable,
+    console: Console,
+    speeds,
+    processes: int = 1,
+) -> Trainer:
     """The trainer of a new run in ``out``, which this takes the lock of; a refused start leaves no
     run directory it created behind."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     config = new_config({**defaults, **values}, given)
     sizing = config.time_budget and not (given & SIZING)
     if sizing and processes > 1:
-        raise RnnkitError("--time-budget under torchrun: give the model's size (--model, --hidden, ...); "
-                          "automatic sizing measures one process's speed")
+        raise RnnkitError(
+            "--time-budget under torchrun: give the model's size (--model, --hidden, ...); "
+            "automatic sizing measures one process's speed"
+        )
     created = not out.exists()
     if console.main:
         lock.acquire()  # also finds an --out that cannot be written, before training
@@ -193,14 +218,17 @@ def new_trainer(out: Path, values: dict, options: RunOptions, given: set[str], l
         raise
 
 
-def resume_trainer(out: Path, values: dict, given: set[str], lock: DirectoryLock, join: Callable,
-                   console: Console) -> Trainer | None:
+def resume_trainer(
+    out: Path, values: dict, given: set[str], lock: DirectoryLock, join: Callable, console: Console
+) -> Trainer | None:
     """The trainer of the run in ``out``, restored where it stopped, with the resumable options
     given; None (and a line saying why) where it has nothing left to do."""
     clash = sorted(given - RESUMABLE - {"resume"})
     if clash:
-        raise RnnkitError(f"--resume continues a run with its saved settings; remove {', '.join(clash)} "
-                          "(only --epochs, --max-steps and display and saving options may change)")
+        raise RnnkitError(
+            f"--resume continues a run with its saved settings; remove {', '.join(clash)} "
+            "(only --epochs, --max-steps and display and saving options may change)"
+        )
     if out.is_dir() and console.main:
         lock.acquire()  # before reading: no save in between
     _, vocab, config, meta = load_run(out)
@@ -214,9 +242,11 @@ def resume_trainer(out: Path, values: dict, given: set[str], lock: DirectoryLock
     config.validate()
     trainer = Trainer(config, vocab=vocab, world=join(config))
     if meta.get("corpus_sha1") and meta["corpus_sha1"] != trainer.corpus_sha1:
-        raise RnnkitError(f"{config.corpus} is not the text this run was trained on (text sha1 now "
-                          f"{trainer.corpus_sha1}, at training sha1 {meta['corpus_sha1']}); put the original "
-                          "back or start a new run")
+        raise RnnkitError(
+            f"{config.corpus} is not the text this run was trained on (text sha1 now "
+            f"{trainer.corpus_sha1}, at training sha1 {meta['corpus_sha1']}); put the original "
+            "back or start a new run"
+        )
     trainer.load_state_dict(state)
     if trainer.finished and trainer.finished.endswith("steps done") and trainer.step < config.max_steps:
         trainer.finished = None  # a larger --max-steps continues it
@@ -227,15 +257,17 @@ def resume_trainer(out: Path, values: dict, given: set[str], lock: DirectoryLock
         console.say(f"{out}: already trained for {len(trainer.history)} epochs; pass a larger --epochs to continue")
         return None
     position = state.get("position")
-    where = (f"step {trainer.step} (epoch {position['epoch'] + 1}, after batch {position['batch']})"
-             if position else f"epoch {len(trainer.history) + 1}")
+    where = (
+        f"step {trainer.step} (epoch {position['epoch'] + 1}, after batch {position['batch']})"
+        if position
+        else f"epoch {len(trainer.history) + 1}"
+    )
     processes = f" on {trainer.world.size} processes" if trainer.world.size > 1 else ""
     console.say(f"resuming {out} at {where} of {config.epochs} epochs{processes}")
     return trainer
 
 
-def fit_and_save(trainer: Trainer, out: Path, options: RunOptions, lock: DirectoryLock,
-                 console: Console) -> Trainer:
+def fit_and_save(trainer: Trainer, out: Path, options: RunOptions, lock: DirectoryLock, console: Console) -> Trainer:
     """Train with the run's callbacks, save at the end, and say how it went; a stop or a
     divergence saves the run where it is and raises (:class:`RunStopped`, :class:`TrainingDiverged`)."""
     main = trainer.world.is_main
@@ -277,8 +309,9 @@ def fit_and_save(trainer: Trainer, out: Path, options: RunOptions, lock: Directo
     return trainer
 
 
-def save_where_stopped(trainer: Trainer, checkpoints: Checkpoints, curves: Curves, console: Console, out: Path,
-                       exc: BaseException) -> None:
+def save_where_stopped(
+    trainer: Trainer, checkpoints: Checkpoints, curves: Curves, console: Console, out: Path, exc: BaseException
+) -> None:
     """After a stop or a divergence: save the snapshot (signals ignored meanwhile), then raise
     :class:`RunStopped` or :class:`TrainingDiverged` saying where the run is saved."""
     console.close_bar()
@@ -300,7 +333,11 @@ def save_where_stopped(trainer: Trainer, checkpoints: Checkpoints, curves: Curve
     if isinstance(exc, TrainingDiverged):
         raise TrainingDiverged(f"{exc}; the run is saved as of epoch {snapshot['epoch']} in {out}") from None
     how = "interrupted" if signum == signal.SIGINT else f"signal {signal.Signals(signum).name}"
-    where = (f"at step {snapshot['step']} (in epoch {snapshot['position']['epoch'] + 1})"
-             if snapshot.get("position") else f"after {snapshot['epoch']} completed epoch(s)")
-    raise RunStopped(signum, f"\n{how}: saved the run {where} in {out}; continue with: rnnkit train --resume "
-                             f"{out}") from None
+    where = (
+        f"at step {snapshot['step']} (in epoch {snapshot['position']['epoch'] + 1})"
+        if snapshot.get("position")
+        else f"after {snapshot['epoch']} completed epoch(s)"
+    )
+    raise RunStopped(
+        signum, f"\n{how}: saved the run {where} in {out}; continue with: rnnkit train --resume {out}"
+    ) from None

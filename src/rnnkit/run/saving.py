@@ -27,8 +27,9 @@ class Checkpoints(Callback):
     def save(self, trainer: Trainer, state: dict) -> None:
         """Rank 0 writes the checkpoint (the others have taken part in building ``state``)."""
         if self.main:
-            save_run(self.run_dir, trainer.model, trainer.vocab, trainer.config, state["epoch"], state,
-                     trainer.corpus_sha1)
+            save_run(
+                self.run_dir, trainer.model, trainer.vocab, trainer.config, state["epoch"], state, trainer.corpus_sha1
+            )
         self.last_save = time.monotonic()
 
     def overdue(self) -> bool:

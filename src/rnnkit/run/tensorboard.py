@@ -24,22 +24,32 @@ class TensorBoardLogger(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise RnnkitError("--tensorboard needs the tensorboard package: pip install 'rnnkit[tensorboard]'") \
-                from None
+            raise RnnkitError(
+                "--tensorboard needs the tensorboard package: pip install 'rnnkit[tensorboard]'"
+            ) from None
         try:
             self.writer = SummaryWriter(log_dir=str(log_dir))
         except OSError as exc:
             raise RnnkitError(f"--tensorboard {log_dir}: cannot write there ({exc.strerror or exc})") from None
 
     def on_eval(self, trainer: Trainer, point: EvalPoint) -> None:
-        scalars = {"train/loss": point.train_loss, "train/lr": point.lr, "val/loss": point.val_loss,
-                   "val/ppl": math.exp(min(point.val_loss, 700.0)), "val/bpc": point.val_bpc}
+        scalars = {
+            "train/loss": point.train_loss,
+            "train/lr": point.lr,
+            "val/loss": point.val_loss,
+            "val/ppl": math.exp(min(point.val_loss, 700.0)),
+            "val/bpc": point.val_bpc,
+        }
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, point.step)
 
     def on_epoch_end(self, trainer: Trainer, stats: EpochStats) -> None:
-        scalars = {"epoch/train_loss": stats.train_loss, "epoch/val_ppl": stats.val_ppl,
-                   "epoch/val_bpc": stats.val_bpc, "epoch/tokens_per_s": stats.tokens_per_s}
+        scalars = {
+            "epoch/train_loss": stats.train_loss,
+            "epoch/val_ppl": stats.val_ppl,
+            "epoch/val_bpc": stats.val_bpc,
+            "epoch/tokens_per_s": stats.tokens_per_s,
+        }
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, trainer.step)
         self.writer.flush()

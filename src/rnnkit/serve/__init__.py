@@ -31,11 +31,23 @@ from rnnkit.serve.limits import Limits
 from rnnkit.serve.runs import ServedRun, load_runs, load_served_run
 from rnnkit.serve.server import serve
 
-LAZY = {"create_app": "rnnkit.serve.app", "StreamBatcher": "rnnkit.serve.streams",
-        "GenerationJob": "rnnkit.serve.streams"}  # name -> module; these need FastAPI
+LAZY = {
+    "create_app": "rnnkit.serve.app",
+    "StreamBatcher": "rnnkit.serve.streams",
+    "GenerationJob": "rnnkit.serve.streams",
+}  # name -> module; these need FastAPI
 
-__all__ = ["Limits", "ServedRun", "load_served_run", "load_runs", "score", "activations", "alternatives", "serve",
-           *LAZY]
+__all__ = [
+    "Limits",
+    "ServedRun",
+    "load_served_run",
+    "load_runs",
+    "score",
+    "activations",
+    "alternatives",
+    "serve",
+    *LAZY,
+]
 
 
 def __getattr__(name: str) -> object:

@@ -42,13 +42,29 @@ def score(run: ServedRun, text: str) -> dict:
     top_p, top_i = torch.topk(logp.exp(), min(TOP, logp.shape[1]), dim=1)
     pieces = run.pieces(token_list)
     chars = [{"char": pieces[0], "logp": None, "bits": None, "rank": None, "top": None}]
-    for piece, lp, rank, tp, ti in zip(pieces[1:], chosen.tolist(), ranks.tolist(), top_p.tolist(), top_i.tolist(),
-                                       strict=True):
-        chars.append({"char": piece, "logp": round(lp, 6), "bits": round(-lp / math.log(2), 6),
-                      "rank": rank, "top": alternatives(run.vocab.idx_to_token, tp, ti)})
+    for piece, lp, rank, tp, ti in zip(
+        pieces[1:], chosen.tolist(), ranks.tolist(), top_p.tolist(), top_i.tolist(), strict=True
+    ):
+        chars.append(
+            {
+                "char": piece,
+                "logp": round(lp, 6),
+                "bits": round(-lp / math.log(2), 6),
+                "rank": rank,
+                "top": alternatives(run.vocab.idx_to_token, tp, ti),
+            }
+        )
     bpc = bits_per_token(nll, run.tokenizer.characters_predicted(token_list))  # as rnnkit eval
-    return {"run": run.name, "text": text, "unknown": unknown, "ppl": perplexity(nll, count),
-            "bpc": bpc, "tokens": count, "nll": nll, "chars": chars}
+    return {
+        "run": run.name,
+        "text": text,
+        "unknown": unknown,
+        "ppl": perplexity(nll, count),
+        "bpc": bpc,
+        "tokens": count,
+        "nll": nll,
+        "chars": chars,
+    }
 
 
 def rounded(values: torch.Tensor, decimals: int = 4) -> list:
@@ -68,18 +84,39 @@ def activations(run: ServedRun, text: str, layer: int | None) -> dict:
         raise RnnkitError(f"layer must be between 0 and {layers - 1} for run {run.name!r}, got {layer}")
     h, c = layer_states(run.model, torch.tensor(ids, dtype=torch.int64))[layer]
     tanh = run.config.activation == "tanh"
-    return {"run": run.name, "text": text, "unknown": unknown, "layer": layer, "layers": layers,
-            "units": h.shape[1], "chars": run.pieces(token_list),
-            "saturation": "|h| > 0.9" if tanh else "h = 0",
-            "h": rounded(h), "c": None if c is None else rounded(c),
-            "stats": unit_stats(h, (h.abs() > 0.9) if tanh else (h == 0))}
+    return {
+        "run": run.name,
+        "text": text,
+        "unknown": unknown,
+        "layer": layer,
+        "layers": layers,
+        "units": h.shape[1],
+        "chars": run.pieces(token_list),
+        "saturation": "|h| > 0.9" if tanh else "h = 0",
+        "h": rounded(h),
+        "c": None if c is None else rounded(c),
+        "stats": unit_stats(h, (h.abs() > 0.9) if tanh else (h == 0)),
+    }
 
 
 def unit_stats(h: torch.Tensor, saturated: torch.Tensor) -> list[dict]:
     """Per unit of ``h`` (T, units): mean, standard deviation, min, max and the fraction of steps
     where ``saturated`` (T, units) holds (near tanh's bounds; a ReLU unit at 0)."""
-    columns = (h.mean(0).tolist(), h.std(0, unbiased=False).tolist(), h.min(0).values.tolist(),
-               h.max(0).values.tolist(), saturated.double().mean(0).tolist())
-    return [{"unit": i, "mean": round(m, 5), "std": round(s, 5), "min": round(lo, 5), "max": round(hi, 5),
-             "saturated": round(f, 5)}
-            for i, (m, s, lo, hi, f) in enumerate(zip(*columns, strict=True))]
+    columns = (
+        h.mean(0).tolist(),
+        h.std(0, unbiased=False).tolist(),
+        h.min(0).values.tolist(),
+        h.max(0).values.tolist(),
+        saturated.double().mean(0).tolist(),
+    )
+    return [
+        {
+            "unit": i,
+            "mean": round(m, 5),
+            "std": round(s, 5),
+            "min": round(lo, 5),
+            "max": round(hi, 5),
+            "saturated": round(f, 5),
+        }
+        for i, (m, s, lo, hi, f) in enumerate(zip(*columns, strict=True))
+    ]

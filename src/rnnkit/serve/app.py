@@ -21,8 +21,11 @@ from rnnkit.serve.runs import ServedRun
 
 STATIC = Path(__file__).parent.parent / "static"  # rnnkit/static: package data
 PAGES = (  # URL path, file in STATIC, media type
-    ("/", "index.html", "text/html"), ("/app.js", "app.js", "text/javascript"), ("/style.css", "style.css", "text/css"),
-    ("/docs", "docs.html", "text/html"), ("/docs.js", "docs.js", "text/javascript"),
+    ("/", "index.html", "text/html"),
+    ("/app.js", "app.js", "text/javascript"),
+    ("/style.css", "style.css", "text/css"),
+    ("/docs", "docs.html", "text/html"),
+    ("/docs.js", "docs.js", "text/javascript"),
     ("/favicon.svg", "favicon.svg", "image/svg+xml"),
 )
 
@@ -30,8 +33,12 @@ PAGES = (  # URL path, file in STATIC, media type
 def create_app(runs: dict[str, ServedRun], limits: Limits | None = None) -> FastAPI:
     """The FastAPI application serving ``runs``."""
     limits = limits or Limits()
-    app = FastAPI(title="rnnkit", description="Character-level RNN language models: generate, score, look inside.",
-                  docs_url=None, redoc_url=None)  # /docs: served below, no CDN
+    app = FastAPI(
+        title="rnnkit",
+        description="Character-level RNN language models: generate, score, look inside.",
+        docs_url=None,
+        redoc_url=None,
+    )  # /docs: served below, no CDN
     app.state.served = Served.of(runs, limits)
     add_exception_handlers(app)
     app.add_middleware(Guard, max_body=limits.max_body)

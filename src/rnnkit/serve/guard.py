@@ -16,8 +16,10 @@ class Guard:
     """ASGI middleware: security headers on every response, and the body size limit (module doc)."""
 
     HEADERS = [(b"content-security-policy", b"default-src 'self'"), (b"x-content-type-options", b"nosniff")]
-    DOCS_HEADERS = [(b"content-security-policy", b"default-src 'self'; img-src 'self' data:"),  # Swagger UI's icons
-                    (b"x-content-type-options", b"nosniff")]
+    DOCS_HEADERS = [
+        (b"content-security-policy", b"default-src 'self'; img-src 'self' data:"),  # Swagger UI's icons
+        (b"x-content-type-options", b"nosniff"),
+    ]
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:
         self.app, self.max_body = app, max_body

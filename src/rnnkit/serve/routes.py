@@ -50,8 +50,9 @@ class Served:
 
     @classmethod
     def of(cls, runs: dict[str, ServedRun], limits: Limits) -> "Served":
-        return cls(runs, limits, {name: StreamBatcher(run) for name, run in runs.items()},
-                   StreamSlots(limits.max_streams))
+        return cls(
+            runs, limits, {name: StreamBatcher(run) for name, run in runs.items()}, StreamSlots(limits.max_streams)
+        )
 
     def run(self, name: str) -> ServedRun:
         """The run called ``name``; 404 for another name."""
@@ -81,9 +82,18 @@ def list_runs(state: State) -> list[dict]:
 
 
 @router.get("/api/generate", responses=GENERATE_RESPONSES)
-async def generate_stream(state: State, run: str, prefix: str = "", n: int = Query(200, ge=0),
-                          temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, alpha: float = 1.0,
-                          seed: int | None = None, greedy: bool = False) -> Stream:
+async def generate_stream(
+    state: State,
+    run: str,
+    prefix: str = "",
+    n: int = Query(200, ge=0),
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    alpha: float = 1.0,
+    seed: int | None = None,
+    greedy: bool = False,
+) -> Stream:
     """Server-sent events: ``start`` (the prefix as read), one ``data`` event per generated
     character ``{"char", "p", "top"}``, then ``done`` (or ``error``)."""
     served_run = state.run(run)

@@ -51,8 +51,9 @@ class ServedRun:
         text = self.tokenizer.join("", tokens)
         unknown = self.vocab.unknown(tokens)
         if unknown and self.vocab.unk_token is None:
-            raise RnnkitError(f"{what} has characters run {self.name!r} cannot read: "
-                              f"{''.join(repr(t) for t in unknown[:20])}")
+            raise RnnkitError(
+                f"{what} has characters run {self.name!r} cannot read: {''.join(repr(t) for t in unknown[:20])}"
+            )
         return text, tokens, [self.vocab[t] for t in tokens], unknown
 
     def shown(self, index: int, first: bool = False) -> str:
@@ -96,18 +97,36 @@ def load_served_run(run_dir: str | Path, checkpoint: str | None, name: str) -> S
     return ServedRun(name, run_dir, model, vocab, config, choice, info)
 
 
-def run_info(name: str, run_dir: Path, model: RNNLM, vocab: Vocab, config: TrainConfig, meta: dict, choice: str,
-             val_loss: float | None) -> dict:
+def run_info(
+    name: str,
+    run_dir: Path,
+    model: RNNLM,
+    vocab: Vocab,
+    config: TrainConfig,
+    meta: dict,
+    choice: str,
+    val_loss: float | None,
+) -> dict:
     """What ``GET /api/runs`` says about a run (:class:`rnnkit.serve.schemas.RunInfo`)."""
     return {
-        "name": name, "run_dir": str(run_dir), "checkpoint": choice, "checkpoint_id": meta.get("checkpoint"),
-        "corpus": str(config.corpus), "model": config.model, "hidden": config.hidden, "layers": config.layers,
-        "embedding": config.embedding, "activation": config.activation, "preprocess": config.preprocess,
+        "name": name,
+        "run_dir": str(run_dir),
+        "checkpoint": choice,
+        "checkpoint_id": meta.get("checkpoint"),
+        "corpus": str(config.corpus),
+        "model": config.model,
+        "hidden": config.hidden,
+        "layers": config.layers,
+        "embedding": config.embedding,
+        "activation": config.activation,
+        "preprocess": config.preprocess,
         "tokens": config.tokens,
-        "parameters": sum(p.numel() for p in model.parameters()), "epoch": meta.get("epoch"),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "epoch": meta.get("epoch"),
         "val_ppl": None if val_loss is None else perplexity(val_loss, 1),
         "val_bpc": None if val_loss is None else bits_per_token(val_loss, 1),
-        "vocab": vocab.idx_to_token, "unk_token": vocab.unk_token,
+        "vocab": vocab.idx_to_token,
+        "unk_token": vocab.unk_token,
     }
 
 

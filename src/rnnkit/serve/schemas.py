@@ -118,21 +118,32 @@ class DoneEvent(BaseModel):
     seconds: float
 
 
-ERROR_RESPONSES = {status: {"model": ErrorBody, "description": what} for status, what in (
-    (404, "unknown run"), (413, "over a limit of this server"), (422, "invalid settings or text"),
-    (429, "too many streams open"))}
+ERROR_RESPONSES = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in (
+        (404, "unknown run"),
+        (413, "over a limit of this server"),
+        (422, "invalid settings or text"),
+        (429, "too many streams open"),
+    )
+}
 
 SSE_EVENT = {  # one server-sent event (OpenAPI 3.2's itemSchema for text/event-stream)
     "type": "object",
     "required": ["data"],
     "properties": {
-        "event": {"type": "string", "enum": ["start", "done", "error"],
-                  "description": "absent for a generated token"},
-        "data": {"type": "string", "contentMediaType": "application/json",
-                 "contentSchema": {"oneOf": [model.model_json_schema()
-                                             for model in (StartEvent, CharEvent, DoneEvent, ErrorBody)]}},
+        "event": {"type": "string", "enum": ["start", "done", "error"], "description": "absent for a generated token"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "oneOf": [model.model_json_schema() for model in (StartEvent, CharEvent, DoneEvent, ErrorBody)]
+            },
+        },
     },
 }
 
-GENERATE_RESPONSES = {200: {"content": {"text/event-stream": {"itemSchema": SSE_EVENT}},
-                            "description": "server-sent events"}, **ERROR_RESPONSES}
+GENERATE_RESPONSES = {
+    200: {"content": {"text/event-stream": {"itemSchema": SSE_EVENT}}, "description": "server-sent events"},
+    **ERROR_RESPONSES,
+}

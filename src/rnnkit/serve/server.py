@@ -14,8 +14,14 @@ from rnnkit.serve.limits import Limits
 from rnnkit.serve.runs import load_runs
 
 
-def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000, checkpoint: str | None = None,
-          limits: Limits | None = None, threads: int = 1) -> None:
+def serve(
+    run_dirs: list[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    checkpoint: str | None = None,
+    limits: Limits | None = None,
+    threads: int = 1,
+) -> None:
     """Load the runs, bind, say where, and serve until interrupted.
 
     ``threads``: PyTorch's intra-op threads for this process. One by default: a server's work is

@@ -39,8 +39,9 @@ class GenerationJob:
     generator, model state and the logits its next character is chosen from. The event loop reads
     its server-sent events (bytes) from ``queue``; ``None`` ends them."""
 
-    def __init__(self, prefix_ids: list[int], n: int, sampling: Sampling, seed: int | None,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, prefix_ids: list[int], n: int, sampling: Sampling, seed: int | None, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.prefix_ids, self.n, self.sampling, self.seed = prefix_ids, n, sampling, seed
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.loop, self.queue = loop, asyncio.Queue()
@@ -89,8 +90,11 @@ class StreamBatcher:
                             self.wake.wait()
                     new, self.new = self.new, []
                 for job in new:  # read the prefix: the same call as rnnkit generate's
-                    job.logits, job.state = (self._step([job.prefix_ids], [None]) if job.prefix_ids
-                                             else ([self.run.model.initial_logits()], [None]))
+                    job.logits, job.state = (
+                        self._step([job.prefix_ids], [None])
+                        if job.prefix_ids
+                        else ([self.run.model.initial_logits()], [None])
+                    )
                     job.logits, job.state = job.logits[0], job.state[0]
                 self.active += new
                 ended = self._round(out)
@@ -218,8 +222,9 @@ async def stream_events(job: GenerationJob, batcher: StreamBatcher, start: dict)
             if finished:
                 break
         if sent == n:
-            yield format_sse_event(event="done", data_str=json.dumps(
-                {"chars": sent, "seconds": round(time.perf_counter() - started, 4)}))
+            yield format_sse_event(
+                event="done", data_str=json.dumps({"chars": sent, "seconds": round(time.perf_counter() - started, 4)})
+            )
     finally:
         job.cancelled = True  # a client gone away: the worker drops the stream at its next round
 

@@ -40,8 +40,10 @@ class SeriesConfig:
             (isinstance(self.seed, int) and 0 <= self.seed < 1 << 63, "--seed must be an integer in [0, 2^63)"),
             (1 <= self.tau <= 1000, "--tau must be between 1 and 1000"),
             (0 < self.train < 1, "--train must be a fraction between 0 and 1"),
-            (len(self.models) > 0 and all(m in SERIES_MODELS for m in self.models),
-             f"--models must be among {', '.join(SERIES_MODELS)}"),
+            (
+                len(self.models) > 0 and all(m in SERIES_MODELS for m in self.models),
+                f"--models must be among {', '.join(SERIES_MODELS)}",
+            ),
             (len(set(self.models)) == len(self.models), "--models names a model twice"),
             (1 <= self.hidden <= 4096 and 1 <= self.layers <= 16, "--hidden must be in [1, 4096], --layers in [1, 16]"),
             (0 <= self.epochs <= 10**6, "--epochs must be between 0 and 1000000"),
@@ -75,6 +77,8 @@ def split_point(config: SeriesConfig, length: int) -> int:
     num_train = round(config.train * length)
     needed = config.tau + max(config.ks) + 2
     if num_train < needed or length - num_train < 1:
-        raise RnnkitError(f"series too short: {length} values, {num_train} of them for training; training needs at "
-                          f"least tau + the longest horizon + 2 = {needed} (and something must be held out)")
+        raise RnnkitError(
+            f"series too short: {length} values, {num_train} of them for training; training needs at "
+            f"least tau + the longest horizon + 2 = {needed} (and something must be held out)"
+        )
     return num_train

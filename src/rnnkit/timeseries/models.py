@@ -29,7 +29,7 @@ class LinearAR(nn.Module):
 
     def pairs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every window of ``x`` (N, tau) and the value that follows each (N,)."""
-        return x.unfold(0, self.tau, 1)[:-1], x[self.tau:]
+        return x.unfold(0, self.tau, 1)[:-1], x[self.tau :]
 
     def fit(self, x: torch.Tensor) -> None:
         """Least squares on every window of ``x`` (the training part): the minimum of the squared
@@ -68,8 +68,9 @@ def build_models(config: SeriesConfig) -> dict[str, nn.Module]:
     return models
 
 
-def k_step_predictions(model: nn.Module, z: torch.Tensor, targets: torch.Tensor, k: int,
-                       states: list | None = None) -> torch.Tensor:
+def k_step_predictions(
+    model: nn.Module, z: torch.Tensor, targets: torch.Tensor, k: int, states: list | None = None
+) -> torch.Tensor:
     """The prediction of ``z[t]`` for each ``t`` of ``targets`` from ``z[:t-k+1]`` (what was
     observed up to ``t - k``) and the model's own predictions after that (k - 1 of them fed back).
     ``z``: the series (T,) on the model's scale; returns (len(targets),). ``states``: a recurrent

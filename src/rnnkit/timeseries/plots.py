@@ -27,7 +27,7 @@ def render_predictions(trainer: SeriesTrainer, predictions: dict) -> bytes:
     for ax, name in zip(axes[:, 0], names, strict=True):
         ax.plot(time[start:], values[start:], color="0.6", linewidth=1, label="series")
         for i, (k, p) in enumerate(predictions[name].items()):
-            ax.plot(time[trainer.num_train:], p, color=f"C{i}", linewidth=1, label=f"{k}-step")
+            ax.plot(time[trainer.num_train :], p, color=f"C{i}", linewidth=1, label=f"{k}-step")
         ax.axvline(trainer.num_train - 0.5, color="0.3", linestyle=":", linewidth=1)
         ax.set(title=f"{name}: k-step-ahead predictions of the held-out part", xlim=(start, len(values)))
         ax.legend(fontsize=7, ncol=len(predictions[name]) + 1, loc="upper left")

@@ -31,19 +31,34 @@ def save_series_run(run_dir: Path, trainer: SeriesTrainer) -> None:
     checkpoint = f"{sum(trainer.done.values())}-{uuid.uuid4().hex[:12]}"
     tensors, skeleton = pack(trainer.state_dict())
     name = f"state-{checkpoint}.safetensors"
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "checkpoint": checkpoint, "files": {"state": name},
-            "config": asdict(trainer.config), "series": {"source": trainer.series.source, "sha1": trainer.series.sha1,
-                                                         "length": len(trainer.series.values),
-                                                         "notes": trainer.series.notes},
-            "done": trainer.done}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "checkpoint": checkpoint,
+        "files": {"state": name},
+        "config": asdict(trainer.config),
+        "series": {
+            "source": trainer.series.source,
+            "sha1": trainer.series.sha1,
+            "length": len(trainer.series.values),
+            "notes": trainer.series.notes,
+        },
+        "done": trainer.done,
+    }
     data = save_safetensors(tensors, metadata={"format": FORMAT, "checkpoint": checkpoint, "state": skeleton})
     metrics = "".join(json.dumps(r) + "\n" for r in trainer.history).encode()
-    commit_files(run_dir, {name: data}, (json.dumps(meta, indent=1) + "\n").encode(), {"metrics.jsonl": metrics},
-                 failure="cannot save in {run_dir}: {reason}; the previous checkpoint is unchanged")
+    commit_files(
+        run_dir,
+        {name: data},
+        (json.dumps(meta, indent=1) + "\n").encode(),
+        {"metrics.jsonl": metrics},
+        failure="cannot save in {run_dir}: {reason}; the previous checkpoint is unchanged",
+    )
 
 
-def open_series_run(run_dir: Path, config: SeriesConfig | None, epochs: int | None = None,
-                    force: bool = False) -> SeriesTrainer:
+def open_series_run(
+    run_dir: Path, config: SeriesConfig | None, epochs: int | None = None, force: bool = False
+) -> SeriesTrainer:
     """The trainer of a new run in ``run_dir`` (``config`` given; an existing run there is refused
     unless ``force``) or of the run there, resumed (``config`` None) with ``epochs`` if given (never
     fewer than it has). Call with the directory's lock held."""
@@ -100,8 +115,9 @@ def load_series_run(run_dir: Path) -> tuple[SeriesTrainer, dict]:
         raise RnnkitError(f"{path}: incomplete ({exc})") from None
     series = load_series(config)
     if series.sha1 != meta.get("series", {}).get("sha1"):
-        raise RnnkitError(f"{config.csv}: changed since the run started (sha1 {series.sha1}, the run read "
-                          f"{meta['series']['sha1']})")
+        raise RnnkitError(
+            f"{config.csv}: changed since the run started (sha1 {series.sha1}, the run read {meta['series']['sha1']})"
+        )
     trainer = SeriesTrainer(config, series)
     tensors, metadata = read_tensors(state_file, meta.get("checkpoint"))
     try:

@@ -43,8 +43,9 @@ def synthetic_d2l(seed: int = 0, steps: int = D2L_STEPS) -> Series:
     return Series(torch.sin(D2L_FREQUENCY * time) + D2L_NOISE * noise, f"synthetic d2l (seed {seed})")
 
 
-def read_csv_series(path: str | os.PathLike, column: str, time_column: str | None = None,
-                    missing: str = "interpolate") -> Series:
+def read_csv_series(
+    path: str | os.PathLike, column: str, time_column: str | None = None, missing: str = "interpolate"
+) -> Series:
     """One numeric column of a CSV file (lines starting with ``#`` before the header are skipped).
 
     Empty cells and NA/NaN/null are missing values: ``interpolate`` fills gaps inside the series
@@ -95,16 +96,19 @@ def _parse_time(text: str):
     return None
 
 
-def _in_time_order(path: str | os.PathLike, rows: list[dict[str, str]], time_column: str, skipped: int,
-                   notes: list[str]) -> list[dict[str, str]]:
+def _in_time_order(
+    path: str | os.PathLike, rows: list[dict[str, str]], time_column: str, skipped: int, notes: list[str]
+) -> list[dict[str, str]]:
     """``rows`` sorted by ``time_column`` (a note added if that moved any); an unreadable time
     is refused with its line in the file (``skipped`` comment lines and the header before the
     data), repeated times because their order would be a guess."""
     times = [_parse_time(row.get(time_column) or "") for row in rows]  # a short row: no time
     bad = next((i for i, t in enumerate(times) if t is None), None)
     if bad is not None:
-        raise RnnkitError(f"{path}: line {skipped + bad + 2}: cannot read time {rows[bad].get(time_column)!r} "
-                          f"(numbers, ISO dates such as 2003-09-19, or 19-Sep-03)")
+        raise RnnkitError(
+            f"{path}: line {skipped + bad + 2}: cannot read time {rows[bad].get(time_column)!r} "
+            f"(numbers, ISO dates such as 2003-09-19, or 19-Sep-03)"
+        )
     if len(set(times)) != len(times):
         raise RnnkitError(f"{path}: repeated times in column {time_column!r}")
     order = sorted(range(len(rows)), key=times.__getitem__)
@@ -133,8 +137,9 @@ def _column_values(path: str | os.PathLike, rows: list[dict[str, str]], column: 
     return values
 
 
-def _handle_missing(path: str | os.PathLike, column: str, values: list[float | None], missing: str,
-                    notes: list[str]) -> list[float]:
+def _handle_missing(
+    path: str | os.PathLike, column: str, values: list[float | None], missing: str, notes: list[str]
+) -> list[float]:
     """``values`` without missing ones, as ``missing`` says (:func:`read_csv_series`)."""
     gaps = sum(v is None for v in values)
     if gaps and missing == "error":
@@ -147,8 +152,9 @@ def _handle_missing(path: str | os.PathLike, column: str, values: list[float | N
     return values
 
 
-def _interpolate(path: str | os.PathLike, column: str, values: list[float | None], gaps: int,
-                 notes: list[str]) -> list[float]:
+def _interpolate(
+    path: str | os.PathLike, column: str, values: list[float | None], gaps: int, notes: list[str]
+) -> list[float]:
     """``values`` from the first known one to the last, the ``gaps`` missing ones between filled
     linearly: a value outside the known ones would be a guess, so the ends are dropped."""
     known = [i for i, v in enumerate(values) if v is not None]
@@ -157,7 +163,7 @@ def _interpolate(path: str | os.PathLike, column: str, values: list[float | None
     first, last = known[0], known[-1]
     ends = first + (len(values) - 1 - last)
     inner = gaps - ends
-    filled = torch.tensor([math.nan if v is None else v for v in values[first:last + 1]], dtype=torch.float64)
+    filled = torch.tensor([math.nan if v is None else v for v in values[first : last + 1]], dtype=torch.float64)
     where = torch.arange(len(filled), dtype=torch.float64)
     have = ~torch.isnan(filled)
     filled[~have] = torch.from_numpy(np.interp(where[~have].numpy(), where[have].numpy(), filled[have].numpy()))

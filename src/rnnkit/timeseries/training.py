@@ -48,17 +48,20 @@ class SeriesTrainer:
         config.validate()
         self.config, self.series = config, series
         self.num_train = split_point(config, len(series.values))
-        self.scale = Standardise.of(series.values[:self.num_train])
+        self.scale = Standardise.of(series.values[: self.num_train])
         self.z = self.scale(series.values)
         self.models = build_models(config)
-        self.optimizers = {name: torch.optim.Adam(model.parameters(), lr=config.lr)
-                           for name, model in self.models.items() if name != "linear"}
+        self.optimizers = {
+            name: torch.optim.Adam(model.parameters(), lr=config.lr)
+            for name, model in self.models.items()
+            if name != "linear"
+        }
         self.done: dict[str, int] = {name: 0 for name in self.models}  # epochs done (linear: 1 once fitted)
         self.history: list[dict] = []
         self.on_save: Callable[[], None] | None = None
 
     def fit(self) -> None:
-        z_train = self.z[:self.num_train]
+        z_train = self.z[: self.num_train]
         for name, model in self.models.items():
             if name == "linear":
                 if not self.done[name]:
@@ -67,7 +70,7 @@ class SeriesTrainer:
                     with torch.no_grad():
                         windows, targets = model.pairs(z_train)
                         mse = float(((model(windows) - targets) ** 2).mean())
-                    self.history.append({"model": name, "epoch": 1, "train_mse": mse * self.scale.std ** 2})
+                    self.history.append({"model": name, "epoch": 1, "train_mse": mse * self.scale.std**2})
                     self._save()
                 continue
             # the whole training part as one sequence: the state is carried along it in training
@@ -79,8 +82,10 @@ class SeriesTrainer:
                 prediction, _ = model(inputs)
                 loss = ((prediction - targets) ** 2).mean()
                 if not torch.isfinite(loss):
-                    raise RnnkitError(f"{name}: the training loss is {loss.item()} at epoch {self.done[name] + 1} "
-                                      "(try a lower --lr or --clip 1)")
+                    raise RnnkitError(
+                        f"{name}: the training loss is {loss.item()} at epoch {self.done[name] + 1} "
+                        "(try a lower --lr or --clip 1)"
+                    )
                 optimizer.zero_grad()
                 loss.backward()
                 if self.config.clip:
@@ -89,8 +94,7 @@ class SeriesTrainer:
                 self.done[name] += 1
                 epoch = self.done[name]
                 if epoch % 10 == 0 or epoch == self.config.epochs:
-                    self.history.append({"model": name, "epoch": epoch,
-                                         "train_mse": loss.item() * self.scale.std ** 2})
+                    self.history.append({"model": name, "epoch": epoch, "train_mse": loss.item() * self.scale.std**2})
                 if epoch % SAVE_EVERY == 0 or epoch == self.config.epochs:
                     self._save()
 
@@ -106,21 +110,28 @@ class SeriesTrainer:
         for name, model in self.models.items():
             model.eval()
             states = None if name == "linear" else observed_states(model, self.z, len(self.z))
-            out[name] = {k: k_step_predictions(model, self.z, targets, k, states) * self.scale.std + self.scale.mean
-                         for k in self.config.ks}
+            out[name] = {
+                k: k_step_predictions(model, self.z, targets, k, states) * self.scale.std + self.scale.mean
+                for k in self.config.ks
+            }
         return out
 
     def evaluate(self, predictions: dict | None = None) -> dict[str, dict[str, float]]:
         """MSE (in the series' units) of the k-step-ahead predictions of every held-out value."""
         predictions = predictions or self.predictions()
-        held = self.series.values[self.num_train:]
-        return {name: {str(k): float(((p - held) ** 2).mean()) for k, p in by_k.items()}
-                for name, by_k in predictions.items()}
+        held = self.series.values[self.num_train :]
+        return {
+            name: {str(k): float(((p - held) ** 2).mean()) for k, p in by_k.items()}
+            for name, by_k in predictions.items()
+        }
 
     def state_dict(self) -> dict:
-        return {"models": {name: model.state_dict() for name, model in self.models.items()},
-                "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-                "done": dict(self.done), "history": list(self.history)}
+        return {
+            "models": {name: model.state_dict() for name, model in self.models.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "done": dict(self.done),
+            "history": list(self.history),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for name, model in self.models.items():

@@ -51,9 +51,12 @@ class Callback:
 class FunctionCallbacks(Callback):
     """:meth:`Trainer.fit`'s ``on_epoch``, ``on_batch`` and ``on_eval`` functions as a callback."""
 
-    def __init__(self, on_epoch: Callable[[EpochStats], None] | None = None,
-                 on_batch: Callable[[int, torch.Tensor], None] | None = None,
-                 on_eval: Callable[[EvalPoint], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+        on_batch: Callable[[int, torch.Tensor], None] | None = None,
+        on_eval: Callable[[EvalPoint], None] | None = None,
+    ) -> None:
         self.epoch, self.batch, self.eval = on_epoch, on_batch, on_eval
 
     def on_batch_end(self, trainer, tokens, loss):

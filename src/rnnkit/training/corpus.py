@@ -25,14 +25,15 @@ class TrainingData:
     unknown_tokens: int = 0  # tokens of the text read as <unk> (word models: words below min_freq)
 
 
-def load_training_data(config: TrainConfig, device: torch.device, text: str | None = None,
-                       vocab: Vocab | None = None) -> TrainingData:
+def load_training_data(
+    config: TrainConfig, device: torch.device, text: str | None = None, vocab: Vocab | None = None
+) -> TrainingData:
     """Read the run's corpus (``text`` where the caller has read it already; a prepared directory
     with ``config.data``) with ``vocab`` where one is given (a resumed run's), and split it.
     A prepared corpus sets ``config.tokens`` to the kind of tokens it holds."""
     data = load_prepared(config, device, vocab) if config.data else load_text(config, device, text, vocab)
     if config.val_tokens and data.split.val_text is not None:
-        data.split.val_text = data.split.val_text[:config.val_tokens + 1]
+        data.split.val_text = data.split.val_text[: config.val_tokens + 1]
     return data
 
 
@@ -43,8 +44,16 @@ def load_text(config: TrainConfig, device: torch.device, text: str | None, vocab
     ids, vocab = build_corpus(text, config.preprocess, config.tokens, vocab=vocab, min_freq=config.min_freq)
     corpus = torch.tensor(ids, dtype=torch.int64, device=device)
     unknown = ids.count(vocab.unk) if vocab.unk_token is not None else 0
-    split = split_corpus(corpus, config.split, config.batch_size, config.num_steps, num_train=config.num_train,
-                         num_val=config.num_val, val_fraction=config.val_fraction, seed=config.seed)
+    split = split_corpus(
+        corpus,
+        config.split,
+        config.batch_size,
+        config.num_steps,
+        num_train=config.num_train,
+        num_val=config.num_val,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+    )
     return TrainingData(corpus, vocab, sha1, split, unknown)
 
 

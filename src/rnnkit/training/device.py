@@ -78,8 +78,11 @@ def memory_needed(config: TrainConfig, vocab_size: int) -> dict[str, int]:
     gates = GATES[config.model]
     positions = config.batch_size * config.num_steps
     activations = positions * (config.hidden * config.layers * (2 * gates + 2) + 2 * vocab_size) * 4
-    return {"weights and gradients": 2 * params * 4, "optimizer state and snapshot": (1 + 2 * slots) * params * 4,
-            "activations of one step": activations}
+    return {
+        "weights and gradients": 2 * params * 4,
+        "optimizer state and snapshot": (1 + 2 * slots) * params * 4,
+        "activations of one step": activations,
+    }
 
 
 def check_memory(config: TrainConfig, vocab_size: int, device: torch.device) -> None:
@@ -88,5 +91,7 @@ def check_memory(config: TrainConfig, vocab_size: int, device: torch.device) -> 
     needed = memory_needed(config, vocab_size)
     if available is not None and sum(needed.values()) > available:
         parts = ", ".join(f"{what} {size / 2**30:.1f} GiB" for what, size in needed.items())
-        raise RnnkitError(f"this run needs about {sum(needed.values()) / 2**30:.1f} GiB ({parts}) but {device} has "
-                          f"{available / 2**30:.1f} GiB free; lower --hidden, --layers, --batch-size or --num-steps")
+        raise RnnkitError(
+            f"this run needs about {sum(needed.values()) / 2**30:.1f} GiB ({parts}) but {device} has "
+            f"{available / 2**30:.1f} GiB free; lower --hidden, --layers, --batch-size or --num-steps"
+        )

@@ -23,8 +23,9 @@ def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> torch
     return norm
 
 
-def compute_gradients(model: RNNLM, X: torch.Tensor, Y: torch.Tensor, clip: float,
-                      state: State = None) -> tuple[torch.Tensor, State]:
+def compute_gradients(
+    model: RNNLM, X: torch.Tensor, Y: torch.Tensor, clip: float, state: State = None
+) -> tuple[torch.Tensor, State]:
     """The gradient half of a training step: the mean loss of predicting ``Y`` from ``X``, its
     gradients in the parameters' ``.grad`` (replacing earlier ones), clipped to global norm ``clip``
     (0: no clipping). Returns the detached loss and the final state; the optimizer step is the caller's."""
@@ -36,8 +37,9 @@ def compute_gradients(model: RNNLM, X: torch.Tensor, Y: torch.Tensor, clip: floa
     return loss.detach(), state
 
 
-def compute_shared_gradients(model: RNNLM, X: torch.Tensor, Y: torch.Tensor, clip: float, state: State,
-                             flags: list[float]) -> tuple[torch.Tensor, State, list[float]]:
+def compute_shared_gradients(
+    model: RNNLM, X: torch.Tensor, Y: torch.Tensor, clip: float, state: State, flags: list[float]
+) -> tuple[torch.Tensor, State, list[float]]:
     """:func:`compute_gradients` for one process of a distributed run: ``X``/``Y`` are this process's
     rows of the batch (possibly none); the gradients become those of the whole batch's mean loss
     (:func:`rnnkit.distributed.all_reduce_step`) before clipping. Returns this part's mean loss, the
@@ -62,8 +64,10 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
 
 

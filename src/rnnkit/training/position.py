@@ -31,8 +31,7 @@ class EpochPosition:
     a restored position waiting for its epoch to continue. ``state_dim``: the batch dimension of the
     model's state; ``sums``: (loss sum, count) over every process (a collective under torchrun)."""
 
-    def __init__(self, device: torch.device, world: World, state_dim: int,
-                 sums: Callable[[float, int], list]) -> None:
+    def __init__(self, device: torch.device, world: World, state_dim: int, sums: Callable[[float, int], list]) -> None:
         self.device, self.world, self.state_dim, self.sums = device, world, state_dim, sums
         self.run: EpochRun | None = None
         self.carry: State = None
@@ -71,8 +70,14 @@ class EpochPosition:
 
                 tensors = [distributed.gather_rows(t, self.state_dim, self.world) for t in tensors]
             carry = {"tensors": [t.detach().clone() for t in tensors], "tuple": isinstance(self.carry, tuple)}
-        return {"epoch": run.epoch, "batch": run.batch, "loss_sum": loss_sum, "count": count,
-                "seconds": now - run.t0 - eval_seconds, "carry": carry}
+        return {
+            "epoch": run.epoch,
+            "batch": run.batch,
+            "loss_sum": loss_sum,
+            "count": count,
+            "seconds": now - run.t0 - eval_seconds,
+            "carry": carry,
+        }
 
     def restore(self, position: dict | None) -> None:
         self.restored, self.run = position, None

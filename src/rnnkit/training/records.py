@@ -91,11 +91,18 @@ class TrainingState:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as the training state file stores them (``since_eval`` as ``[sum, count]``)."""
-        return {"epoch": len(self.history), "history": [asdict(h) for h in self.history],
-                "train_seconds": self.train_seconds, "step": self.step, "evals": [asdict(e) for e in self.evals],
-                "best": None if self.best is None else self.best.to_dict(), "finished": self.finished,
-                "wall_seconds": self.wall_seconds, "bad_evals": self.bad_evals,
-                "last_eval_wall": self.last_eval_wall}
+        return {
+            "epoch": len(self.history),
+            "history": [asdict(h) for h in self.history],
+            "train_seconds": self.train_seconds,
+            "step": self.step,
+            "evals": [asdict(e) for e in self.evals],
+            "best": None if self.best is None else self.best.to_dict(),
+            "finished": self.finished,
+            "wall_seconds": self.wall_seconds,
+            "bad_evals": self.bad_evals,
+            "last_eval_wall": self.last_eval_wall,
+        }
 
     @classmethod
     def from_dict(cls, state: dict[str, Any], count_since_eval: bool = True) -> TrainingState:
@@ -104,8 +111,15 @@ class TrainingState:
         best = state.get("best")
         loss_sum, count = state.get("since_eval", [0.0, 0]) if count_since_eval else (0.0, 0)
         wall = state.get("wall_seconds", 0.0)
-        return cls(step=state.get("step", 0), history=[EpochStats(**h) for h in state["history"]],
-                   evals=[EvalPoint(**e) for e in state.get("evals", [])],
-                   best=None if best is None else BestWeights(**best), finished=state.get("finished"),
-                   train_seconds=state["train_seconds"], wall_seconds=wall, bad_evals=state.get("bad_evals", 0),
-                   since_eval=LossSum(loss_sum, count), last_eval_wall=state.get("last_eval_wall", wall))
+        return cls(
+            step=state.get("step", 0),
+            history=[EpochStats(**h) for h in state["history"]],
+            evals=[EvalPoint(**e) for e in state.get("evals", [])],
+            best=None if best is None else BestWeights(**best),
+            finished=state.get("finished"),
+            train_seconds=state["train_seconds"],
+            wall_seconds=wall,
+            bad_evals=state.get("bad_evals", 0),
+            since_eval=LossSum(loss_sum, count),
+            last_eval_wall=state.get("last_eval_wall", wall),
+        )

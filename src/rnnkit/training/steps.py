@@ -32,8 +32,9 @@ class EagerStep:
     def __init__(self, model: RNNLM, clip: float) -> None:
         self.model, self.clip = model, clip
 
-    def __call__(self, X: torch.Tensor, Y: torch.Tensor, state: State, flags: list[float] | None
-                 ) -> tuple[torch.Tensor, State, list[float] | None]:
+    def __call__(
+        self, X: torch.Tensor, Y: torch.Tensor, state: State, flags: list[float] | None
+    ) -> tuple[torch.Tensor, State, list[float] | None]:
         loss, state = compute_gradients(self.model, X, Y, self.clip, state)
         return loss, state, None
 

@@ -35,9 +35,11 @@ def check_budget_room(budget_s: float, validation_s: float, spent_s: float = 0.0
     minimum = max(MIN_BUDGET_S, VALIDATIONS_PER_BUDGET * validation_s)
     if budget_s < minimum:
         sizing = f"{spent_s:.1f} s went to sizing the model and " if spent_s else ""
-        raise RnnkitError(f"a time budget of {budget_s + spent_s:g} s is too short for this run: "
-                          f"{sizing}one validation takes {validation_s:.2f} s here, so give at least "
-                          f"{math.ceil(minimum + spent_s)} s")
+        raise RnnkitError(
+            f"a time budget of {budget_s + spent_s:g} s is too short for this run: "
+            f"{sizing}one validation takes {validation_s:.2f} s here, so give at least "
+            f"{math.ceil(minimum + spent_s)} s"
+        )
 
 
 class StopRules:
@@ -73,8 +75,12 @@ class StopRules:
         by the clock (about ten per budget), save due]; under torchrun these are summed over processes."""
         budget = self.config.time_budget
         elapsed = self.elapsed() if budget else 0.0
-        return [float(self.requested), float(bool(budget) and elapsed >= budget),
-                float(bool(budget) and elapsed - last_eval_wall >= budget / 10), float(save_due)]
+        return [
+            float(self.requested),
+            float(bool(budget) and elapsed >= budget),
+            float(bool(budget) and elapsed - last_eval_wall >= budget / 10),
+            float(save_due),
+        ]
 
     def request(self, signum: int) -> bool:
         """Stop after the step in progress; False where no training step runs (stop at once instead)."""

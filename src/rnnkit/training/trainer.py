@@ -56,8 +56,14 @@ class Trainer:
     part of every batch, and only its rank 0 should write.
     """
 
-    def __init__(self, config: TrainConfig, text: str | None = None, vocab: Vocab | None = None,
-                 world: World = ONE_PROCESS, callbacks: Iterable[Callback] = ()) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        text: str | None = None,
+        vocab: Vocab | None = None,
+        world: World = ONE_PROCESS,
+        callbacks: Iterable[Callback] = (),
+    ) -> None:
         config.validate()
         self.config, self.world = config, world
         distributed.check_batch(config.batch_size, world)
@@ -71,9 +77,18 @@ class Trainer:
         check_memory(config, len(self.vocab), self.device)
         self.rng = RunRNG(self.device)
         with self.rng.use(seed=config.seed):
-            self.model = build_model(config.model, len(self.vocab), config.hidden, config.layers, config.dropout,
-                                     config.embedding, config.activation, config.tie_weights,
-                                     io_dropout=config.io_dropout, weight_drop=config.weight_drop).to(self.device)
+            self.model = build_model(
+                config.model,
+                len(self.vocab),
+                config.hidden,
+                config.layers,
+                config.dropout,
+                config.embedding,
+                config.activation,
+                config.tie_weights,
+                io_dropout=config.io_dropout,
+                weight_drop=config.weight_drop,
+            ).to(self.device)
         self.optimizer = make_optimizer(config, self.model)
         self.average = WeightAverage(self.model, config.ema) if config.ema else None
         self.step_fn = choose_step(self.model, config, self.device, world)
@@ -129,11 +144,27 @@ class Trainer:
         states, the :class:`TrainingState` and the position in the epoch. Tensors are copies."""
         since = self.state.since_eval
         records = self.state.to_dict()
-        state = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                 "rng": self.rng.state()}
-        state.update({k: records[k] for k in ("epoch", "history", "train_seconds", "step", "evals", "best",
-                                              "finished", "wall_seconds", "bad_evals")})
+        state = {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "rng": self.rng.state(),
+        }
+        state.update(
+            {
+                k: records[k]
+                for k in (
+                    "epoch",
+                    "history",
+                    "train_seconds",
+                    "step",
+                    "evals",
+                    "best",
+                    "finished",
+                    "wall_seconds",
+                    "bad_evals",
+                )
+            }
+        )
         state["since_eval"] = self._global_sums(float(since.total), since.tokens)
         state["last_eval_wall"] = records["last_eval_wall"]
         state["position"] = self.position.state(clock.now(), self._eval_seconds)
@@ -156,9 +187,12 @@ class Trainer:
             loss_sum, count = distributed.all_reduce_sum([loss_sum, count], self.device)
         return [loss_sum, int(count)]
 
-    def fit(self, on_epoch: Callable[[EpochStats], None] | None = None,
-            on_batch: Callable[[int, torch.Tensor], None] | None = None,
-            on_eval: Callable[[EvalPoint], None] | None = None) -> list[EpochStats]:
+    def fit(
+        self,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+        on_batch: Callable[[int, torch.Tensor], None] | None = None,
+        on_eval: Callable[[EvalPoint], None] | None = None,
+    ) -> list[EpochStats]:
         """Train from the current epoch (or mid-epoch position) to ``config.epochs`` (or the budget,
         max steps, patience). After every epoch and at every save, :attr:`snapshot` holds the state
         to resume from. ``on_epoch``/``on_batch``/``on_eval``: functions called as the callbacks'
@@ -212,16 +246,24 @@ class Trainer:
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch + 1}: the training loss is {train_loss:.6g} nats per "
                 f"token (perplexity beyond float range); clip the gradients (--clip 1) or lower the "
-                f"learning rate (--lr {self.config.lr:g} now)")
+                f"learning rate (--lr {self.config.lr:g} now)"
+            )
         self.state.train_seconds += elapsed
         val_nll, val_count = self.evaluate_val()
         if not (self.evals and self.evals[-1].step == self.step):  # not just evaluated at this step
-            self.evaluate_point(epoch + 1 if not self.finished else self.evals_epoch(epoch, count),
-                                (val_nll, val_count))
+            self.evaluate_point(
+                epoch + 1 if not self.finished else self.evals_epoch(epoch, count), (val_nll, val_count)
+            )
         self.state.wall_seconds = self.stopping.elapsed()
-        return EpochStats(epoch + 1, train_loss, safe_exp(train_loss), perplexity(val_nll, val_count),
-                          bits_per_token(val_nll, val_count), round(self.state.train_seconds, 4),
-                          round(count / elapsed, 1))
+        return EpochStats(
+            epoch + 1,
+            train_loss,
+            safe_exp(train_loss),
+            perplexity(val_nll, val_count),
+            bits_per_token(val_nll, val_count),
+            round(self.state.train_seconds, 4),
+            round(count / elapsed, 1),
+        )
 
     def train_epoch(self, epoch: int) -> tuple[float, int]:
         """One pass over the training batches (from a restored mid-epoch position, if any; cut short
@@ -310,9 +352,15 @@ class Trainer:
             return None
         since = self.state.since_eval
         loss_sum, tokens = self._global_sums(float(since.total), since.tokens)
-        point = EvalPoint(self.step, round(epoch, 4), round(self.stopping.elapsed(), 3),
-                          loss_sum / tokens if tokens else float("nan"), val_nll / val_count,
-                          bits_per_token(val_nll, val_count), self.optimizer.param_groups[0]["lr"])
+        point = EvalPoint(
+            self.step,
+            round(epoch, 4),
+            round(self.stopping.elapsed(), 3),
+            loss_sum / tokens if tokens else float("nan"),
+            val_nll / val_count,
+            bits_per_token(val_nll, val_count),
+            self.optimizer.param_groups[0]["lr"],
+        )
         self.state.since_eval, self.state.last_eval_wall = LossSum(), self.stopping.elapsed()
         self.state.record(point, lambda: {k: v.detach().clone() for k, v in self.model.state_dict().items()})
         self._call("on_eval", point)  # after the best is updated: it may say "(best)"

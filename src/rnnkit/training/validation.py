@@ -22,8 +22,9 @@ def held_out_nll(model: RNNLM, data: DataSplit, num_steps: int) -> tuple[float, 
     return 0.0, 0
 
 
-def shared_held_out_nll(model: RNNLM, data: DataSplit, num_steps: int, world: World,
-                        device: torch.device) -> tuple[float, int]:
+def shared_held_out_nll(
+    model: RNNLM, data: DataSplit, num_steps: int, world: World, device: torch.device
+) -> tuple[float, int]:
     """:func:`held_out_nll` on rank 0, sent to every process of a distributed run (every process then
     decides alike: the best weights, patience)."""
     if not world.started:
