@@ -9,6 +9,7 @@ Everything happens in a temporary directory; The Time Machine comes from ``$RNNK
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ def digest(run: Path) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         good = d / "good"

@@ -12,6 +12,7 @@ see another CPU's code path.
     .venv/bin/python benchmarks/gemm_alignment.py
 """
 
+import argparse
 import json
 import os
 
@@ -37,6 +38,7 @@ def placed(t: torch.Tensor, offset: int) -> torch.Tensor:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help
     torch.manual_seed(0)
     rows = []
     for threads in (1, 2):

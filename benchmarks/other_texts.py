@@ -19,7 +19,7 @@ The Time Machine (``../shared/data/timemachine.txt``) is the sixth: another book
 
 from __future__ import annotations
 
-import sys
+import argparse
 import sysconfig
 from pathlib import Path
 
@@ -67,8 +67,8 @@ def build(directory: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: {sys.argv[0]} DIRECTORY")
-    for built in build(Path(sys.argv[1])):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("directory", type=Path, help="where to write the texts")
+    for built in build(parser.parse_args().directory):
         text = built.read_text(encoding="utf-8")
         print(built, len(text), len(set(text)), sep="\t")

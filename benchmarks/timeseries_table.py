@@ -7,6 +7,7 @@ initialisation); medians, per-seed values, and for each k which model is best. P
     .venv/bin/python benchmarks/timeseries_table.py > benchmarks/results/timeseries.json
 """
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -31,6 +32,7 @@ def run(options: list[str]) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help
     import matplotlib.cbook
 
     stocks = str(Path(matplotlib.cbook.get_sample_data("Stocks.csv", asfileobj=False)))

@@ -11,8 +11,10 @@ follows are in CONTRIBUTING.md ("Documentation"); what the harness does to them:
   replaces the port shown in every later command and block;
 - ``python`` blocks run in order in one namespace per page;
 - trainings are cut short: each training stops after :data:`STEPS` steps of its own (``torchrun``
-  gets ``--max-steps`` appended; in this process ``Trainer.fit`` is capped, and a resume may go on
-  from there), and the automatic sizing gets fixed speeds instead of measuring them;
+  and ``python -m rnnkit`` get ``--max-steps`` appended; in this process ``Trainer.fit`` is capped,
+  and a resume may go on from there), the book's ``d2l.Trainer`` trains one epoch, the automatic
+  sizing gets fixed speeds instead of measuring them, and the trainer's clock ticks
+  :data:`TICK_S` a reading (a time budget's checks do not depend on this machine's speed);
 - ``<!-- docs-test: parse-only REASON -->`` blocks are not run: ``rnnkit``, ``torchrun``,
   ``mkdocs`` and ``python SCRIPT`` commands go through their own argument parsers; ``pip install``
   must name extras that ``pyproject.toml`` declares and files that exist.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import os
 import re
@@ -36,6 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +47,7 @@ import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3  # training steps each training of a page takes
+TICK_S = 0.05  # the trainer's clock in this process advances this much a reading (no test of the machine's speed)
 FIXED_SPEEDS = {128: 40_000, 256: 12_000, 384: 5_000, 512: 2_000, 768: 900, 1024: 500}  # tokens/s by width
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[^\n]*$")
 MARKER = re.compile(r"^[ \t]*<!-- docs-test: (?P<kind>parse-only|exit) ?(?P<arg>.*?) -->[ \t]*$")
@@ -198,7 +203,7 @@ def parse_with_argparse(run) -> None:
     except Parsed:
         return
     except SystemExit as exc:
-        raise AssertionError(f"exit {exc.code}: {err.getvalue().strip()}") from None
+        raise AssertionError(f"exit {exc.code}: {err.getvalue().strip().splitlines()[-1:]}") from None
     raise AssertionError("the program ran without parsing arguments")
 
 
@@ -211,7 +216,7 @@ def check_rnnkit(args: list[str]) -> str:
         with contextlib.redirect_stderr(err):
             parser.parse_args(args)
     except SystemExit as exc:
-        raise AssertionError(f"rnnkit's parser: exit {exc.code}: {err.getvalue().strip()}") from None
+        raise AssertionError(f"rnnkit's parser: exit {exc.code}: {err.getvalue().strip().splitlines()[-1:]}") from None
     return "rnnkit's parser"
 
 
@@ -223,7 +228,8 @@ def check_torchrun(args: list[str]) -> str:
         with contextlib.redirect_stderr(err):
             parsed = get_args_parser().parse_args(args)
     except SystemExit as exc:
-        raise AssertionError(f"torchrun's parser: exit {exc.code}: {err.getvalue().strip()}") from None
+        said = err.getvalue().strip().splitlines()[-1:]
+        raise AssertionError(f"torchrun's parser: exit {exc.code}: {said}") from None
     if not (parsed.module and parsed.training_script == "rnnkit"):
         raise AssertionError("torchrun should start `-m rnnkit`")
     check_rnnkit(parsed.training_script_args)
@@ -261,7 +267,9 @@ def check_mkdocs(args: list[str]) -> str:
     from mkdocs.__main__ import cli
 
     context = cli.make_context("mkdocs", list(args), resilient_parsing=False)
-    name, command, rest = cli.resolve_command(context, context.protected_args + context.args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # click 8.2 deprecates protected_args
+        name, command, rest = cli.resolve_command(context, context.protected_args + context.args)
     command.make_context(name, rest, parent=context)
     return "mkdocs's parser"
 
@@ -375,8 +383,15 @@ def run_rnnkit(page: Page, env: dict[str, str], args: list[str]) -> tuple[int, s
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     os.chdir(page.cwd)
+
+    def call() -> int:
+        try:
+            return main(args)
+        except SystemExit as exc:  # argparse: --help, or a bad flag (exit 2)
+            return exc.code if isinstance(exc.code, int) else 1
+
     try:
-        return capture(lambda: main(args))
+        return capture(call)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -449,7 +464,9 @@ def run_block(page: Page, block: Block) -> list[Result]:
         started = time.monotonic()
         try:
             if block.parse_only is not None:
-                for part in and_parts(split_words(command)):
+                words = split_words(command)
+                cut = next((i for i, word in enumerate(words) if word in SHELL_OPERATORS), len(words))
+                for part in and_parts(words[:cut]):  # the commands before any pipe or redirection
                     mode, checked = check_command(part)
                     results.append(
                         Result(
@@ -510,9 +527,11 @@ def write_fixtures(directory: Path) -> None:
 
 def cap_trainings() -> None:
     """Each training in this process takes :data:`STEPS` steps of its own (a resumed run is let go on
-    from where it was), and the automatic sizing gets fixed speeds instead of measuring them."""
+    from where it was), the book's ``d2l.Trainer`` one epoch, and the automatic sizing gets fixed
+    speeds instead of measuring them."""
     import rnnkit.run.lifecycle as lifecycle
     import rnnkit.sizing
+    import rnnkit.training.clock
     from rnnkit.training.trainer import Trainer
 
     fit = Trainer.fit
@@ -529,8 +548,19 @@ def cap_trainings() -> None:
             values, given = {**values, "max_steps": 10**9}, given | {"max_steps"}
         return resume_trainer(out, values, given, *args, **kwargs)
 
+    import rnnkit.d2l
+
+    book_init = rnnkit.d2l.Trainer.__init__
+
+    def one_epoch(self, max_epochs, *args, **kwargs):  # the book's own trainer: one epoch
+        book_init(self, min(max_epochs, 1), *args, **kwargs)
+
+    ticks = itertools.count()
+    rnnkit.training.clock.now = lambda: next(ticks) * TICK_S
+
     Trainer.fit = capped_fit
     lifecycle.resume_trainer = resumable
+    rnnkit.d2l.Trainer.__init__ = one_epoch
     rnnkit.sizing.measure_tokens_per_second = lambda width, *a, **k: FIXED_SPEEDS[width]
 
 

@@ -1,7 +1,9 @@
 """Training curves (``curves.png``, ``rnnkit plot``): training loss and perplexities per epoch.
 
-Needs matplotlib (the ``plot`` extra), used with the Agg backend; without it, a clear
-:class:`~rnnkit.errors.RnnkitError` instead of an import crash.
+Needs matplotlib (the ``plot`` extra); without it, a clear :class:`~rnnkit.errors.RnnkitError`
+instead of an import crash. Figures are drawn without pyplot (:func:`new_figure`), so that rnnkit
+never changes the backend of the process that uses it: plots in a notebook still show after a run
+has drawn its curves.
 """
 
 from __future__ import annotations
@@ -17,15 +19,22 @@ from rnnkit.errors import RnnkitError
 INSTALL_HINT = "matplotlib is not installed; install the plot extra: pip install 'rnnkit[plot]'"
 
 
-def _pyplot():
+def new_figure(**options):
+    """A matplotlib ``Figure`` of its own (``figsize``, ``dpi``, ...), outside pyplot: nothing keeps it
+    alive, and the process's backend is left as it is."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
         raise RnnkitError(INSTALL_HINT) from None
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
+    return Figure(**options)
 
-    return pyplot
+
+def png_bytes(fig) -> bytes:
+    """The figure, laid out, as PNG bytes."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 METRIC_KEYS = ("epoch", "train_loss", "train_ppl")  # what every row must have to be plotted
@@ -59,8 +68,8 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 def render_curves(runs: list[tuple[str, list[dict]]]) -> bytes:
     """PNG bytes: training loss (left) and training/validation perplexity (right) against epoch."""
-    plt = _pyplot()
-    fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
+    fig = new_figure(figsize=(9, 3.4), dpi=110)
+    ax_loss, ax_ppl = fig.subplots(1, 2)
     for i, (label, rows) in enumerate(runs):
         color = f"C{i % 10}"
         epochs = [r["epoch"] for r in rows]
@@ -81,11 +90,7 @@ def render_curves(runs: list[tuple[str, list[dict]]]) -> bytes:
     for ax in (ax_loss, ax_ppl):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path:

@@ -1,10 +1,9 @@
 """The figures of a finished run: the book's plot of k-step-ahead predictions for every model, and
-held-out MSE against the horizon. Drawn with matplotlib through :func:`rnnkit.plot._pyplot`, which
+held-out MSE against the horizon. Drawn with matplotlib through :func:`rnnkit.plot.new_figure`, which
 refuses (:class:`~rnnkit.errors.RnnkitError`) where it is not installed."""
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,11 +15,11 @@ if TYPE_CHECKING:
 def render_predictions(trainer: SeriesTrainer, predictions: dict) -> bytes:
     """PNG: the series with each model's k-step-ahead predictions of the held-out part, one panel
     per model (the book's figure, for every model)."""
-    from rnnkit.plot import _pyplot
+    from rnnkit.plot import new_figure, png_bytes
 
-    plt = _pyplot()
     names = list(predictions)
-    fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.3 * len(names)), dpi=100, squeeze=False)
+    fig = new_figure(figsize=(9, 2.3 * len(names)), dpi=100)
+    axes = fig.subplots(len(names), 1, squeeze=False)
     values = trainer.series.values
     start = max(0, trainer.num_train - 100)
     time = torch.arange(len(values))
@@ -31,15 +30,15 @@ def render_predictions(trainer: SeriesTrainer, predictions: dict) -> bytes:
         ax.axvline(trainer.num_train - 0.5, color="0.3", linestyle=":", linewidth=1)
         ax.set(title=f"{name}: k-step-ahead predictions of the held-out part", xlim=(start, len(values)))
         ax.legend(fontsize=7, ncol=len(predictions[name]) + 1, loc="upper left")
-    return _png(plt, fig)
+    return png_bytes(fig)
 
 
 def render_mse(results: dict[str, dict[str, float]]) -> bytes:
     """PNG: held-out MSE against the horizon k, one line per model (log scales)."""
-    from rnnkit.plot import _pyplot
+    from rnnkit.plot import new_figure, png_bytes
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    fig = new_figure(figsize=(6, 3.6), dpi=100)
+    ax = fig.subplots()
     for name, by_k in results.items():
         ks = [int(k) for k in by_k]
         ax.plot(ks, list(by_k.values()), marker="o", label=name)
@@ -47,13 +46,4 @@ def render_mse(results: dict[str, dict[str, float]]) -> bytes:
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(plt, fig)
-
-
-def _png(plt, fig) -> bytes:
-    """The figure as PNG bytes; the figure is closed (pyplot keeps every open one alive)."""
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
