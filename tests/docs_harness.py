@@ -12,7 +12,8 @@ follows are in CONTRIBUTING.md ("Documentation"); what the harness does to them:
 - ``python`` blocks run in order in one namespace per page;
 - trainings are cut short: each training stops after :data:`STEPS` steps of its own (``torchrun``
   and ``python -m rnnkit`` get ``--max-steps`` appended; in this process ``Trainer.fit`` is capped,
-  and a resume may go on from there), the book's ``d2l.Trainer`` trains one epoch, the automatic
+  and a resume may go on from there), the book's ``d2l.Trainer`` trains one epoch and ``rnnkit
+  timeseries`` :data:`SERIES_EPOCHS` epochs per model, the automatic
   sizing gets fixed speeds instead of measuring them, and the trainer's clock ticks
   :data:`TICK_S` a reading (a time budget's checks do not depend on this machine's speed);
 - ``<!-- docs-test: parse-only REASON -->`` blocks are not run: ``rnnkit``, ``torchrun``,
@@ -47,6 +48,7 @@ import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3  # training steps each training of a page takes
+SERIES_EPOCHS = 3  # epochs per model of `rnnkit timeseries`
 TICK_S = 0.05  # the trainer's clock in this process advances this much a reading (no test of the machine's speed)
 FIXED_SPEEDS = {128: 40_000, 256: 12_000, 384: 5_000, 512: 2_000, 768: 900, 1024: 500}  # tokens/s by width
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[^\n]*$")
@@ -213,9 +215,11 @@ def check_rnnkit(args: list[str]) -> str:
     parser = build_parser()
     err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             parser.parse_args(args)
     except SystemExit as exc:
+        if exc.code == 0:  # --help, --version
+            return "rnnkit's parser"
         raise AssertionError(f"rnnkit's parser: exit {exc.code}: {err.getvalue().strip().splitlines()[-1:]}") from None
     return "rnnkit's parser"
 
@@ -404,6 +408,8 @@ def run_command(page: Page, command: str) -> tuple[int, str]:
     command = page.with_ports(command)
     words = split_words(command)
     if any(word in SHELL_OPERATORS for word in words):
+        if re.search(r"rnnkit (train|timeseries)\b", command):
+            return 1, "a training in a pipe or redirection: the harness cannot cut it short (write it alone)"
         return run_in_shell(page, command)
     status, output = 0, ""
     for part in and_parts(words):
@@ -415,8 +421,11 @@ def run_command(page: Page, command: str) -> tuple[int, str]:
             continue
         if args is not None and args[:1] == ["serve"]:
             status, said = start_server(page, env, args)
-        elif args is not None and Path(part[0]).name == "rnnkit":
+        elif args is not None and Path(part[0]).name == "rnnkit" and not env:
             status, said = run_rnnkit(page, env, args)
+        elif args is not None and Path(part[0]).name == "rnnkit":  # variables it reads at start-up: a process
+            command = [*(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "rnnkit", *capped_train(args)]
+            status, said = run_in_shell(page, shlex.join(command))
         elif args is not None:
             status, said = run_in_shell(page, shlex.join([*part[:3], *capped_train(args)]))
         elif program == "torchrun":
@@ -558,13 +567,29 @@ def cap_trainings() -> None:
     ticks = itertools.count()
     rnnkit.training.clock.now = lambda: next(ticks) * TICK_S
 
+    from rnnkit.timeseries.training import SeriesTrainer
+
+    series_fit = SeriesTrainer.fit
+
+    def few_epochs(self):  # rnnkit timeseries: a few epochs per model
+        self.config.epochs = min(self.config.epochs, SERIES_EPOCHS)
+        return series_fit(self)
+
     Trainer.fit = capped_fit
+    SeriesTrainer.fit = few_epochs
     lifecycle.resume_trainer = resumable
     rnnkit.d2l.Trainer.__init__ = one_epoch
     rnnkit.sizing.measure_tokens_per_second = lambda width, *a, **k: FIXED_SPEEDS[width]
 
 
-def run_pages(pages: list[Path]) -> list[Result]:
+def print_result(r: Result) -> None:
+    print(f"{'ok  ' if r.ok else 'FAIL'} {r.mode:9} {r.seconds:6.2f}s {r.page}:{r.line} {r.what[:90]}", flush=True)
+    if not r.ok:
+        print("     " + r.detail.replace("\n", "\n     "), flush=True)
+
+
+def run_pages(pages: list[Path], report=lambda result: None) -> list[Result]:
+    """Run the pages' blocks, each page in a new directory; ``report`` is called with each result."""
     cap_trainings()
     results = []
     for path in pages:
@@ -576,7 +601,9 @@ def run_pages(pages: list[Path]) -> list[Result]:
             write_fixtures(page.cwd)
             try:
                 for block in blocks:
-                    results.extend(run_block(page, block))
+                    for result in run_block(page, block):
+                        report(result)
+                        results.append(result)
             finally:
                 page.close()
                 os.chdir(REPO)
@@ -589,11 +616,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     pages = [p.resolve() for p in args.pages] or doc_pages()
-    results = run_pages(pages)
-    for r in results:
-        print(f"{'ok  ' if r.ok else 'FAIL'} {r.mode:9} {r.seconds:6.2f}s {r.page}:{r.line} {r.what[:90]}")
-        if not r.ok:
-            print("     " + r.detail.replace("\n", "\n     "))
+    results = run_pages(pages, report=print_result)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
     sys.exit(0 if all(r.ok for r in results) else 1)

@@ -14,7 +14,6 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "RnnkitError": "rnnkit.errors",
     "Sampling": "rnnkit.generate",
-    "generate": "rnnkit.generate",
     "predict": "rnnkit.generate",
     "RNNLM": "rnnkit.models",
     "Recurrent": "rnnkit.models",
@@ -44,7 +43,6 @@ if TYPE_CHECKING:  # the same names for type checkers and the API reference (mkd
     from rnnkit.evaluate import Evaluation as Evaluation
     from rnnkit.evaluate import evaluate_text as evaluate_text
     from rnnkit.generate import Sampling as Sampling
-    from rnnkit.generate import generate as generate
     from rnnkit.generate import predict as predict
     from rnnkit.models import RNNLM as RNNLM
     from rnnkit.models import Recurrent as Recurrent
