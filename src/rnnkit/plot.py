@@ -23,6 +23,7 @@ def new_figure(**options):
     """A matplotlib ``Figure`` of its own (``figsize``, ``dpi``, ...), outside pyplot: nothing keeps it
     alive, and the process's backend is left as it is."""
     try:
+        import matplotlib  # noqa: F401 - the package itself, whatever of it was imported before
         from matplotlib.figure import Figure
     except ImportError:
         raise RnnkitError(INSTALL_HINT) from None
