@@ -5,8 +5,10 @@ tests/docs_harness.py --json OUT PAGE...``) and reports each page's result. The 
 follows are in CONTRIBUTING.md ("Documentation"); what the harness does to them:
 
 - each page runs top to bottom in a new directory holding the fixture files (:func:`write_fixtures`);
-- ``bash`` blocks: every ``rnnkit`` command runs in this process (``rnnkit.cli.main``); a command
-  with pipes or redirections, ``python -m rnnkit`` and ``torchrun`` run in a shell;
+- ``bash`` blocks: every ``rnnkit`` command runs in this process (``rnnkit.cli.main``), but one
+  that sets a variable rnnkit reads once per process (:data:`READ_ONCE`) runs in a new one; a
+  command with pipes or redirections, ``python -m rnnkit`` and ``torchrun`` run in a shell (a
+  training may not be piped);
   ``rnnkit serve`` is started in the background for the rest of the page, on a free port that
   replaces the port shown in every later command and block;
 - ``python`` blocks run in order in one namespace per page;
@@ -53,6 +55,7 @@ TICK_S = 0.05  # the trainer's clock in this process advances this much a readin
 FIXED_SPEEDS = {128: 40_000, 256: 12_000, 384: 5_000, 512: 2_000, 768: 900, 1024: 500}  # tokens/s by width
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[^\n]*$")
 MARKER = re.compile(r"^[ \t]*<!-- docs-test: (?P<kind>parse-only|exit) ?(?P<arg>.*?) -->[ \t]*$")
+READ_ONCE = {"RNNKIT_NO_KERNEL", "RNNKIT_KERNEL_CFLAGS"}  # environment variables rnnkit reads once per process
 SHELL_OPERATORS = {"|", "||", ";", "&", ">", ">>", "<", "2>", "2>&1", "&>"}
 EXTERNAL_TOOLS = {"git", "cd", "pre-commit", "apt-get", "sudo", "python3 -m venv", "export"}
 
@@ -421,9 +424,9 @@ def run_command(page: Page, command: str) -> tuple[int, str]:
             continue
         if args is not None and args[:1] == ["serve"]:
             status, said = start_server(page, env, args)
-        elif args is not None and Path(part[0]).name == "rnnkit" and not env:
+        elif args is not None and Path(part[0]).name == "rnnkit" and not set(env) & READ_ONCE:
             status, said = run_rnnkit(page, env, args)
-        elif args is not None and Path(part[0]).name == "rnnkit":  # variables it reads at start-up: a process
+        elif args is not None and Path(part[0]).name == "rnnkit":  # a variable read once per process: a process
             command = [*(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "rnnkit", *capped_train(args)]
             status, said = run_in_shell(page, shlex.join(command))
         elif args is not None:

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,17 @@ def test_unencodable_prefix(tmp_path, capsys):
     assert main(["generate", out, "--prefix", "abZ!"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'Z' '!'" in err[0]
+
+
+def test_the_version_is_written_once(capsys):
+    """``rnnkit --version``, the installed distribution's metadata and ``rnnkit.__version__`` agree:
+    ``pyproject.toml`` reads the version from the package (``dynamic``)."""
+    from importlib.metadata import version
+
+    import rnnkit
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rnnkit {rnnkit.__version__}" == f"rnnkit {version('rnnkit')}"
+    assert "version =" not in (Path(__file__).parents[1] / "pyproject.toml").read_text().split("[tool.")[0]

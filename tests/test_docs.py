@@ -79,7 +79,7 @@ def test_the_site_builds_strictly_and_loads_nothing_from_elsewhere(tmp_path):
     for sheet in site.rglob("*.css"):
         external |= set(re.findall(r"url\(['\"]?(https?://[^)'\"]+)", sheet.read_text(encoding="utf-8")))
     assert not external, f"the site loads from elsewhere: {sorted(external)[:10]}"
-    assert (site / "reference" / "cli.html").is_file() and (site / "tutorial.html").is_file()
+    assert (site / "reference" / "cli" / "index.html").is_file() and (site / "tutorial" / "index.html").is_file()
 
 
 def test_the_cli_reference_lists_every_option_of_every_command():
