@@ -142,12 +142,15 @@ def served_runs(tmp_path_factory, suite_corpora) -> dict[str, Path]:
 
 
 def _start_server(run_dirs, *extra) -> tuple[subprocess.Popen, str]:
-    """``rnnkit serve RUN_DIR... --port 0`` in a subprocess; (process, host:port) once it listens."""
+    """``rnnkit serve RUN_DIR... --port 0`` in a subprocess; (process, host:port) once it listens. The
+    server gets Ctrl-C's default handling whatever the suite was started with (a shell's background
+    job ignores SIGINT, and its children would inherit that)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "rnnkit.cli", "serve", *map(str, run_dirs), "--port", "0", *SERVE_LIMITS, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
