@@ -57,7 +57,7 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w
 MARKER = re.compile(r"^[ \t]*<!-- docs-test: (?P<kind>parse-only|exit) ?(?P<arg>.*?) -->[ \t]*$")
 READ_ONCE = {"RNNKIT_NO_KERNEL", "RNNKIT_KERNEL_CFLAGS"}  # environment variables rnnkit reads once per process
 SHELL_OPERATORS = {"|", "||", ";", "&", ">", ">>", "<", "2>", "2>&1", "&>"}
-EXTERNAL_TOOLS = {"git", "cd", "pre-commit", "apt-get", "sudo", "python3 -m venv", "export"}
+EXTERNAL_TOOLS = {"git", "cd", "pre-commit", "apt-get", "sudo", "export"}
 
 
 @dataclass
@@ -199,45 +199,46 @@ def stop_after_parsing():
         argparse.ArgumentParser.parse_args = original
 
 
-def parse_with_argparse(run) -> None:
-    """Run ``run()`` until its argument parser has parsed (an error exits 2 with argparse's message)."""
+def parse_quietly(name: str, parse):
+    """``parse()``'s result, argparse's output captured: ``None`` where it exits 0 (``--help``,
+    ``--version``), an ``AssertionError`` with argparse's last line where it refuses the arguments."""
     err = io.StringIO()
     try:
-        with stop_after_parsing(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            run()
-    except Parsed:
-        return
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            return parse()
     except SystemExit as exc:
-        raise AssertionError(f"exit {exc.code}: {err.getvalue().strip().splitlines()[-1:]}") from None
-    raise AssertionError("the program ran without parsing arguments")
+        if exc.code == 0:
+            return None
+        raise AssertionError(f"{name}: exit {exc.code}: {err.getvalue().strip().splitlines()[-1:]}") from None
+
+
+def parse_with_argparse(name: str, run) -> None:
+    """Run ``run()`` until its argument parser has parsed (an error exits 2 with argparse's message)."""
+
+    def until_parsed() -> bool:
+        try:
+            with stop_after_parsing():
+                run()
+        except Parsed:
+            return True
+        return False
+
+    if parse_quietly(name, until_parsed) is not True:
+        raise AssertionError(f"{name}: the program ran without parsing arguments")
 
 
 def check_rnnkit(args: list[str]) -> str:
     from rnnkit.cli import build_parser
 
-    parser = build_parser()
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            parser.parse_args(args)
-    except SystemExit as exc:
-        if exc.code == 0:  # --help, --version
-            return "rnnkit's parser"
-        raise AssertionError(f"rnnkit's parser: exit {exc.code}: {err.getvalue().strip().splitlines()[-1:]}") from None
+    parse_quietly("rnnkit's parser", lambda: build_parser().parse_args(args))
     return "rnnkit's parser"
 
 
 def check_torchrun(args: list[str]) -> str:
     from torch.distributed.run import get_args_parser
 
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            parsed = get_args_parser().parse_args(args)
-    except SystemExit as exc:
-        said = err.getvalue().strip().splitlines()[-1:]
-        raise AssertionError(f"torchrun's parser: exit {exc.code}: {said}") from None
-    if not (parsed.module and parsed.training_script == "rnnkit"):
+    parsed = parse_quietly("torchrun's parser", lambda: get_args_parser().parse_args(args))
+    if parsed is None or not (parsed.module and parsed.training_script == "rnnkit"):
         raise AssertionError("torchrun should start `-m rnnkit`")
     check_rnnkit(parsed.training_script_args)
     return "torchrun's and rnnkit's parsers"
@@ -251,7 +252,7 @@ def check_script(script: str, args: list[str]) -> str:
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.parent))
     try:
-        parse_with_argparse(lambda: runpy.run_path(str(path), run_name="__main__"))
+        parse_with_argparse(f"{script}'s parser", lambda: runpy.run_path(str(path), run_name="__main__"))
         return f"{script}'s parser"
     finally:
         sys.argv, sys.path[:] = old_argv, old_path

@@ -298,3 +298,18 @@ def test_public_names_keep_their_old_imports(module):
     ]
     assert missing == []
     assert callable(rnnkit.train) and rnnkit.Run.load.__name__ == "load"
+
+
+def test_the_lazy_exports_and_the_type_checking_imports_name_the_same_objects():
+    """``rnnkit/__init__.py`` lists its exports twice: the lazy map (so ``import rnnkit`` does not load
+    torch) and the ``TYPE_CHECKING`` imports (for type checkers and the API reference); they must agree."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    tree = ast.parse(Path(rnnkit.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    imported = {alias.asname or alias.name: node.module for node in block.body for alias in node.names}
+    assert imported == {**rnnkit._EXPORTS, "train": "rnnkit.run"}
+    for name, module in rnnkit._EXPORTS.items():  # (rnnkit.train is the callable module, tested above)
+        assert getattr(rnnkit, name) is getattr(importlib.import_module(module), name)
