@@ -47,6 +47,28 @@ def digest(run: Path) -> str:
     ).hexdigest()
 
 
+def weights(run: Path) -> Path:
+    """A run's weights file (the one its ``config.json`` names)."""
+    return run / json.loads((run / "config.json").read_text())["files"]["model"]
+
+
+def truncate(run: Path) -> None:
+    """Cut a run's weights file in half."""
+    data = weights(run).read_bytes()
+    weights(run).write_bytes(data[: len(data) // 2])
+
+
+def config_field(name: str, value):
+    """An edit that sets ``config.json``'s config field ``name`` to ``value``."""
+
+    def edit(run: Path) -> None:
+        meta = json.loads((run / "config.json").read_text())
+        meta["config"][name] = value
+        (run / "config.json").write_text(json.dumps(meta))
+
+    return edit
+
+
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,21 +108,6 @@ def main() -> None:
                 (run / p.name).write_bytes(p.read_bytes())
             edit(run)
             return str(run)
-
-        def weights(run: Path) -> Path:
-            return run / json.loads((run / "config.json").read_text())["files"]["model"]
-
-        def truncate(run: Path) -> None:
-            data = weights(run).read_bytes()
-            weights(run).write_bytes(data[: len(data) // 2])
-
-        def field(name: str, value):
-            def edit(run: Path) -> None:
-                meta = json.loads((run / "config.json").read_text())
-                meta["config"][name] = value
-                (run / "config.json").write_text(json.dumps(meta))
-
-            return edit
 
         def nan_weights(run: Path) -> None:
             import torch
@@ -182,7 +189,7 @@ def main() -> None:
             ("generate --seed 1e20", ["generate", str(good), "--seed", "1e20"]),
             ("generate --seed 10^20", ["generate", str(good), "--seed", str(10**20)]),
             ("--weight-decay -1", ["train", *TINY, "--weight-decay", "-1", "--out", str(d / "new")]),
-            ('config.json "dropout": "0.1"', ["eval", broken_run("wrongtype", field("dropout", "0.1"))]),
+            ('config.json "dropout": "0.1"', ["eval", broken_run("wrongtype", config_field("dropout", "0.1"))]),
             ("--device mps", ["train", *TINY, "--device", "mps", "--out", str(d / "new")]),
             ("--device meta", ["train", *TINY, "--device", "meta", "--out", str(d / "new")]),
             ("generate --temperature 1e-310", ["generate", str(good), "--temperature", "1e-310"]),

@@ -34,25 +34,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bad_input_matrix import TINY, config_field, truncate, weights  # the same small runs and the same damage
+
 RESULTS = Path(__file__).parent / "results" / "before_after.json"
 BOOK = ["--hidden", "16", "--batch-size", "64", "--num-steps", "16", "--num-train", "512", "--num-val", "128"]
 # One thread and MKL's thread count fixed (unless the environment sets them): under load, MKL may change its
 # thread count, and with it the order of a GEMM's sums, so two processes of one tree can differ in the last bits.
 STEADY = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_DYNAMIC": "FALSE"}
-TINY = [
-    "--hidden",
-    "16",
-    "--batch-size",
-    "64",
-    "--num-steps",
-    "8",
-    "--num-train",
-    "512",
-    "--num-val",
-    "128",
-    "--sample-every",
-    "0",
-]  # bad_input_matrix.py's
 
 
 @dataclass
@@ -377,24 +365,6 @@ def broken_run(name: str, edit):
         edit(work / name)
 
     return step
-
-
-def weights(run: Path) -> Path:
-    return run / json.loads((run / "config.json").read_text())["files"]["model"]
-
-
-def truncate(run: Path) -> None:
-    data = weights(run).read_bytes()
-    weights(run).write_bytes(data[: len(data) // 2])
-
-
-def config_field(name: str, value):
-    def edit(run: Path) -> None:
-        meta = json.loads((run / "config.json").read_text())
-        meta["config"][name] = value
-        (run / "config.json").write_text(json.dumps(meta))
-
-    return edit
 
 
 def nan_weights(run: Path) -> None:
