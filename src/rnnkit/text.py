@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import collections
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -363,7 +364,12 @@ class Vocab:
             if self.unk_token is None:
                 return self.token_to_idx[tokens]
             return self.token_to_idx.get(tokens, self.unk)
-        return [self.__getitem__(token) for token in tokens]
+        try:  # a flat list: one dictionary lookup a token
+            if self.unk_token is None:
+                return list(map(self.token_to_idx.__getitem__, tokens))
+            return list(map(self.token_to_idx.get, tokens, itertools.repeat(self.unk, len(tokens))))
+        except TypeError:  # a list of lists (unhashable), as d2l's Vocab allows
+            return [self.__getitem__(token) for token in tokens]
 
     def to_tokens(self, indices):
         if hasattr(indices, "__len__") and len(indices) > 1:
@@ -401,4 +407,4 @@ def build_corpus(
         missing = vocab.unknown(tokens)
         if missing:
             raise RnnkitError(f"text has tokens the vocabulary lacks: {missing[:20]!r}")
-    return [vocab[t] for t in tokens], vocab
+    return vocab[tokens], vocab

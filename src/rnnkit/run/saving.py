@@ -51,22 +51,31 @@ class Checkpoints(Callback):
 
 
 class Curves(Callback):
-    """Rewrites ``curves.png`` in the run directory as training goes (at most every few seconds)."""
+    """Rewrites ``curves.png`` in the run directory as training goes, and once more at the end.
+
+    Drawing takes about a quarter of a second (matplotlib lays out its text on the CPU that trains),
+    so it waits at least :attr:`interval_s` after the start and between drawings, and at least
+    :attr:`cost_ratio` times as long as the last drawing took: the curves cost at most ~3% of the
+    training time, and a run shorter than the interval draws them once."""
 
     interval_s = 5.0
+    cost_ratio = 30.0
 
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
-        self.run_dir, self.last, self.enabled = run_dir, 0.0, enabled
+        self.run_dir, self.enabled = run_dir, enabled
+        self.last, self.cost = time.monotonic(), 0.0
 
     def on_epoch_end(self, trainer: Trainer, stats: EpochStats) -> None:
         self.update(trainer.history)
 
     def update(self, history: list[EpochStats], force: bool = False) -> None:
-        if not (self.enabled and history) or (not force and time.monotonic() - self.last < self.interval_s):
+        wait = max(self.interval_s, self.cost_ratio * self.cost)
+        if not (self.enabled and history) or (not force and time.monotonic() - self.last < wait):
             return
         from rnnkit.files import atomic_write
         from rnnkit.plot import render_curves
 
+        started = time.monotonic()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             rows = [asdict(h) for h in history]
@@ -77,3 +86,4 @@ class Curves(Callback):
         except OSError as exc:
             raise RnnkitError(f"cannot write {self.run_dir / 'curves.png'}: {exc.strerror or exc}") from None
         self.last = time.monotonic()
+        self.cost = self.last - started
