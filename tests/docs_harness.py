@@ -6,7 +6,8 @@ follows are in CONTRIBUTING.md ("Documentation"); what the harness does to them:
 
 - each page runs top to bottom in a new directory holding the fixture files (:func:`write_fixtures`);
 - ``bash`` blocks: every ``rnnkit`` command runs in this process (``rnnkit.cli.main``), but one
-  that sets a variable rnnkit reads once per process (:data:`READ_ONCE`) runs in a new one; a
+  that sets a variable rnnkit reads once per process (:data:`READ_ONCE`) runs in a new one
+  (``RNNKIT_NO_KERNEL`` stays here: the kernel's state is that of a new process for the command); a
   command with pipes or redirections, ``python -m rnnkit`` and ``torchrun`` run in a shell (a
   training may not be piped);
   ``rnnkit serve`` is started in the background for the rest of the page, on a free port that
@@ -55,7 +56,7 @@ TICK_S = 0.05  # the trainer's clock in this process advances this much a readin
 FIXED_SPEEDS = {128: 40_000, 256: 12_000, 384: 5_000, 512: 2_000, 768: 900, 1024: 500}  # tokens/s by width
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[^\n]*$")
 MARKER = re.compile(r"^[ \t]*<!-- docs-test: (?P<kind>parse-only|exit) ?(?P<arg>.*?) -->[ \t]*$")
-READ_ONCE = {"RNNKIT_NO_KERNEL", "RNNKIT_KERNEL_CFLAGS"}  # environment variables rnnkit reads once per process
+READ_ONCE = {"RNNKIT_KERNEL_CFLAGS"}  # environment variables rnnkit reads once per process (a kernel build)
 SHELL_OPERATORS = {"|", "||", ";", "&", ">", ">>", "<", "2>", "2>&1", "&>"}
 EXTERNAL_TOOLS = {"git", "cd", "pre-commit", "apt-get", "sudo", "export"}
 
@@ -385,6 +386,21 @@ def start_server(page: Page, env: dict[str, str], args: list[str]) -> tuple[int,
     return 1, "the server did not listen within 60 s"
 
 
+@contextlib.contextmanager
+def kernel_as_in_a_new_process(when: bool):
+    """rnnkit decides once per process whether it uses its kernel (``RNNKIT_NO_KERNEL``): for the
+    command, that decision is forgotten, as in a new process, and restored afterwards."""
+    from rnnkit import kernels
+
+    saved = kernels._kernel, kernels._tried, kernels._why_not
+    if when:
+        kernels._kernel, kernels._tried, kernels._why_not = None, False, ""
+    try:
+        yield
+    finally:
+        kernels._kernel, kernels._tried, kernels._why_not = saved
+
+
 def run_rnnkit(page: Page, env: dict[str, str], args: list[str]) -> tuple[int, str]:
     from rnnkit.cli import main
 
@@ -399,7 +415,8 @@ def run_rnnkit(page: Page, env: dict[str, str], args: list[str]) -> tuple[int, s
             return exc.code if isinstance(exc.code, int) else 1
 
     try:
-        return capture(call)
+        with kernel_as_in_a_new_process(when="RNNKIT_NO_KERNEL" in env):
+            return capture(call)
     finally:
         for key, value in saved.items():
             if value is None:

@@ -76,8 +76,8 @@ def test_sigint_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
         "--save-every",
         "5",
     ]
-    ref = tmp_path / "ref"
-    subprocess.run([*cmd, "--out", str(ref)], check=True, capture_output=True, env=env)
+    ref = tmp_path / "ref"  # the uninterrupted run, side by side with the one that is interrupted
+    reference = subprocess.Popen([*cmd, "--out", str(ref)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
     run = tmp_path / "run"
     proc = subprocess.Popen(
@@ -100,6 +100,7 @@ def test_sigint_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
         env=env,
     )
     assert resumed.returncode == 0, resumed.stderr
+    assert reference.wait(timeout=120) == 0, reference.stderr.read()[-2000:]
     ref_metrics = (ref / "metrics.jsonl").read_text().splitlines()
     run_metrics = (run / "metrics.jsonl").read_text().splitlines()
     strip = lambda rows: [
@@ -492,7 +493,15 @@ def test_a_run_stopped_mid_epoch_resumes_from_its_checkpoint_bitwise(tmp_path, t
 def test_a_killed_run_resumes_from_its_last_mid_epoch_save_bitwise(tmp_path):
     """SIGKILL (no handler runs) after some --save-steps saves: the run continues from the last one
     exactly, mid-epoch, as if it had never stopped."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the uninterrupted run trains side by side with the killed one: one thread each, as in
+    # test_sigint_then_resume_is_bitwise_equal_to_uninterrupted
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "MKL_DYNAMIC": "FALSE",
+    }
     cmd = [
         sys.executable,
         "-m",
@@ -514,7 +523,7 @@ def test_a_killed_run_resumes_from_its_last_mid_epoch_save_bitwise(tmp_path):
         "--quiet",
     ]
     ref = tmp_path / "ref"
-    subprocess.run([*cmd, "--out", str(ref)], check=True, capture_output=True, env=env)
+    reference = subprocess.Popen([*cmd, "--out", str(ref)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     run = tmp_path / "run"
     proc = subprocess.Popen([*cmd, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
@@ -530,6 +539,7 @@ def test_a_killed_run_resumes_from_its_last_mid_epoch_save_bitwise(tmp_path):
     meta = json.loads((run / "config.json").read_text())
     assert meta["step"] % 7 == 0 and 30 <= meta["step"] < 6 * 16, meta["step"]
     assert subprocess.run([*cmd[:3], "train", "--resume", str(run), "--quiet"], env=env).returncode == 0
+    assert reference.wait(timeout=120) == 0, reference.stderr.read()[-2000:]
     assert_bitwise_equal(weights(run), weights(ref))
     strip = lambda path: [
         {k: v for k, v in json.loads(r).items() if k not in ("seconds", "tokens_per_s")}

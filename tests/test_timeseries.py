@@ -194,12 +194,15 @@ def weights(run_dir):
 
 
 def test_resume_and_interrupt_end_equal_to_one_run(tmp_path, capsys, monkeypatch):
+    import rnnkit.timeseries.training
+
+    monkeypatch.setattr(rnnkit.timeseries.training, "SAVE_EVERY", 5)  # saves within a model's 12 epochs
     options = ["--models", "linear", "gru", "lstm", "--hidden", "6", "--quiet", "--json"]
-    assert main(["timeseries", *options, "--epochs", "60", "--out", str(tmp_path / "straight")]) == 0
+    assert main(["timeseries", *options, "--epochs", "12", "--out", str(tmp_path / "straight")]) == 0
     straight = capsys.readouterr().out.splitlines()[-1]
-    assert main(["timeseries", *options, "--epochs", "30", "--out", str(tmp_path / "resumed")]) == 0
+    assert main(["timeseries", *options, "--epochs", "6", "--out", str(tmp_path / "resumed")]) == 0
     capsys.readouterr()
-    assert main(["timeseries", "--resume", str(tmp_path / "resumed"), "--epochs", "60", "--json", "--quiet"]) == 0
+    assert main(["timeseries", "--resume", str(tmp_path / "resumed"), "--epochs", "12", "--json", "--quiet"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == straight
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.equal(a[m][k], b[m][k]) for m in a for k in a[m])
@@ -208,14 +211,14 @@ def test_resume_and_interrupt_end_equal_to_one_run(tmp_path, capsys, monkeypatch
 
     real_save, saves = timeseries.save_series_run, []
 
-    def interrupted_save(run_dir, trainer):  # Ctrl-C arrives right after the second save
+    def interrupted_save(run_dir, trainer):  # Ctrl-C right after the second save: the GRU's epoch 5
         real_save(run_dir, trainer)
         saves.append(1)
         if len(saves) == 2:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(timeseries, "save_series_run", interrupted_save)
-    assert main(["timeseries", *options, "--epochs", "60", "--out", str(tmp_path / "cut")]) == 130
+    assert main(["timeseries", *options, "--epochs", "12", "--out", str(tmp_path / "cut")]) == 130
     assert "--resume" in capsys.readouterr().err
     monkeypatch.setattr(timeseries, "save_series_run", real_save)
     assert main(["timeseries", "--resume", str(tmp_path / "cut"), "--json", "--quiet"]) == 0
