@@ -100,7 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--val-fraction", type=float, default=0.1, help="the held-out tail")
     add_timeseries_parser(sub)
     add_serve_parser(sub)
+    add_compress_parsers(sub)
     return parser
+
+
+def add_compress_parsers(sub) -> None:
+    for name, verb in (("compress", "compress"), ("decompress", "decompress")):
+        c = sub.add_parser(name, help=f"{verb} files losslessly with an adaptive model (gzip's conventions)")
+        c.add_argument("files", nargs="+", metavar="FILE", help="files ('-': standard input, to standard output)")
+        c.add_argument("-o", "--output", metavar="OUT", help="the output file (one input only; '-': standard output)")
+        c.add_argument("-c", "--stdout", action="store_true", help="write to standard output, keep the inputs")
+        c.add_argument("-k", "--keep", action="store_true", help="keep the inputs (default: removed after success)")
+        c.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+        c.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
 def add_generate_parser(sub) -> None:
@@ -306,6 +318,27 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    """``rnnkit compress`` / ``rnnkit decompress``: each file in turn; a summary line per file on stderr."""
+    from rnnkit.compress import compress_file
+
+    if args.output is not None and len(args.files) > 1:
+        raise RnnkitError("-o names one output: give one input file")
+    decompress = args.command == "decompress"
+    for path in args.files:
+        output = "-" if args.stdout else args.output
+        totals = compress_file(
+            path, decompress=decompress, output=output, keep=args.keep, force=args.force, progress=not args.quiet
+        )
+        if not args.quiet and not decompress and totals.original:
+            print(
+                f"{path}: {totals.original:,} -> {totals.compressed:,} bytes, "
+                f"{8 * totals.compressed / totals.original:.3f} bits per byte",
+                file=sys.stderr,
+            )
+    return 0
+
+
 def cmd_timeseries(args: argparse.Namespace) -> int:
     """``rnnkit timeseries``: train (or resume) every model, save, score every horizon, plot."""
     from rnnkit.files import DirectoryLock
@@ -406,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             "serve": cmd_serve,
             "timeseries": cmd_timeseries,
             "prepare": cmd_prepare,
+            "compress": cmd_compress,
+            "decompress": cmd_compress,
         }
         return commands[args.command](args)
     except RnnkitError as exc:

@@ -1,0 +1,125 @@
+"""The adaptive model of ``rnnkit compress``: bitwise context mixing in integer arithmetic.
+
+Each byte is coded as 8 binary decisions, most significant bit first. For each decision, every
+context (:data:`ORDERS`: the last 1, 2, 3, 4 and 6 bytes, plus the partial byte alone and the
+current word) has an adaptive probability of a 1, kept in a hashed table of ``2**table_bits``
+entries; a mixer combines their
+logits (``stretch(p) = ln(p / (1 - p))``) with weights chosen by the partial byte and learned
+online by gradient descent on the coding cost, and ``squash`` (the logistic function) turns the sum
+back into a probability. Compressor and decompressor run the same model, so they see the same
+probabilities.
+
+Every quantity is an integer (probabilities in 1/4096, logits in 1/256, weights in 1/65536, and
+``squash``/``stretch`` from an integer table): the model gives the same probabilities on every
+machine, whatever its CPU, BLAS or thread count. Tables are fixed in size (at most
+:data:`TABLE_BITS`, 84 MiB in all; smaller for a short input, see :func:`table_bits_for`), so
+memory does not grow with the input.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable
+
+ORDERS = (1, 2, 3, 4, 6)  # the byte contexts: this many previous bytes
+TABLE_BITS = 22  # at most 2**22 counters a context kind: 12 MiB each (16-bit probability, 8-bit count)
+MIN_TABLE_BITS = 12
+LIMIT = 255  # a counter's adaptation rate falls as 1 / (count + 1.5) down to 1 / (LIMIT + 1.5)
+LEARNING_RATE = 6  # the mixer's step: ~LEARNING_RATE / 1024 per unit of logit and of error
+INITIAL_WEIGHT = 65536 * 3 // 10
+
+_M64 = (1 << 64) - 1
+_SQUASH_KNOTS = (1, 2, 3, 6, 10, 16, 27, 45, 73, 120, 194, 310, 488, 747, 1101, 1546, 2047,
+                 2549, 2994, 3348, 3607, 3785, 3901, 3975, 4022, 4050, 4068, 4079, 4085, 4089,
+                 4092, 4093, 4094)  # fmt: skip  # 4096 / (1 + e^-x) at x = -8, -7.5, ..., 8
+
+
+def _squash(d: int) -> int:
+    """4096 / (1 + e^(-d/256)), linearly interpolated between :data:`_SQUASH_KNOTS`."""
+    if d > 2047:
+        return 4095
+    if d < -2047:
+        return 1
+    w = d & 127
+    i = (d >> 7) + 16
+    return (_SQUASH_KNOTS[i] * (128 - w) + _SQUASH_KNOTS[i + 1] * w + 64) >> 7
+
+
+SQUASH = [_squash(d) for d in range(-2047, 2048)]  # index d + 2047
+STRETCH = [0] * 4096  # the inverse of squash: the smallest d with squash(d) >= p
+_next = 0
+for _d in range(-2047, 2048):
+    _p = SQUASH[_d + 2047]
+    for _q in range(_next, _p + 1):
+        STRETCH[_q] = _d
+    _next = max(_next, _p + 1)
+for _q in range(_next, 4096):
+    STRETCH[_q] = 2047
+RECIPROCAL = [int(65536 / (n + 1.5)) for n in range(LIMIT + 1)]
+
+
+def table_bits_for(size: int | None) -> int:
+    """Table size (log2) for an input of ``size`` bytes (``None``: unknown, the largest): about
+    two entries a coded bit, so that a short input does not pay for 84 MiB of tables."""
+    if size is None:
+        return TABLE_BITS
+    return max(MIN_TABLE_BITS, min(TABLE_BITS, (16 * size).bit_length()))
+
+
+class ContextMixer:
+    """The bit predictor; :meth:`byte` codes (or decodes) one byte through a ``decide`` callback."""
+
+    inputs = 2 + len(ORDERS) + 1  # the partial byte, the orders, the word; and a bias
+
+    def __init__(self, table_bits: int = TABLE_BITS) -> None:
+        kinds = self.inputs - 1
+        self.mask = (1 << table_bits) - 1
+        self.probabilities = [array("H", [32768]) * (1 << table_bits) for _ in range(kinds)]
+        self.counts = [bytearray(1 << table_bits) for _ in range(kinds)]
+        self.weights = [INITIAL_WEIGHT] * (256 * self.inputs)
+        self.history = 0  # the last 8 bytes, the newest in the low byte
+        self.word = 0  # a hash of the letters since the last non-letter
+        self.contexts = self._contexts()
+
+    def _contexts(self) -> list[int]:
+        """A hash per context kind for the next byte (the partial byte is added per bit)."""
+        contexts = [0]
+        for k in ORDERS:
+            mixed = ((self.history & ((1 << (8 * k)) - 1)) + (k << 56)) * 0x9E3779B97F4A7C15 & _M64
+            contexts.append(mixed >> 20)
+        contexts.append(((self.word + 0x5BD1E995) * 0x9E3779B97F4A7C15 & _M64) >> 20)
+        return contexts
+
+    def byte(self, decide: Callable[[int], int]) -> int:
+        """Code one byte: for each bit, ``decide(p)`` gets the probability of a 1 in 1/4096 and
+        returns the bit (the compressor's known bit, or the decompressor's decoded one)."""
+        probabilities, counts, weights, contexts = self.probabilities, self.counts, self.weights, self.contexts
+        n, mask = self.inputs, self.mask
+        c0 = 1  # the bits of the byte so far, after a leading 1
+        while c0 < 256:
+            slots = [(h + c0 * 0x2F0B4CA3) & mask for h in contexts]
+            logits = [STRETCH[table[slot] >> 4] for table, slot in zip(probabilities, slots, strict=True)]
+            logits.append(256)
+            base = c0 * n
+            dot = 0
+            for i in range(n):
+                dot += weights[base + i] * logits[i]
+            dot >>= 16
+            p = SQUASH[2047 + (2047 if dot > 2047 else -2047 if dot < -2047 else dot)]
+            bit = decide(p)
+            error = ((bit << 12) - p) * LEARNING_RATE
+            for i in range(n):
+                weights[base + i] += (logits[i] * error) >> 14
+            target = 65535 if bit else 0
+            for table, count, slot in zip(probabilities, counts, slots, strict=True):
+                seen = count[slot]
+                table[slot] += ((target - table[slot]) * RECIPROCAL[seen]) >> 16
+                if seen < LIMIT:
+                    count[slot] = seen + 1
+            c0 = (c0 << 1) | bit
+        value = c0 & 255
+        self.history = ((self.history << 8) | value) & _M64
+        letter = value | 32
+        self.word = (self.word * 0x3F + letter) & 0xFFFFFFFF if 97 <= letter <= 122 else 0
+        self.contexts = self._contexts()
+        return value
