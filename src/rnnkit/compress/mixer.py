@@ -6,8 +6,15 @@ current word) has an adaptive probability of a 1, kept in a hashed table of ``2*
 entries; a mixer combines their
 logits (``stretch(p) = ln(p / (1 - p))``) with weights chosen by the partial byte and learned
 online by gradient descent on the coding cost, and ``squash`` (the logistic function) turns the sum
-back into a probability. Compressor and decompressor run the same model, so they see the same
-probabilities.
+back into a probability. A last stage (an adaptive probability map, or SSE) refines it by the
+previous byte and the partial byte: 33 knots along the logit for each, interpolated, learned
+online; the coded probability is 1/4 the mixer's and 3/4 the refined one. Compressor and
+decompressor run the same model, so they see the same probabilities.
+
+Chosen by measurement on The Time Machine and Tiny Shakespeare's first 300 KB (bits per byte,
+the model's own code length): the refinement stage gained 0.8% (TM 2.235 -> 2.216, TS 2.177 ->
+2.159); a mixer step of 3/1024 instead of 6/1024, 0.1%; counters whose rate stops falling at
+1/128.5 instead of 1/256.5, 0.05%; an order-5 context (0.07%) was not worth its time.
 
 Every quantity is an integer (probabilities in 1/4096, logits in 1/256, weights in 1/65536, and
 ``squash``/``stretch`` from an integer table): the model gives the same probabilities on every
@@ -24,9 +31,10 @@ from collections.abc import Callable
 ORDERS = (1, 2, 3, 4, 6)  # the byte contexts: this many previous bytes
 TABLE_BITS = 22  # at most 2**22 counters a context kind: 12 MiB each (16-bit probability, 8-bit count)
 MIN_TABLE_BITS = 12
-LIMIT = 255  # a counter's adaptation rate falls as 1 / (count + 1.5) down to 1 / (LIMIT + 1.5)
-LEARNING_RATE = 6  # the mixer's step: ~LEARNING_RATE / 1024 per unit of logit and of error
+LIMIT = 127  # a counter's adaptation rate falls as 1 / (count + 1.5) down to 1 / (LIMIT + 1.5)
+LEARNING_RATE = 3  # the mixer's step: ~LEARNING_RATE / 1024 per unit of logit and of error
 INITIAL_WEIGHT = 65536 * 3 // 10
+REFINE_RATE = 6  # the refinement's knots move 1/64 of the way to each bit
 
 _M64 = (1 << 64) - 1
 _SQUASH_KNOTS = (1, 2, 3, 6, 10, 16, 27, 45, 73, 120, 194, 310, 488, 747, 1101, 1546, 2047,
@@ -80,6 +88,10 @@ class ContextMixer:
         self.history = 0  # the last 8 bytes, the newest in the low byte
         self.word = 0  # a hash of the letters since the last non-letter
         self.contexts = self._contexts()
+        # the mixer's probability refined by the previous byte and the partial byte (an APM, or SSE):
+        # 33 knots along the logit per context, each a 16-bit probability, starting at squash(knot)
+        knots = [SQUASH[min(4094, max(0, (j - 16) * 128 + 2047))] * 16 for j in range(33)]
+        self.refined = array("H", knots) * 65536
 
     def _contexts(self) -> list[int]:
         """A hash per context kind for the next byte (the partial byte is added per bit)."""
@@ -95,6 +107,7 @@ class ContextMixer:
         returns the bit (the compressor's known bit, or the decompressor's decoded one)."""
         probabilities, counts, weights, contexts = self.probabilities, self.counts, self.weights, self.contexts
         n, mask = self.inputs, self.mask
+        refined_table, previous = self.refined, self.history & 255
         c0 = 1  # the bits of the byte so far, after a leading 1
         while c0 < 256:
             slots = [(h + c0 * 0x2F0B4CA3) & mask for h in contexts]
@@ -105,9 +118,16 @@ class ContextMixer:
             for i in range(n):
                 dot += weights[base + i] * logits[i]
             dot >>= 16
-            p = SQUASH[2047 + (2047 if dot > 2047 else -2047 if dot < -2047 else dot)]
-            bit = decide(p)
-            error = ((bit << 12) - p) * LEARNING_RATE
+            mixed = SQUASH[2047 + (2047 if dot > 2047 else -2047 if dot < -2047 else dot)]
+            knot = STRETCH[mixed] + 2048
+            low, w = knot >> 7, knot & 127
+            at = (previous | (c0 << 8)) * 33 + low
+            refined = (refined_table[at] * (128 - w) + refined_table[at + 1] * w) >> 11
+            p = (mixed + 3 * refined) >> 2
+            bit = decide(1 if p < 1 else 4095 if p > 4095 else p)
+            near = at + (w >> 6)
+            refined_table[near] += ((65535 if bit else 0) - refined_table[near]) >> REFINE_RATE
+            error = ((bit << 12) - mixed) * LEARNING_RATE
             for i in range(n):
                 weights[base + i] += (logits[i] * error) >> 14
             target = 65535 if bit else 0

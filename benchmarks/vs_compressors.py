@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""rnnkit compress against the usual compressors, side by side on this machine.
+
+    .venv/bin/python benchmarks/vs_compressors.py                     # The Time Machine, Tiny Shakespeare
+    .venv/bin/python benchmarks/vs_compressors.py --other-texts /tmp/texts --out benchmarks/results/x.json
+
+Each compressor runs at its strongest setting in a fresh process of its own (the parent reads that
+process's peak memory from ``wait4``): gzip -9, bzip2 -9, xz -9e (Python's zlib, bz2, lzma),
+zstd -19 (``zstandard``), brotli -11 (``brotli``), PPMd (``pyppmd``, variant H, 256 MiB, its best
+order among 4-16) and ``rnnkit compress`` (adaptive). Every result is decompressed and compared
+with the original. Reported: bits per byte of the original, compress and decompress KB/s (median
+of ``--repeats``; 1 KB = 1000 bytes), the worker's peak resident memory. Needs the ``bench`` and
+``compress`` extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_model  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+COMPRESSORS = ["gzip -9", "bzip2 -9", "xz -9e", "zstd -19", "brotli -11", "PPMd", "rnnkit"]
+PPMD_ORDERS = range(4, 17)
+
+
+def codec(name: str, order: int = 6, length: int = 0):
+    """(compress, decompress) functions of bytes for a compressor of :data:`COMPRESSORS` (``length``:
+    the original's, which PPMd's decoder needs)."""
+    if name == "gzip -9":
+        import gzip
+
+        return lambda d: gzip.compress(d, 9, mtime=0), gzip.decompress
+    if name == "bzip2 -9":
+        import bz2
+
+        return lambda d: bz2.compress(d, 9), bz2.decompress
+    if name == "xz -9e":
+        import lzma
+
+        return lambda d: lzma.compress(d, preset=9 | lzma.PRESET_EXTREME), lzma.decompress
+    if name == "zstd -19":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=19).compress, zstandard.ZstdDecompressor().decompress
+    if name == "brotli -11":
+        import brotli
+
+        return lambda d: brotli.compress(d, quality=11), brotli.decompress
+    if name == "PPMd":
+        import pyppmd
+
+        def compress(data: bytes) -> bytes:
+            encoder = pyppmd.Ppmd7Encoder(order, 256 << 20)
+            return encoder.encode(data) + encoder.flush()
+
+        def decompress(packed: bytes) -> bytes:  # PPMd H has no end mark: the length is known here
+            return pyppmd.Ppmd7Decoder(order, 256 << 20).decode(packed, length)
+
+        return compress, decompress
+    if name == "rnnkit":
+        from rnnkit.compress import compress_bytes, decompress_bytes
+
+        return compress_bytes, decompress_bytes
+    raise ValueError(name)
+
+
+def worker(name: str, path: Path, order: int) -> None:
+    """In the child: compress, decompress, check; print one JSON line."""
+    data = path.read_bytes()
+    compress, decompress = codec(name, order, len(data))
+    started = time.perf_counter()
+    packed = compress(data)
+    compress_s = time.perf_counter() - started
+    started = time.perf_counter()
+    back = decompress(packed)
+    decompress_s = time.perf_counter() - started
+    if back != data:
+        raise SystemExit(f"{name}: the round trip changed {path}")
+    print(json.dumps({"bytes": len(packed), "compress_s": compress_s, "decompress_s": decompress_s}))
+
+
+def run_worker(name: str, path: Path, order: int = 6) -> dict:
+    """One fresh process; its result and its peak resident memory in MiB."""
+    command = [sys.executable, __file__, "--worker", name, str(path), "--order", str(order)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    out = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{name} on {path}: the worker failed")
+    return {**json.loads(out), "peak_mib": usage.ru_maxrss / 1024}
+
+
+def measure(name: str, path: Path, repeats: int) -> dict:
+    size = path.stat().st_size
+    setting = name
+    order = 6
+    if name == "PPMd":  # its best order first (sizes only), then the timed repeats at that order
+        sizes = {o: run_worker(name, path, o)["bytes"] for o in PPMD_ORDERS}
+        order = min(sizes, key=sizes.get)
+        setting = f"PPMd var. H, order {order}, 256 MiB"
+    runs = [run_worker(name, path, order) for _ in range(repeats)]
+    return {
+        "setting": setting,
+        "bytes": runs[0]["bytes"],
+        "bits_per_byte": 8 * runs[0]["bytes"] / size,
+        "compress_kb_s": [size / 1000 / r["compress_s"] for r in runs],
+        "decompress_kb_s": [size / 1000 / r["decompress_s"] for r in runs],
+        "compress_kb_s_median": statistics.median(size / 1000 / r["compress_s"] for r in runs),
+        "decompress_kb_s_median": statistics.median(size / 1000 / r["decompress_s"] for r in runs),
+        "peak_mib": max(r["peak_mib"] for r in runs),
+    }
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| text | bytes | " + " | ".join(COMPRESSORS) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in COMPRESSORS) + " |",
+    ]
+    for text in results:
+        cells = [f"{text['results'][c]['bits_per_byte']:.3f}" if c in text["results"] else "" for c in COMPRESSORS]
+        lines.append(f"| {text['text']} | {text['bytes']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("texts", nargs="*", type=Path, help="files (default: The Time Machine, Tiny Shakespeare)")
+    parser.add_argument("--other-texts", type=Path, metavar="DIR", help="also benchmarks/other_texts.py's, built here")
+    parser.add_argument("--compressors", nargs="+", choices=COMPRESSORS, default=COMPRESSORS)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each compressor (sizes do not vary)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_compressors.json"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--order", type=int, default=6, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.texts[0], args.order)
+    texts = args.texts or [DATA / "timemachine.txt", DATA / "tinyshakespeare.txt"]
+    if args.other_texts:
+        from other_texts import build
+
+        texts += [p for p in build(args.other_texts) if p.name != "timemachine.txt" or p not in texts]
+    results = []
+    for path in texts:
+        entry = {"text": path.name, "bytes": path.stat().st_size, "results": {}}
+        for name in args.compressors:
+            entry["results"][name] = measure(name, path, args.repeats)
+            print(f"{path.name}: {name}: {json.dumps(entry['results'][name])}", file=sys.stderr, flush=True)
+        results.append(entry)
+    report = {"cpu": cpu_model(), "repeats": args.repeats, "texts": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as f:
+        json.dump(report, f, indent=1)
+    os.replace(f.name, args.out)
+    print(json.dumps(report, indent=1))
+    print(table(results), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
