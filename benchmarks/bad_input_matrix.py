@@ -303,6 +303,21 @@ def main() -> None:
                 ["train", *TINY, "--tensorboard", file("events.txt", b"not a directory"), "--out", str(d / "new")],
             ),
             ("--resume with a model option", ["train", "--resume", str(good), "--hidden", "32"]),
+            ("compress a missing file", ["compress", str(d / "missing.txt")]),
+            ("compress a directory", ["compress", str(d)]),
+            ("compress a FIFO", ["compress", fifo]),
+            ("compress onto an existing output", ["compress", "-k", file("c.txt", b"x"), "-o", file("c.out", b"y")]),
+            ("compress a .rnz file", ["compress", file("again.rnz", b"x")]),
+            ("decompress a file without .rnz", ["decompress", file("plain.txt", b"x")]),
+            ("decompress a gzip file", ["decompress", "-c", file("g.rnz", b"\x1f\x8b\x08\x00" + bytes(20))]),
+            (
+                "decompress a truncated .rnz",
+                ["decompress", "-c", file("cut.rnz", b"RNZ\x1a\x01\x00\x01\x0c\x030.5\x01\x10\x00")],
+            ),
+            (
+                "decompress a .rnz of another format version",
+                ["decompress", "-c", file("v9.rnz", b"RNZ\x1a\x09\x00\x01\x0c\x030.5")],
+            ),
         ]
         print("| input | what rnnkit prints | exit status |")
         print("| --- | --- | --- |")

@@ -4,13 +4,13 @@
     .venv/bin/python benchmarks/vs_compressors.py                     # The Time Machine, Tiny Shakespeare
     .venv/bin/python benchmarks/vs_compressors.py --other-texts /tmp/texts --out benchmarks/results/x.json
 
-Each compressor runs at its strongest setting in a fresh process of its own (the parent reads that
-process's peak memory from ``wait4``): gzip -9, bzip2 -9, xz -9e (Python's zlib, bz2, lzma),
+Each compressor runs at its strongest setting in a fresh process of its own (which reports its
+peak memory, Linux's VmHWM): gzip -9, bzip2 -9, xz -9e (Python's zlib, bz2, lzma),
 zstd -19 (``zstandard``), brotli -11 (``brotli``), PPMd (``pyppmd``, variant H, 256 MiB, its best
 order among 4-16) and ``rnnkit compress`` (adaptive). Every result is decompressed and compared
 with the original. Reported: bits per byte of the original, compress and decompress KB/s (median
-of ``--repeats``; 1 KB = 1000 bytes), the worker's peak resident memory. Needs the ``bench`` and
-``compress`` extras.
+of ``--repeats``; 1 KB = 1000 bytes), the worker's peak resident memory (the Python interpreter, the
+input, the output and the compressor's own). Needs the ``bench`` and ``compress`` extras.
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_model  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COMPRESSORS = ["gzip -9", "bzip2 -9", "xz -9e", "zstd -19", "brotli -11", "PPMd", "rnnkit"]
@@ -86,18 +83,24 @@ def worker(name: str, path: Path, order: int) -> None:
     decompress_s = time.perf_counter() - started
     if back != data:
         raise SystemExit(f"{name}: the round trip changed {path}")
-    print(json.dumps({"bytes": len(packed), "compress_s": compress_s, "decompress_s": decompress_s}))
+    result = {"bytes": len(packed), "compress_s": compress_s, "decompress_s": decompress_s, "peak_mib": peak_mib()}
+    print(json.dumps(result))
+
+
+def peak_mib() -> float:
+    """This program's peak resident memory: VmHWM belongs to the memory map that ``exec`` made (the
+    children's ``ru_maxrss`` would count the parent's pages, copied by ``fork``, as well)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def run_worker(name: str, path: Path, order: int = 6) -> dict:
-    """One fresh process; its result and its peak resident memory in MiB."""
+    """One fresh process's result (with its peak resident memory in MiB)."""
     command = [sys.executable, __file__, "--worker", name, str(path), "--order", str(order)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    out = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
         raise SystemExit(f"{name} on {path}: the worker failed")
-    return {**json.loads(out), "peak_mib": usage.ru_maxrss / 1024}
+    return json.loads(done.stdout)
 
 
 def measure(name: str, path: Path, repeats: int) -> dict:
@@ -144,6 +147,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.texts[0], args.order)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # not in a worker: common imports torch
+    from common import cpu_model
+
     texts = args.texts or [DATA / "timemachine.txt", DATA / "tinyshakespeare.txt"]
     if args.other_texts:
         from other_texts import build

@@ -146,6 +146,7 @@ def test_files_follow_gzips_conventions(tmp_path, text, capsys):
     [
         (["compress", "{d}/missing"], "cannot read"),
         (["compress", "{d}"], "is not a regular file"),
+        (["compress", "{d}/fifo"], "is not a regular file"),
         (["decompress", "{d}/t.txt"], "no .rnz suffix to remove"),
         (["compress", "{d}/t.txt.rnz"], "already has the .rnz suffix"),
         (["compress", "-o", "{d}/x", "{d}/t.txt", "{d}/t.txt"], "-o names one output"),
@@ -157,6 +158,7 @@ def test_files_follow_gzips_conventions(tmp_path, text, capsys):
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, argv, message):
     (tmp_path / "t.txt").write_bytes(b"some text\n")
     (tmp_path / "t.txt.rnz").write_bytes(b"not really\n")
+    os.mkfifo(tmp_path / "fifo")
     assert main([a.format(d=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
