@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable
+from operator import mul
 
 ORDERS = (1, 2, 3, 4, 6)  # the byte contexts: this many previous bytes
 TABLE_BITS = 22  # at most 2**22 counters a context kind: 12 MiB each (16-bit probability, 8-bit count)
@@ -109,15 +110,14 @@ class ContextMixer:
         n, mask = self.inputs, self.mask
         refined_table, previous = self.refined, self.history & 255
         c0 = 1  # the bits of the byte so far, after a leading 1
+        kinds = range(n - 1)
         while c0 < 256:
-            slots = [(h + c0 * 0x2F0B4CA3) & mask for h in contexts]
-            logits = [STRETCH[table[slot] >> 4] for table, slot in zip(probabilities, slots, strict=True)]
+            offset = c0 * 0x2F0B4CA3
+            slots = [(h + offset) & mask for h in contexts]
+            logits = [STRETCH[probabilities[k][slots[k]] >> 4] for k in kinds]
             logits.append(256)
             base = c0 * n
-            dot = 0
-            for i in range(n):
-                dot += weights[base + i] * logits[i]
-            dot >>= 16
+            dot = sum(map(mul, weights[base : base + n], logits)) >> 16
             mixed = SQUASH[2047 + (2047 if dot > 2047 else -2047 if dot < -2047 else dot)]
             knot = STRETCH[mixed] + 2048
             low, w = knot >> 7, knot & 127
@@ -128,11 +128,14 @@ class ContextMixer:
             near = at + (w >> 6)
             refined_table[near] += ((65535 if bit else 0) - refined_table[near]) >> REFINE_RATE
             error = ((bit << 12) - mixed) * LEARNING_RATE
-            for i in range(n):
-                weights[base + i] += (logits[i] * error) >> 14
+            weights[base : base + n] = [
+                weight + ((x * error) >> 14) for weight, x in zip(weights[base : base + n], logits, strict=True)
+            ]
             target = 65535 if bit else 0
-            for table, count, slot in zip(probabilities, counts, slots, strict=True):
+            for k in kinds:
+                slot, count = slots[k], counts[k]
                 seen = count[slot]
+                table = probabilities[k]
                 table[slot] += ((target - table[slot]) * RECIPROCAL[seen]) >> 16
                 if seen < LIMIT:
                     count[slot] = seen + 1
