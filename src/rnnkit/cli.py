@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_compress_parsers(sub) -> None:
-    for name, verb in (("compress", "compress"), ("decompress", "decompress")):
-        c = sub.add_parser(name, help=f"{verb} files losslessly with an adaptive model (gzip's conventions)")
+    for name in ("compress", "decompress"):
+        c = sub.add_parser(name, help=f"{name} files losslessly with an adaptive model (gzip's conventions)")
         c.add_argument("files", nargs="+", metavar="FILE", help="files ('-': standard input, to standard output)")
         c.add_argument("-o", "--output", metavar="OUT", help="the output file (one input only; '-': standard output)")
         c.add_argument("-c", "--stdout", action="store_true", help="write to standard output, keep the inputs")

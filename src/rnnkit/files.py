@@ -63,17 +63,25 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
-    path = Path(path)
-    tmp = write_temp(path, data)
+@contextlib.contextmanager
+def renamed_into_place(tmp: str | os.PathLike, path: Path) -> Iterator[None]:
+    """When the ``with`` block ends normally, rename the temp file ``tmp`` over ``path`` and fsync
+    the directory; when it (or the rename) ends by an exception, remove ``tmp``."""
     try:
+        yield
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     fsync_directory(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
+    path = Path(path)
+    with renamed_into_place(write_temp(path, data), path):
+        pass
 
 
 def remove_temp_files(directory: Path) -> None:
@@ -135,15 +143,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
     Ctrl-C, bad input): ``path`` then holds its old contents or nothing, never a part."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
+    with renamed_into_place(tmp, path), os.fdopen(fd, "wb") as stream:
         os.fchmod(fd, 0o666 & ~UMASK)
-        with os.fdopen(fd, "wb") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_directory(path.parent)
+        yield stream
+        stream.flush()
+        os.fsync(stream.fileno())

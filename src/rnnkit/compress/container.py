@@ -94,10 +94,10 @@ def read_header(source: BinaryIO) -> int:
         )
     if not MIN_TABLE_BITS <= table_bits <= TABLE_BITS:
         raise CorruptFile(f"corrupt: tables of 2**{table_bits} entries")
-    coder = read_exact(source, length, "the header").decode("ascii", "replace")
-    if coder != coder_version():
+    coder, here = read_exact(source, length, "the header").decode("ascii", "replace"), coder_version()
+    if coder != here:
         raise CorruptFile(
-            f"coded with constriction {coder}, and this machine has constriction {coder_version()}: "
+            f"coded with constriction {coder}, and this machine has constriction {here}: "
             f"decompress it with constriction {coder}.*"
         )
     return table_bits
