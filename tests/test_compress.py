@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from rnnkit.cli import main
-from rnnkit.compress import CorruptFile, compress_bytes, container, decompress_bytes
+from rnnkit.compress import CorruptFile, compress_bytes, container, decompress_bytes, mixer
 
 HEADER = 4 + 5 + len(container.coder_version())  # magic, 5 bytes, the coder's version
 END = 1 + 4 + 8  # the end mark and the trailer
@@ -169,7 +169,7 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, argv, message):
 def test_ctrl_c_and_a_full_disk_leave_no_output_and_keep_the_input(tmp_path, monkeypatch, capsys, text):
     source = tmp_path / "t.txt"
     source.write_bytes(text)
-    real = container.ContextMixer.byte
+    real = mixer.ContextMixer.byte
     calls = iter(range(10**9))
 
     def interrupted(self, decide):
@@ -177,10 +177,10 @@ def test_ctrl_c_and_a_full_disk_leave_no_output_and_keep_the_input(tmp_path, mon
             raise KeyboardInterrupt
         return real(self, decide)
 
-    monkeypatch.setattr(container.ContextMixer, "byte", interrupted)
+    monkeypatch.setattr(mixer.ContextMixer, "byte", interrupted)
     assert main(["compress", str(source)]) == 130
     assert source.read_bytes() == text and sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
-    monkeypatch.setattr(container.ContextMixer, "byte", real)
+    monkeypatch.setattr(mixer.ContextMixer, "byte", real)
 
     def full(fd):
         raise OSError(28, "No space left on device")

@@ -106,13 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_compress_parsers(sub) -> None:
     for name in ("compress", "decompress"):
-        c = sub.add_parser(name, help=f"{name} files losslessly with an adaptive model (gzip's conventions)")
+        c = sub.add_parser(name, help=f"{name} files losslessly with a language model (gzip's conventions)")
         c.add_argument("files", nargs="+", metavar="FILE", help="files ('-': standard input, to standard output)")
         c.add_argument("-o", "--output", metavar="OUT", help="the output file (one input only; '-': standard output)")
         c.add_argument("-c", "--stdout", action="store_true", help="write to standard output, keep the inputs")
         c.add_argument("-k", "--keep", action="store_true", help="keep the inputs (default: removed after success)")
         c.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
         c.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+        c.add_argument(
+            "--model",
+            metavar="RUN_DIR",
+            help="code with this trained run's network instead of the adaptive model (files compressed "
+            "with it decompress with it only)",
+        )
 
 
 def add_generate_parser(sub) -> None:
@@ -328,7 +334,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
     for path in args.files:
         output = "-" if args.stdout else args.output
         totals = compress_file(
-            path, decompress=decompress, output=output, keep=args.keep, force=args.force, progress=not args.quiet
+            path,
+            decompress=decompress,
+            output=output,
+            keep=args.keep,
+            force=args.force,
+            progress=not args.quiet,
+            model=args.model,
         )
         if not args.quiet and not decompress and totals.original:
             print(

@@ -2,9 +2,17 @@
 
 A model that predicts the next bit with probability ``p`` lets a range coder store that bit in
 ``-log2 p`` bits, exactly recoverable: compressing is modelling. The model here
-(:class:`~rnnkit.compress.mixer.ContextMixer`) starts from the same fixed state for every file and
-learns as it codes; the decompressor runs the same model and so sees the same probabilities. The
-coder is constriction's range coder (``rnnkit[compress]``). The format is in
+is one of two (:mod:`rnnkit.compress.coders`):
+
+- adaptive (the default): :class:`~rnnkit.compress.mixer.ContextMixer` starts from the same fixed
+  state for every file and learns as it codes; the decompressor runs the same model and so sees the
+  same probabilities. Integer arithmetic: the same bits on every machine.
+- a trained run (``model=RUN_DIR``, ``--model``): the run's network predicts each character, as a
+  shared dictionary that both sides hold; the file names the run's checkpoint and the sha256 of its
+  weights, and decompressing refuses any other. :class:`~rnnkit.compress.network.PortableLM`
+  computes it in a fixed order of float32 operations: the same bits on every machine too.
+
+The coder is constriction's range coder (``rnnkit[compress]``). The format is in
 :mod:`rnnkit.compress.container`.
 
 From Python::
@@ -12,6 +20,8 @@ From Python::
     from rnnkit.compress import compress_bytes, decompress_bytes
     packed = compress_bytes(b"any bytes")
     assert decompress_bytes(packed) == b"any bytes"
+    packed = compress_bytes(b"some text", model="runs/shakespeare")  # a run directory
+    assert decompress_bytes(packed, model="runs/shakespeare") == b"some text"
 
 Files follow gzip's conventions (:func:`compress_file`): ``FILE`` becomes ``FILE.rnz`` and is
 removed unless kept, no file is overwritten unless forced, and the output appears whole (temp file
@@ -52,17 +62,18 @@ __all__ = [
 ]
 
 
-def compress_bytes(data: bytes) -> bytes:
-    """``data`` as a ``.rnz`` file's bytes."""
+def compress_bytes(data: bytes, model: str | os.PathLike | None = None) -> bytes:
+    """``data`` as a ``.rnz`` file's bytes (``model``: a run directory to code with)."""
     sink = io.BytesIO()
-    compress_stream(io.BytesIO(data), sink, size=len(data))
+    compress_stream(io.BytesIO(data), sink, size=len(data), model=model)
     return sink.getvalue()
 
 
-def decompress_bytes(packed: bytes) -> bytes:
-    """The original bytes of a ``.rnz`` file's bytes (:class:`CorruptFile` if damaged)."""
+def decompress_bytes(packed: bytes, model: str | os.PathLike | None = None) -> bytes:
+    """The original bytes of a ``.rnz`` file's bytes (:class:`CorruptFile` if damaged; ``model``:
+    the run directory it was compressed with, if any)."""
     sink = io.BytesIO()
-    decompress_stream(io.BytesIO(packed), sink)
+    decompress_stream(io.BytesIO(packed), sink, model=model)
     return sink.getvalue()
 
 
@@ -97,11 +108,13 @@ def compress_file(
     keep: bool = False,
     force: bool = False,
     progress: bool = True,
+    model: str | os.PathLike | None = None,
 ) -> Totals:
     """Compress (or decompress) ``path`` (``"-"``: standard input) into ``output`` (default:
     :func:`output_path`; ``"-"``: standard output, and standard input always goes there unless
     ``output`` is given). An existing output is refused unless ``force``; the input is removed
-    after success unless ``keep``, or the output is standard output, or the input standard input."""
+    after success unless ``keep``, or the output is standard output, or the input standard input.
+    ``model``: a run directory to compress with (and that decompressing such a file needs)."""
     from tqdm import tqdm
 
     from rnnkit.files import atomic_output
@@ -127,9 +140,9 @@ def compress_file(
                 tqdm(total=size, unit="B", unit_scale=True, disable=None if progress else True, leave=False)
             )
             if decompress:
-                totals = decompress_stream(source, sink, bar.update)
+                totals = decompress_stream(source, sink, bar.update, model)
             else:
-                totals = compress_stream(source, sink, bar.update, size)
+                totals = compress_stream(source, sink, bar.update, size, model)
             sink.flush()
     except OSError as exc:  # a full disk, a closed pipe, an unreadable input
         where = "standard output" if to_stdout else output

@@ -2,9 +2,12 @@
 
 A file is a header, blocks, an end mark and a trailer (integers little-endian)::
 
-    header   b"RNZ\\x1a", format version (u8), mode (u8), model version (u8), the model's
-             table size (u8, log2), the coder's version (u8 length, ASCII: constriction's
-             "major.minor")
+    header   b"RNZ\\x1a", format version (u8), mode (u8: 0 adaptive, 1 a trained run), the
+             model's version (u8), then
+               adaptive: the model's table size (u8, log2)
+               trained run: its weights (u8: 0 last, 1 best), its checkpoint id (u8 length, ASCII),
+                            the sha256 of its weights file (32 bytes)
+             and the coder's version (u8 length, ASCII: constriction's "major.minor")
     block    kind (u8: 1 coded, 2 stored), its bytes' count (u32, at most BLOCK_SIZE), then
              coded: the range coder's 32-bit words (u32 count, words) | stored: the bytes
     end      kind 0
@@ -12,11 +15,13 @@ A file is a header, blocks, an end mark and a trailer (integers little-endian)::
 
 The model carries its state from block to block; each block has a range coder of its own, so that
 memory stays flat whatever the length. A block that would not get smaller is stored as it is (the
-model still reads it), so that incompressible input grows by a few bytes only.
+model still reads it), so that incompressible input grows by a few bytes only. The coders are in
+:mod:`rnnkit.compress.coders`.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -25,15 +30,17 @@ from typing import BinaryIO
 
 import numpy as np
 
-from rnnkit.compress.mixer import MIN_TABLE_BITS, TABLE_BITS, ContextMixer, table_bits_for
+from rnnkit.compress.coders import MixerCoder, RunCoder, TrainedRun, UndecodableBlock, load_constriction
+from rnnkit.compress.mixer import MIN_TABLE_BITS, TABLE_BITS, table_bits_for
 from rnnkit.errors import RnnkitError
 
 MAGIC = b"RNZ\x1a"
 FORMAT_VERSION = 1
-ADAPTIVE = 0  # the mode byte: the model learns as it codes, from a fixed start
-MODEL_VERSION = 1  # ContextMixer's arithmetic; a change to it is a new version
+ADAPTIVE, TRAINED_RUN = 0, 1  # the mode byte: learn as it codes from a fixed start | a run's network
+MODEL_VERSIONS = {ADAPTIVE: 1, TRAINED_RUN: 1}  # a change to a model's arithmetic is a new version
 BLOCK_SIZE = 1 << 16
 END, CODED, STORED = 0, 1, 2
+WEIGHTS = ("last", "best")
 
 
 class CorruptFile(RnnkitError):
@@ -43,11 +50,33 @@ class CorruptFile(RnnkitError):
 @dataclass
 class Totals:
     """What a stream coded: the original's bytes, the ``.rnz`` bytes, and the model's own code
-    length (the sum of -log2 p over the coded bits; what an ideal coder would write)."""
+    length (the sum of -log2 p over the coded symbols; what an ideal coder would write)."""
 
     original: int = 0
     compressed: int = 0
     model_bits: float = 0.0
+
+
+@dataclass
+class Header:
+    """What a ``.rnz`` file was coded with: the mode, and the adaptive model's table size or the
+    trained run's identity (its checkpoint id, which weights, their file's sha256)."""
+
+    mode: int = ADAPTIVE
+    table_bits: int = 0
+    checkpoint: str = ""
+    weights: str = "best"
+    sha256: bytes = b""
+
+    def encode(self) -> bytes:
+        fields = bytes([FORMAT_VERSION, self.mode, MODEL_VERSIONS[self.mode]])
+        if self.mode == ADAPTIVE:
+            fields += bytes([self.table_bits])
+        else:
+            checkpoint = self.checkpoint.encode("ascii")
+            fields += bytes([WEIGHTS.index(self.weights), len(checkpoint)]) + checkpoint + self.sha256
+        coder = coder_version().encode("ascii")
+        return MAGIC + fields + bytes([len(coder)]) + coder
 
 
 def coder_version() -> str:
@@ -57,21 +86,6 @@ def coder_version() -> str:
     return ".".join(version("constriction").split(".")[:2])
 
 
-def _constriction():
-    try:
-        import constriction
-    except ImportError:
-        raise RnnkitError("rnnkit compress needs constriction: pip install 'rnnkit[compress]'") from None
-    return constriction
-
-
-def write_header(sink: BinaryIO, table_bits: int) -> int:
-    coder = coder_version().encode("ascii")
-    header = MAGIC + bytes([FORMAT_VERSION, ADAPTIVE, MODEL_VERSION, table_bits, len(coder)]) + coder
-    sink.write(header)
-    return len(header)
-
-
 def read_exact(source: BinaryIO, n: int, what: str) -> bytes:
     data = source.read(n)
     if len(data) != n:
@@ -79,48 +93,85 @@ def read_exact(source: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
-def read_header(source: BinaryIO) -> int:
-    """Check the header (an ``.rnz`` file of a format, mode, model and coder this rnnkit codes
-    alike); returns the model's table size."""
-    magic = source.read(4)
-    if magic != MAGIC:
+def read_header(source: BinaryIO) -> Header:
+    """The header of a ``.rnz`` file of a format, mode, model and coder this rnnkit codes alike."""
+    if source.read(4) != MAGIC:
         raise CorruptFile("not an rnnkit compressed file (it does not start as a .rnz file does)")
-    version, mode, model, table_bits, length = read_exact(source, 5, "the header")
+    version, mode, model = read_exact(source, 3, "the header")
     if version != FORMAT_VERSION:
         raise CorruptFile(f"made in .rnz format {version}; this rnnkit reads format {FORMAT_VERSION}")
-    if mode != ADAPTIVE or model != MODEL_VERSION:
-        raise CorruptFile(
-            f"made with mode {mode}, model {model}; this rnnkit has mode {ADAPTIVE}, model {MODEL_VERSION}"
-        )
-    if not MIN_TABLE_BITS <= table_bits <= TABLE_BITS:
-        raise CorruptFile(f"corrupt: tables of 2**{table_bits} entries")
+    if MODEL_VERSIONS.get(mode) != model:
+        raise CorruptFile(f"made with mode {mode}, model {model}; this rnnkit has {_modes()}")
+    header = Header(mode)
+    if mode == ADAPTIVE:
+        header.table_bits = read_exact(source, 1, "the header")[0]
+        if not MIN_TABLE_BITS <= header.table_bits <= TABLE_BITS:
+            raise CorruptFile(f"corrupt: tables of 2**{header.table_bits} entries")
+    else:
+        weights, length = read_exact(source, 2, "the header")
+        if weights >= len(WEIGHTS):
+            raise CorruptFile(f"corrupt: weights {weights}")
+        header.weights = WEIGHTS[weights]
+        header.checkpoint = read_exact(source, length, "the header").decode("ascii", "replace")
+        header.sha256 = read_exact(source, 32, "the header")
+    length = read_exact(source, 1, "the header")[0]
     coder, here = read_exact(source, length, "the header").decode("ascii", "replace"), coder_version()
     if coder != here:
         raise CorruptFile(
             f"coded with constriction {coder}, and this machine has constriction {here}: "
             f"decompress it with constriction {coder}.*"
         )
-    return table_bits
+    return header
+
+
+def _modes() -> str:
+    return ", ".join(f"mode {mode}, model {model}" for mode, model in MODEL_VERSIONS.items())
+
+
+def coder_for(header: Header, model: str | os.PathLike | None, name: str = "the file") -> MixerCoder | RunCoder:
+    """The coder that reads a file of this header; ``model``: the run it needs, if any (a run
+    whose weights are not the ones the file names is refused, naming both)."""
+    if header.mode == ADAPTIVE:
+        return MixerCoder(header.table_bits)
+    if model is None:
+        raise RnnkitError(
+            f"{name} was compressed with a trained run (checkpoint {header.checkpoint}); "
+            "decompress it with --model RUN_DIR"
+        )
+    run = TrainedRun(model)
+    if (run.checkpoint, run.sha256) != (header.checkpoint, header.sha256) or run.weights != header.weights:
+        raise RnnkitError(
+            f"{name} was compressed with checkpoint {header.checkpoint} ({header.weights} weights, sha256 "
+            f"{header.sha256.hex()[:16]}…), and --model is {run.describe()}: give the run it was compressed with"
+        )
+    return RunCoder(run)
 
 
 def compress_stream(
-    source: BinaryIO, sink: BinaryIO, progress: Callable[[int], None] | None = None, size: int | None = None
+    source: BinaryIO,
+    sink: BinaryIO,
+    progress: Callable[[int], None] | None = None,
+    size: int | None = None,
+    model: str | os.PathLike | None = None,
 ) -> Totals:
-    """Read ``source`` to its end and write it to ``sink`` as a ``.rnz`` stream; ``size``, where
-    known, lets a short input use smaller tables."""
-    constriction = _constriction()
-    bernoulli = constriction.stream.model.Bernoulli(perfect=False)
-    table_bits = table_bits_for(size)
-    model, totals, crc = ContextMixer(table_bits), Totals(), 0
-    totals.compressed = write_header(sink, table_bits)
+    """Read ``source`` to its end and write it to ``sink`` as a ``.rnz`` stream: adaptive, or
+    with the trained run ``model`` (a run directory). ``size``, where known, lets a short input
+    use smaller tables."""
+    load_constriction()
+    if model is None:
+        header = Header(ADAPTIVE, table_bits=table_bits_for(size))
+        coder = MixerCoder(header.table_bits)
+    else:
+        run = TrainedRun(model)
+        header = Header(TRAINED_RUN, checkpoint=run.checkpoint, weights=run.weights, sha256=run.sha256)
+        coder = RunCoder(run)
+    header_bytes = header.encode()
+    sink.write(header_bytes)
+    totals, crc = Totals(compressed=len(header_bytes)), 0
     while block := source.read(BLOCK_SIZE):
-        bits, probabilities = read_known(model, block)
-        p1 = np.asarray(probabilities, dtype=np.float64) / 4096
-        ones = np.asarray(bits, dtype=np.int32)
-        totals.model_bits -= float(np.log2(np.where(ones == 1, p1, 1 - p1)).sum())
-        encoder = constriction.stream.queue.RangeEncoder()
-        encoder.encode(ones, bernoulli, p1)
-        words = encoder.get_compressed().astype("<u4").tobytes()
+        words, bits = coder.encode(block)
+        totals.model_bits += bits
+        words = words.astype("<u4").tobytes()
         if len(words) + 4 < len(block):
             record = struct.pack("<BII", CODED, len(block), len(words) // 4) + words
         else:
@@ -137,61 +188,47 @@ def compress_stream(
     return totals
 
 
-def read_known(model: ContextMixer, block: bytes) -> tuple[list[int], list[int]]:
-    """Run the model over known bytes (it learns them): their bits, most significant first, and
-    the probability of a 1 it gave before each, in 1/4096."""
-    bits = [(byte >> shift) & 1 for byte in block for shift in range(7, -1, -1)]
-    following, probabilities = iter(bits), []
-
-    def decide(p: int) -> int:
-        probabilities.append(p)
-        return next(following)
-
-    for _ in range(len(block)):
-        model.byte(decide)
-    return bits, probabilities
-
-
-def _decode_block(constriction, model: ContextMixer, words: bytes, count: int) -> bytes:
-    bernoulli = constriction.stream.model.Bernoulli
-    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
-
-    def decide(p: int) -> int:
-        return int(decoder.decode(bernoulli(p / 4096, perfect=False)))
-
+def read_block(source: BinaryIO, coder: MixerCoder | RunCoder) -> bytes | None:
+    """The next block's original bytes (decoded, or stored and read by the model); None at the end."""
+    kind = read_exact(source, 1, "a block")[0]
+    if kind == END:
+        return None
+    if kind not in (CODED, STORED):
+        raise CorruptFile(f"corrupt: unknown block kind {kind}")
+    count = struct.unpack("<I", read_exact(source, 4, "a block"))[0]
+    if not 0 < count <= BLOCK_SIZE:
+        raise CorruptFile(f"corrupt: a block of {count} bytes")
+    if kind == STORED:
+        block = read_exact(source, count, "a block")
+        coder.learn(block)
+        return block
+    words = struct.unpack("<I", read_exact(source, 4, "a block"))[0]
+    if words > 2 * BLOCK_SIZE:
+        raise CorruptFile(f"corrupt: a block of {words} words")
+    data = read_exact(source, 4 * words, "a block")
     try:
-        return bytes(model.byte(decide) for _ in range(count))
-    except (ValueError, AssertionError, RuntimeError) as exc:  # the coder refuses damaged words
-        raise CorruptFile(f"corrupt: a block does not decode ({exc})") from None
+        return coder.decode(np.frombuffer(data, dtype="<u4").astype(np.uint32), count)
+    except UndecodableBlock as exc:
+        raise CorruptFile(str(exc)) from None
 
 
-def decompress_stream(source: BinaryIO, sink: BinaryIO, progress: Callable[[int], None] | None = None) -> Totals:
+def decompress_stream(
+    source: BinaryIO,
+    sink: BinaryIO,
+    progress: Callable[[int], None] | None = None,
+    model: str | os.PathLike | None = None,
+) -> Totals:
     """Read a ``.rnz`` stream from ``source`` and write the original bytes to ``sink``; the CRC and
-    length in the trailer are checked (:class:`CorruptFile` otherwise)."""
-    constriction = _constriction()
-    model, totals, crc = ContextMixer(read_header(source)), Totals(), 0
-    while True:
-        kind = read_exact(source, 1, "a block")[0]
-        if kind == END:
-            break
-        if kind not in (CODED, STORED):
-            raise CorruptFile(f"corrupt: unknown block kind {kind}")
-        count = struct.unpack("<I", read_exact(source, 4, "a block"))[0]
-        if not 0 < count <= BLOCK_SIZE:
-            raise CorruptFile(f"corrupt: a block of {count} bytes")
-        if kind == CODED:
-            words = struct.unpack("<I", read_exact(source, 4, "a block"))[0]
-            if words > 2 * BLOCK_SIZE:
-                raise CorruptFile(f"corrupt: a block of {words} words")
-            block = _decode_block(constriction, model, read_exact(source, 4 * words, "a block"), count)
-        else:
-            block = read_exact(source, count, "a block")
-            read_known(model, block)
+    length in the trailer are checked (:class:`CorruptFile` otherwise). ``model``: the run
+    directory a file compressed with ``--model`` needs."""
+    load_constriction()
+    coder, totals, crc = coder_for(read_header(source), model), Totals(), 0
+    while (block := read_block(source, coder)) is not None:
         sink.write(block)
         crc = zlib.crc32(block, crc)
-        totals.original += count
+        totals.original += len(block)
         if progress:
-            progress(count)
+            progress(len(block))
     expected_crc, expected_length = struct.unpack("<IQ", read_exact(source, 12, "the trailer"))
     if (expected_crc, expected_length) != (crc, totals.original):
         raise CorruptFile("corrupt: the decompressed bytes do not match the stored checksum")
