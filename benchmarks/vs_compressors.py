@@ -3,14 +3,18 @@
 
     .venv/bin/python benchmarks/vs_compressors.py                     # The Time Machine, Tiny Shakespeare
     .venv/bin/python benchmarks/vs_compressors.py --other-texts /tmp/texts --out benchmarks/results/x.json
+    .venv/bin/python benchmarks/vs_compressors.py /tmp/ts10.txt --model-run /tmp/ts90run --out ...  # a trained run
 
 Each compressor runs at its strongest setting in a fresh process of its own (which reports its
 peak memory, Linux's VmHWM): gzip -9, bzip2 -9, xz -9e (Python's zlib, bz2, lzma),
 zstd -19 (``zstandard``), brotli -11 (``brotli``), PPMd (``pyppmd``, variant H, 256 MiB, its best
-order among 4-16) and ``rnnkit compress`` (adaptive). Every result is decompressed and compared
-with the original. Reported: bits per byte of the original, compress and decompress KB/s (median
-of ``--repeats``; 1 KB = 1000 bytes), the worker's peak resident memory (the Python interpreter, the
-input, the output and the compressor's own). Needs the ``bench`` and ``compress`` extras.
+order among 4-16) and ``rnnkit compress`` (adaptive), and with ``--model-run RUN_DIR`` also
+``rnnkit compress --model RUN_DIR`` (a run trained on other text of the same kind: the first 90%
+of a file, when the texts are its last 10%); the run's own ``rnnkit eval`` bits per character on
+each text are recorded beside it. Every result is decompressed and compared with the original.
+Reported: bits per byte of the original, compress and decompress KB/s (median of ``--repeats``;
+1 KB = 1000 bytes), the worker's peak resident memory (the Python interpreter, the input, the
+output and the compressor's own). Needs the ``bench`` and ``compress`` extras.
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-COMPRESSORS = ["gzip -9", "bzip2 -9", "xz -9e", "zstd -19", "brotli -11", "PPMd", "rnnkit"]
+COMPRESSORS = ["gzip -9", "bzip2 -9", "xz -9e", "zstd -19", "brotli -11", "PPMd", "rnnkit", "rnnkit --model"]
 PPMD_ORDERS = range(4, 17)
 
 
-def codec(name: str, order: int = 6, length: int = 0):
+def codec(name: str, order: int = 6, length: int = 0, run: str | None = None):
     """(compress, decompress) functions of bytes for a compressor of :data:`COMPRESSORS` (``length``:
-    the original's, which PPMd's decoder needs)."""
+    the original's, which PPMd's decoder needs; ``run``: the run directory of ``rnnkit --model``)."""
     if name == "gzip -9":
         import gzip
 
@@ -68,13 +72,17 @@ def codec(name: str, order: int = 6, length: int = 0):
         from rnnkit.compress import compress_bytes, decompress_bytes
 
         return compress_bytes, decompress_bytes
+    if name == "rnnkit --model":
+        from rnnkit.compress import compress_bytes, decompress_bytes
+
+        return lambda d: compress_bytes(d, model=run), lambda d: decompress_bytes(d, model=run)
     raise ValueError(name)
 
 
-def worker(name: str, path: Path, order: int) -> None:
+def worker(name: str, path: Path, order: int, run: str | None) -> None:
     """In the child: compress, decompress, check; print one JSON line."""
     data = path.read_bytes()
-    compress, decompress = codec(name, order, len(data))
+    compress, decompress = codec(name, order, len(data), run)
     started = time.perf_counter()
     packed = compress(data)
     compress_s = time.perf_counter() - started
@@ -94,24 +102,25 @@ def peak_mib() -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
-def run_worker(name: str, path: Path, order: int = 6) -> dict:
+def run_worker(name: str, path: Path, order: int = 6, run: Path | None = None) -> dict:
     """One fresh process's result (with its peak resident memory in MiB)."""
     command = [sys.executable, __file__, "--worker", name, str(path), "--order", str(order)]
+    command += ["--model-run", str(run)] if run else []
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{name} on {path}: the worker failed")
     return json.loads(done.stdout)
 
 
-def measure(name: str, path: Path, repeats: int) -> dict:
+def measure(name: str, path: Path, repeats: int, run: Path | None = None) -> dict:
     size = path.stat().st_size
-    setting = name
+    setting = name if name != "rnnkit --model" else f"rnnkit --model {run}"
     order = 6
     if name == "PPMd":  # its best order first (sizes only), then the timed repeats at that order
         sizes = {o: run_worker(name, path, o)["bytes"] for o in PPMD_ORDERS}
         order = min(sizes, key=sizes.get)
         setting = f"PPMd var. H, order {order}, 256 MiB"
-    runs = [run_worker(name, path, order) for _ in range(repeats)]
+    runs = [run_worker(name, path, order, run) for _ in range(repeats)]
     return {
         "setting": setting,
         "bytes": runs[0]["bytes"],
@@ -122,6 +131,16 @@ def measure(name: str, path: Path, repeats: int) -> dict:
         "decompress_kb_s_median": statistics.median(size / 1000 / r["decompress_s"] for r in runs),
         "peak_mib": max(r["peak_mib"] for r in runs),
     }
+
+
+def eval_bpc(run: Path, path: Path) -> float:
+    """The run's ``rnnkit eval`` bits per character on ``path`` (its best checkpoint where kept)."""
+    from rnnkit.checkpoint import chosen_checkpoint, load_run, read_config
+    from rnnkit.evaluate import evaluate_text
+
+    model, vocab, config, _ = load_run(run, checkpoint=chosen_checkpoint(read_config(run)))
+    text = path.read_text(encoding="utf-8")
+    return evaluate_text(model, vocab, text, str(path), config.preprocess, config.tokens).bpc
 
 
 def table(results: list[dict]) -> str:
@@ -140,13 +159,14 @@ def main() -> None:
     parser.add_argument("texts", nargs="*", type=Path, help="files (default: The Time Machine, Tiny Shakespeare)")
     parser.add_argument("--other-texts", type=Path, metavar="DIR", help="also benchmarks/other_texts.py's, built here")
     parser.add_argument("--compressors", nargs="+", choices=COMPRESSORS, default=COMPRESSORS)
+    parser.add_argument("--model-run", type=Path, metavar="RUN_DIR", help="a trained run for rnnkit --model")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each compressor (sizes do not vary)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_compressors.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--order", type=int, default=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.texts[0], args.order)
+        return worker(args.worker, args.texts[0], args.order, args.model_run)
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # not in a worker: common imports torch
     from common import cpu_model
 
@@ -159,8 +179,12 @@ def main() -> None:
     for path in texts:
         entry = {"text": path.name, "bytes": path.stat().st_size, "results": {}}
         for name in args.compressors:
-            entry["results"][name] = measure(name, path, args.repeats)
+            if name == "rnnkit --model" and not args.model_run:
+                continue
+            entry["results"][name] = measure(name, path, args.repeats, args.model_run)
             print(f"{path.name}: {name}: {json.dumps(entry['results'][name])}", file=sys.stderr, flush=True)
+        if args.model_run:
+            entry["model_run_eval_bpc"] = eval_bpc(args.model_run, path)
         results.append(entry)
     report = {"cpu": cpu_model(), "repeats": args.repeats, "texts": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
