@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from rnnkit.cli import main
-from rnnkit.compress import CorruptFile, compress_bytes, container, decompress_bytes, mixer
+from rnnkit.compress import CorruptFile, coders, compress_bytes, container, decompress_bytes, mixer
 
 HEADER = 4 + 5 + len(container.coder_version())  # magic, 5 bytes, the coder's version
 END = 1 + 4 + 8  # the end mark and the trailer
@@ -52,6 +53,24 @@ def test_the_coder_wastes_nothing_beyond_the_framing(text):
     assert 8 * totals.compressed / len(text) < 3.2  # English text: well under 8 bits per byte
 
 
+@pytest.mark.parametrize("data", [b"", b"x", os.urandom(3000)], ids=["empty", "one byte", "random"])
+def test_the_compiled_model_is_the_python_model(text, data):
+    """Bit for bit: the same probabilities from both, and each decodes what the other coded."""
+    data = data or text
+    compiled, python = mixer.adaptive_model(14), mixer.adaptive_model(14, compiled=False)
+    assert isinstance(python, mixer.ContextMixer) and not isinstance(compiled, mixer.ContextMixer)
+    for got, expected in zip(compiled.learn(data), python.learn(data), strict=True):
+        assert np.array_equal(got, expected)
+    packed = compress_bytes(data)
+    for flag in (False, True):
+        sink = io.BytesIO()
+        header = container.read_header(source := io.BytesIO(packed))
+        coder = coders.MixerCoder(header.table_bits, compiled=flag)
+        while (block := container.read_block(source, coder)) is not None:
+            sink.write(block)
+        assert sink.getvalue() == data
+
+
 def test_random_bytes_grow_by_the_framing_only():
     data = os.urandom(5000)
     packed = compress_bytes(data)
@@ -60,15 +79,16 @@ def test_random_bytes_grow_by_the_framing_only():
 
 
 def test_every_process_writes_the_same_bytes(packed, text, tmp_path):
-    """The model is integer arithmetic: no thread count, BLAS or CPU feature enters it."""
+    """The model is integer arithmetic: no thread count, BLAS or CPU feature enters it; the Python
+    model (RNNKIT_NO_KERNEL: no compiled code) writes the compiled one's bytes."""
     source = tmp_path / "t.txt"
     source.write_bytes(text)
     script = (
         "import sys; from rnnkit.compress import compress_bytes; "
         "sys.stdout.buffer.write(compress_bytes(open(sys.argv[1], 'rb').read()))"
     )
-    for threads in ("1", "2"):
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    for threads, python in (("1", ""), ("2", "1")):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "RNNKIT_NO_KERNEL": python}
         done = subprocess.run([sys.executable, "-c", script, str(source)], capture_output=True, env=env, check=True)
         assert done.stdout == packed
 
@@ -169,18 +189,19 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, argv, message):
 def test_ctrl_c_and_a_full_disk_leave_no_output_and_keep_the_input(tmp_path, monkeypatch, capsys, text):
     source = tmp_path / "t.txt"
     source.write_bytes(text)
-    real = mixer.ContextMixer.byte
+    monkeypatch.setattr(container, "BLOCK_SIZE", 1000)
+    real = coders.MixerCoder.learn
     calls = iter(range(10**9))
 
-    def interrupted(self, decide):
-        if next(calls) == 3000:
+    def interrupted(self, block):
+        if next(calls) == 3:  # in the fourth block, with three written
             raise KeyboardInterrupt
-        return real(self, decide)
+        return real(self, block)
 
-    monkeypatch.setattr(mixer.ContextMixer, "byte", interrupted)
+    monkeypatch.setattr(coders.MixerCoder, "learn", interrupted)
     assert main(["compress", str(source)]) == 130
     assert source.read_bytes() == text and sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
-    monkeypatch.setattr(mixer.ContextMixer, "byte", real)
+    monkeypatch.setattr(coders.MixerCoder, "learn", real)
 
     def full(fd):
         raise OSError(28, "No space left on device")

@@ -32,7 +32,8 @@ MIXED = "Hello, World — naïve 日本語 text\n".encode() + b"\xff\xfe invalid
     ],
     ids=["rnn", "rnn-relu-2-layers", "scratch", "gru-2-layers", "lstm", "lstm-tied-embedding"],
 )
-def test_the_portable_network_computes_the_models_probabilities(kind, options):
+def test_the_portable_network_computes_the_models_probabilities_compiled_or_not(kind, options):
+    """Within rounding of PyTorch's; and the compiled operations give numpy's bits exactly."""
     torch.manual_seed(0)
     options = {"hidden": 32, **options}
     model = build_model(kind, 11, **options).eval()
@@ -42,12 +43,17 @@ def test_the_portable_network_computes_the_models_probabilities(kind, options):
     ids = torch.randint(0, 11, (60,)).tolist()
     with torch.no_grad():
         expected = torch.softmax(model(torch.tensor([ids]))[0][:, 0].double(), -1).numpy()
-    network = PortableLM(model)
-    got = []
-    for token in ids:
-        network.feed(token)
-        got.append(network.probabilities())
-    np.testing.assert_allclose(np.array(got), expected, atol=2e-5, rtol=1e-4)
+    results = []
+    for compiled in (True, False):
+        network = PortableLM(model, compiled)
+        assert (network.native is not None) == compiled  # the suite runs where a compiler is
+        got = []
+        for token in ids:
+            network.feed(token)
+            got.append(network.probabilities())
+        results.append(np.array(got))
+    np.testing.assert_allclose(results[0], expected, atol=2e-5, rtol=1e-4)
+    assert np.array_equal(results[0].view(np.uint32), results[1].view(np.uint32))
 
 
 def test_exp_and_tanh_are_accurate_and_sums_have_one_order():
@@ -87,9 +93,10 @@ def test_the_coder_writes_the_models_code_length(served_runs, tm_text):
     assert totals.model_bits / 8 <= coded <= totals.model_bits / 8 * 1.005 + 4, (coded, totals.model_bits / 8)
 
 
-def test_every_process_writes_the_same_bytes_whatever_numpys_vector_instructions(served_runs, sample, tmp_path):
+def test_every_process_writes_the_same_bytes_whatever_the_cpus_vector_instructions(served_runs, sample, tmp_path):
     """numpy picks its loops by the CPU (here AVX-512, AVX2 or SSE4.2); float32 element-wise
-    operations are correctly rounded in each, and no sum's order is left to it."""
+    operations are correctly rounded in each, and no sum's order is left to it. The compiled
+    operations (this process) and numpy's alone (RNNKIT_NO_KERNEL) give the same bytes."""
     source = tmp_path / "t.txt"
     source.write_bytes(sample)
     expected = compress_bytes(sample, model=served_runs["lstm"])
@@ -97,15 +104,15 @@ def test_every_process_writes_the_same_bytes_whatever_numpys_vector_instructions
         "import sys; from rnnkit.compress import compress_bytes; "
         "sys.stdout.buffer.write(compress_bytes(open(sys.argv[1], 'rb').read(), model=sys.argv[2]))"
     )
-    settings = [("1", ""), ("2", "X86_V3 X86_V4 AVX512_ICL AVX512_SPR")]  # (threads, numpy features switched off)
+    settings = [("1", "", ""), ("2", "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "1")]  # threads, numpy's off, no compiled code
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(source), str(served_runs["lstm"])],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "OMP_NUM_THREADS": threads, "NPY_DISABLE_CPU_FEATURES": disabled},
+            env={**os.environ, "OMP_NUM_THREADS": threads, "NPY_DISABLE_CPU_FEATURES": off, "RNNKIT_NO_KERNEL": python},
         )
-        for threads, disabled in settings
+        for threads, off, python in settings
     ]
     for process in processes:
         out, err = process.communicate(timeout=120)

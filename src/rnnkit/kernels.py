@@ -1,4 +1,5 @@
-"""rnnkit's compiled CPU kernel for the book's model, built on first use.
+"""rnnkit's compiled CPU code, built on first use: the kernel for the book's model, and
+``rnnkit compress``'s model (:func:`compress_module`).
 
 The book's configuration (a one-layer RNN with one-hot input, hidden 32, batch 1024) spends its
 time in hundreds of tiny operations per step, not in arithmetic. ``csrc/rnn_lm.cpp`` computes
@@ -29,12 +30,15 @@ from types import ModuleType
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "rnn_lm.cpp"
+COMPRESS_SOURCE = Path(__file__).with_name("csrc") / "compress.cpp"
 STALE_LOCK_S = 600  # a build takes about 30 s; a lock this old belongs to a build that died
 BUILDER_FILE = "builder"  # "pid host" of the process building (see remove_stale_lock)
 
 _kernel: ModuleType | None = None
 _tried = False
 _why_not = ""  # why the last rnn_lm_kernel() gave None (see unavailable_reason)
+_compress: ModuleType | None = None
+_compress_tried = False
 
 
 def compiler_flags() -> list[str]:
@@ -61,21 +65,22 @@ def cpu_identity() -> str:
         return f"{platform.machine()} {platform.processor()}"
 
 
-def build_name() -> str:
+def build_name(source: Path | None = None, flags: list[str] | None = None, prefix: str = "rnnkit_rnn_lm") -> str:
     """The compiled module's name: changes with the source (its bytes and its path: the compile
     command names it, so two checkouts sharing one build folder would rebuild each other's), the
     compiler flags and the CPU, the torch build (version and install path: each virtual environment gets its
-    own) and Python."""
+    own) and Python. Defaults: the book's kernel (:data:`SOURCE`, :func:`compiler_flags`)."""
+    source = source or SOURCE
     key = (
-        SOURCE.read_bytes()
-        + str(SOURCE.resolve()).encode()
+        source.read_bytes()
+        + str(source.resolve()).encode()
         + torch.__version__.encode()
         + str(Path(torch.__file__).parent).encode()
         + sys.version.encode()
-        + " ".join(compiler_flags()).encode()
+        + " ".join(compiler_flags() if flags is None else flags).encode()
         + cpu_identity().encode()
     )
-    return f"rnnkit_rnn_lm_{hashlib.sha1(key).hexdigest()[:12]}"
+    return f"{prefix}_{hashlib.sha1(key).hexdigest()[:12]}"
 
 
 def _build_directory(name: str) -> Path:
@@ -128,64 +133,115 @@ def rnn_lm_kernel() -> ModuleType | None:
     global _kernel, _tried, _why_not
     if _tried:
         return _kernel
-    if os.environ.get("RNNKIT_NO_KERNEL", "") not in ("", "0"):
+    if switched_off():
         _tried, _why_not = True, "switched off (RNNKIT_NO_KERNEL)"
         return None
-    name = build_name()
-    build_dir = _build_directory(name)
     try:
-        from torch.utils.cpp_extension import load
-
-        before = _built_library(build_dir, name)
-        if before is None:
-            print(
-                f"rnnkit: compiling its CPU kernel for the book's model (once per environment, about 30 s): "
-                f"no build yet for this source, torch {torch.__version__} at {Path(torch.__file__).parent} "
-                f"and Python {sys.version.split()[0]} in {build_dir}",
-                file=sys.stderr,
-                flush=True,
-            )
-        build_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_lock(build_dir)
-        builder = build_dir / BUILDER_FILE
-        builder.write_text(f"{os.getpid()} {socket.gethostname()}\n")
-        path = os.environ.get("PATH", "")
-        os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + path  # pip's ninja, in a venv
-        started = time.perf_counter()
-        try:
-            _kernel = load(
-                name,
-                [str(SOURCE)],
-                extra_cflags=compiler_flags(),
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(build_dir),
-                verbose=False,
-            )
-        finally:
-            os.environ["PATH"] = path
-            builder.unlink(missing_ok=True)
-        after = _built_library(build_dir, name)
-        if before is None:
-            print(f"rnnkit: CPU kernel compiled in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-        elif after is not None and after[1] != before[1]:
-            print(
-                f"rnnkit: recompiled its CPU kernel in {time.perf_counter() - started:.0f} s (the build in "
-                f"{build_dir} was out of date: its compiler command or headers changed)",
-                file=sys.stderr,
-                flush=True,
-            )
+        _kernel = compile_extension(build_name(), SOURCE, compiler_flags(), "its CPU kernel for the book's model", 30)
         _warm_up(_kernel)
         _tried = True  # not before: a build cut short by Ctrl-C is tried again by the next call
     except Exception as exc:  # no compiler, no OpenMP, a read-only home...
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        message = _last_line(exc)
         warnings.warn(
-            f"rnnkit: CPU kernel not built ({message[:200]}); training runs as PyTorch operations "
+            f"rnnkit: CPU kernel not built ({message}); training runs as PyTorch operations "
             "(the same math, about half the speed for the book's model)",
             RuntimeWarning,
             stacklevel=2,
         )
-        _kernel, _tried, _why_not = None, True, f"not built ({message[:200]})"
+        _kernel, _tried, _why_not = None, True, f"not built ({message})"
     return _kernel
+
+
+def switched_off() -> bool:
+    """Whether ``RNNKIT_NO_KERNEL`` asks for no compiled code."""
+    return os.environ.get("RNNKIT_NO_KERNEL", "") not in ("", "0")
+
+
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[-1] if text else type(exc).__name__)[:200]
+
+
+def compile_extension(name: str, source: Path, flags: list[str], what: str, seconds: int) -> ModuleType:
+    """Load the extension ``name`` built from ``source`` with ``flags``, building it first where
+    no build exists (``what`` and about how many ``seconds``: for the message on stderr). Raises
+    whatever the build raises."""
+    from torch.utils.cpp_extension import load
+
+    build_dir = _build_directory(name)
+    before = _built_library(build_dir, name)
+    if before is None:
+        print(
+            f"rnnkit: compiling {what} (once per environment, about {seconds} s): "
+            f"no build yet for this source, torch {torch.__version__} at {Path(torch.__file__).parent} "
+            f"and Python {sys.version.split()[0]} in {build_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+    build_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_lock(build_dir)
+    builder = build_dir / BUILDER_FILE
+    builder.write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + path  # pip's ninja, in a venv
+    started = time.perf_counter()
+    try:
+        module = load(
+            name,
+            [str(source)],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"] if "-fopenmp" in flags else [],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+    finally:
+        os.environ["PATH"] = path
+        builder.unlink(missing_ok=True)
+    after = _built_library(build_dir, name)
+    if before is None:
+        print(f"rnnkit: compiled {what} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    elif after is not None and after[1] != before[1]:
+        print(
+            f"rnnkit: recompiled {what} in {time.perf_counter() - started:.0f} s (the build in "
+            f"{build_dir} was out of date: its compiler command or headers changed)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return module
+
+
+def compress_flags() -> list[str]:
+    """``csrc/compress.cpp``'s flags: optimised for this CPU, but never at the cost of a different
+    result: ``-ffp-contract=off`` (no fused multiply-add) and ``-fno-fast-math`` come last, so that
+    ``$RNNKIT_KERNEL_CFLAGS`` cannot undo them."""
+    native = ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64") else []
+    return ["-O3", *native, *os.environ.get("RNNKIT_KERNEL_CFLAGS", "").split(), "-fno-fast-math", "-ffp-contract=off"]
+
+
+def compress_module() -> ModuleType | None:
+    """``rnnkit compress``'s compiled model (``Mixer``, ``matvec``, ``sigmoid32``...), or None where
+    it cannot be built or ``RNNKIT_NO_KERNEL`` is set: compression then runs the same arithmetic in
+    Python and numpy (the same bits, slower), after one warning."""
+    global _compress, _compress_tried
+    if _compress_tried:
+        return _compress
+    if switched_off():
+        _compress_tried = True
+        return None
+    flags = compress_flags()
+    try:
+        name = build_name(COMPRESS_SOURCE, flags, "rnnkit_compress")
+        _compress = compile_extension(name, COMPRESS_SOURCE, flags, "rnnkit compress's model", 10)
+        _compress_tried = True
+    except Exception as exc:  # no compiler, a read-only home...
+        warnings.warn(
+            f"rnnkit: rnnkit compress's compiled model not built ({_last_line(exc)}); it runs in Python "
+            "(the same bits, many times slower)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        _compress, _compress_tried = None, True
+    return _compress
 
 
 def unavailable_reason() -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnkit.compress.mixer import ContextMixer
+from rnnkit.compress.mixer import adaptive_model
 from rnnkit.errors import RnnkitError
 
 
@@ -41,25 +41,18 @@ class UndecodableBlock(RnnkitError):
 
 
 class MixerCoder:
-    """The adaptive mode: :class:`ContextMixer` bit by bit through a Bernoulli model."""
+    """The adaptive mode: the context mixer (:func:`~rnnkit.compress.mixer.adaptive_model`) bit by
+    bit through a Bernoulli model."""
 
-    def __init__(self, table_bits: int) -> None:
-        self.model = ContextMixer(table_bits)
+    def __init__(self, table_bits: int, compiled: bool = True) -> None:
+        self.model = adaptive_model(table_bits, compiled)
         self.constriction = load_constriction()
 
     def learn(self, block: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Run the model over known bytes (it learns them): their bits (most significant first) and
-        the probability of a 1 it gave before each, in 1/4096."""
-        bits = [(byte >> shift) & 1 for byte in block for shift in range(7, -1, -1)]
-        following, probabilities = iter(bits), []
-
-        def decide(p: int) -> int:
-            probabilities.append(p)
-            return next(following)
-
-        for _ in range(len(block)):
-            self.model.byte(decide)
-        return np.asarray(bits, dtype=np.int32), np.asarray(probabilities, dtype=np.float64) / 4096
+        the probability of a 1 it gave before each."""
+        bits, probabilities = self.model.learn(block)
+        return bits, probabilities.astype(np.float64) / 4096
 
     def encode(self, block: bytes) -> tuple[np.ndarray, float]:
         """The block as range-coder words, and the model's own code length in bits."""
@@ -77,7 +70,7 @@ class MixerCoder:
             return int(decoder.decode(bernoulli(p / 4096, perfect=False)))
 
         try:
-            return bytes(self.model.byte(decide) for _ in range(count))
+            return self.model.decode(count, decide)
         except (ValueError, AssertionError, RuntimeError) as exc:  # the coder refuses damaged words
             raise UndecodableBlock(f"corrupt: a block does not decode ({exc})") from None
 

@@ -16,6 +16,10 @@ the model's own code length): the refinement stage gained 0.8% (TM 2.235 -> 2.21
 2.159); a mixer step of 3/1024 instead of 6/1024, 0.1%; counters whose rate stops falling at
 1/128.5 instead of 1/256.5, 0.05%; an order-5 context (0.07%) was not worth its time.
 
+The same model is compiled (``csrc/compress.cpp``, :func:`adaptive_model`), about 40 times as fast
+as this Python, which stays the reference and the fallback where no compiler is at hand; the tests
+hold the two to the same bits.
+
 Every quantity is an integer (probabilities in 1/4096, logits in 1/256, weights in 1/65536, and
 ``squash``/``stretch`` from an integer table): the model gives the same probabilities on every
 machine, whatever its CPU, BLAS or thread count. Tables are fixed in size (at most
@@ -28,6 +32,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable
 from operator import mul
+
+import numpy as np
 
 ORDERS = (1, 2, 3, 4, 6)  # the byte contexts: this many previous bytes
 TABLE_BITS = 22  # at most 2**22 counters a context kind: 12 MiB each (16-bit probability, 8-bit count)
@@ -146,3 +152,34 @@ class ContextMixer:
         self.word = (self.word * 0x3F + letter) & 0xFFFFFFFF if 97 <= letter <= 122 else 0
         self.contexts = self._contexts()
         return value
+
+    def learn(self, block: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Run over known bytes (the model learns them): their bits, most significant first, and
+        the probability of a 1 given before each, in 1/4096 (both int32)."""
+        bits = [(byte >> shift) & 1 for byte in block for shift in range(7, -1, -1)]
+        following, probabilities = iter(bits), []
+
+        def decide(p: int) -> int:
+            probabilities.append(p)
+            return next(following)
+
+        for _ in range(len(block)):
+            self.byte(decide)
+        return np.asarray(bits, dtype=np.int32), np.asarray(probabilities, dtype=np.int32)
+
+    def decode(self, count: int, decide: Callable[[int], int]) -> bytes:
+        """``count`` bytes, each bit from ``decide(p)`` (the range decoder's answer)."""
+        return bytes(self.byte(decide) for _ in range(count))
+
+
+def adaptive_model(table_bits: int, compiled: bool = True):
+    """The adaptive model with ``learn`` and ``decode``: the compiled one where it can be built
+    (and ``compiled``), else :class:`ContextMixer`; both give the same bits."""
+    from rnnkit.kernels import compress_module
+
+    module = compress_module() if compiled else None
+    if module is None:
+        return ContextMixer(table_bits)
+    settings = module.MixerSettings(SQUASH, STRETCH, RECIPROCAL, list(ORDERS), LIMIT, LEARNING_RATE, REFINE_RATE,
+                                    INITIAL_WEIGHT)  # fmt: skip
+    return module.Mixer(table_bits, settings)
