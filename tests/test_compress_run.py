@@ -104,7 +104,8 @@ def test_every_process_writes_the_same_bytes_whatever_the_cpus_vector_instructio
         "import sys; from rnnkit.compress import compress_bytes; "
         "sys.stdout.buffer.write(compress_bytes(open(sys.argv[1], 'rb').read(), model=sys.argv[2]))"
     )
-    settings = [("1", "", ""), ("2", "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "1")]  # threads, numpy's off, no compiled code
+    # (threads, numpy vector instructions switched off, RNNKIT_NO_KERNEL: no compiled code)
+    settings = [("1", "", ""), ("2", "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "1")]
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(source), str(served_runs["lstm"])],

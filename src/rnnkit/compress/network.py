@@ -23,9 +23,9 @@ to the same bits, and numpy is the fallback where no compiler is at hand.
 
 from __future__ import annotations
 
-import numpy as np
-
 from types import ModuleType
+
+import numpy as np
 
 from rnnkit.models.layers import RNNScratch
 from rnnkit.models.lm import RNNLM
