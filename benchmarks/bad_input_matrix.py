@@ -96,6 +96,9 @@ def main() -> None:
             == 0
         )
         before = digest(good)
+        with_run = str(d / "book.txt.rnz")  # compressed with the run `good`
+        (d / "book.txt").write_bytes(b"the time traveller smiled round at us\n" * 20)
+        assert rnnkit("compress", "-q", "--model", str(good), str(d / "book.txt"), cwd=d).returncode == 0
 
         def file(name: str, data: bytes) -> str:
             (d / name).write_bytes(data)
@@ -318,6 +321,12 @@ def main() -> None:
                 "decompress a .rnz of another format version",
                 ["decompress", "-c", file("v9.rnz", b"RNZ\x1a\x09\x00\x01\x0c\x030.5")],
             ),
+            (
+                "compress --model of a directory that holds no run",
+                ["compress", "-c", "--model", str(d), file("m.txt", b"x")],
+            ),
+            ("decompress a --model file without --model", ["decompress", "-c", with_run]),
+            ("decompress a --model file with another run", ["decompress", "-c", "--model", str(raw), with_run]),
         ]
         print("| input | what rnnkit prints | exit status |")
         print("| --- | --- | --- |")

@@ -1,19 +1,18 @@
-"""The two models of ``rnnkit compress`` as block coders: a model plus constriction's range coder.
+"""The models of ``rnnkit compress`` as block coders: a model plus constriction's range coder.
 
 A coder turns a block of bytes into the range coder's 32-bit words and back, carrying its model's
-state from block to block:
+state from block to block. The model is the context mixer
+(:func:`~rnnkit.compress.mixer.adaptive_model`), coded bit by bit through a Bernoulli model:
 
-- :class:`MixerCoder` (the adaptive mode): :class:`~rnnkit.compress.mixer.ContextMixer`'s binary
-  decisions, 8 a byte, coded with a Bernoulli model.
-- :class:`RunCoder` (``--model RUN``): a trained run's characters (or bytes), coded with the
-  categorical distribution its network (:class:`~rnnkit.compress.network.PortableLM`) predicts.
-  The text is read as the run's tokens: UTF-8 characters for a character run, bytes for a byte
-  run. Whatever the vocabulary lacks (a new character, a byte that is not UTF-8) is an *escape*, a
-  symbol of its own, followed by one raw byte; the escape's probability is learned as the file is
-  read (``(escapes + 1/2) / (symbols + 1)``), so a text the run knows pays almost nothing for it.
+- adaptive: the mixer alone, learning as it codes;
+- ``--model RUN``: the mixer with one more input, a :class:`NetworkPrior`: before each byte, the
+  distribution of the next byte that the run's network (:class:`~rnnkit.compress.network.PortableLM`)
+  predicts. The mixer learns how far to trust it, bit by bit, beside its own contexts, so the
+  network's knowledge of the language and the contexts' memory of this file's words add up (as in
+  cmix and lstm-compress); any byte can be coded, whatever the run's vocabulary.
 
-The encoder sees a whole block and codes it in one call; the decoder decodes symbol by symbol,
-computing the same probabilities from what it has decoded.
+The encoder sees a whole block and codes it in one call; the decoder decodes bit by bit, computing
+the same probabilities from what it has decoded.
 """
 
 from __future__ import annotations
@@ -41,17 +40,24 @@ class UndecodableBlock(RnnkitError):
 
 
 class MixerCoder:
-    """The adaptive mode: the context mixer (:func:`~rnnkit.compress.mixer.adaptive_model`) bit by
-    bit through a Bernoulli model."""
+    """The context mixer, bit by bit through a Bernoulli model; ``prior``: a trained network's
+    input (``--model``), else the adaptive mode."""
 
-    def __init__(self, table_bits: int, compiled: bool = True) -> None:
-        self.model = adaptive_model(table_bits, compiled)
+    def __init__(self, table_bits: int, prior: NetworkPrior | None = None, compiled: bool = True) -> None:
+        self.model = adaptive_model(table_bits, compiled, prior is not None)
+        self.prior = prior
         self.constriction = load_constriction()
 
     def learn(self, block: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Run the model over known bytes (it learns them): their bits (most significant first) and
         the probability of a 1 it gave before each."""
-        bits, probabilities = self.model.learn(block)
+        priors = None
+        if self.prior is not None:
+            priors = np.empty((len(block), 257), dtype=np.int64)
+            for i, byte in enumerate(block):
+                priors[i] = self.prior.sums()
+                self.prior.observe(byte)
+        bits, probabilities = self.model.learn(block, priors)
         return bits, probabilities.astype(np.float64) / 4096
 
     def encode(self, block: bytes) -> tuple[np.ndarray, float]:
@@ -70,90 +76,69 @@ class MixerCoder:
             return int(decoder.decode(bernoulli(p / 4096, perfect=False)))
 
         try:
-            return self.model.decode(count, decide)
+            if self.prior is None:
+                return self.model.decode(count, decide)
+            return self.model.decode(count, decide, self.prior.sums, self.prior.observe)
         except (ValueError, AssertionError, RuntimeError) as exc:  # the coder refuses damaged words
             raise UndecodableBlock(f"corrupt: a block does not decode ({exc})") from None
 
 
-class RunCoder:
-    """``--model RUN``: the run's network predicts each token; unknown ones are escaped bytes."""
+class NetworkPrior:
+    """A trained run's network as a byte distribution before each byte (for the mixer's
+    :func:`~rnnkit.compress.mixer.prior_logit`).
 
-    def __init__(self, run: TrainedRun) -> None:
+    The network predicts tokens (characters, or bytes); the bytes of the file are read back into
+    them. At a token's start, the next byte's weight is the sum of the probabilities of the tokens
+    whose bytes start with it; inside a character of several bytes, of those that continue the
+    bytes so far. Probabilities become integers (``floor(p * 2**20)``, exact in float32) before
+    they are summed, so no order of additions enters. A complete token is fed to the network; bytes
+    that are no token of the vocabulary are fed as ``<unk>`` where it has one (else the state stays),
+    and the distribution has no opinion on them."""
+
+    SCALE = np.float32(2**20)
+
+    def __init__(self, run: TrainedRun, compiled: bool = True) -> None:
         from rnnkit.compress.network import PortableLM
 
-        self.run = run
-        self.network = PortableLM(run.model)
-        self.constriction = load_constriction()
-        self.escape = len(run.vocab)  # the escape symbol follows the vocabulary's
+        self.network = PortableLM(run.model, compiled)
         self.unknown = run.vocab.unk if run.vocab.unk_token is not None else None
-        self.escapes, self.symbols = 0, 0
+        self.complete = {piece: i for i, piece in enumerate(run.pieces) if piece is not None}
+        continuations: dict[bytes, list[tuple[int, int]]] = {}
+        for i, piece in enumerate(run.pieces):
+            for length in range(len(piece or b"")):
+                continuations.setdefault(piece[:length], []).append((piece[length], i))
+        self.continuations = {
+            prefix: (np.array([b for b, _ in pairs]), np.array([i for _, i in pairs]))
+            for prefix, pairs in continuations.items()
+        }
+        self.pending = b""  # the bytes of the token being read
+        self.weights = self._weights()
 
-    def _distribution(self) -> np.ndarray:
-        """The next symbol's probabilities (V + 1,), float64: the network's, scaled to leave the
-        escape its learned share; ``<unk>`` gets none (an unknown token is always escaped)."""
-        p = self.network.probabilities().astype(np.float64)
-        if self.unknown is not None:
-            p[self.unknown] = 0.0
-        escape = (self.escapes + 0.5) / (self.symbols + 1.0)
-        return np.append(p * (1.0 - escape), escape)
+    def _weights(self) -> np.ndarray:
+        """The network's next-token probabilities as integers (V,)."""
+        return np.floor(self.network.probabilities() * self.SCALE).astype(np.int64)
 
-    def _advance(self, symbol: int) -> None:
-        """Count the symbol and feed it to the network (an escape as ``<unk>`` where the vocabulary
-        has it; otherwise the state stays)."""
-        self.symbols += 1
-        if symbol == self.escape:
-            self.escapes += 1
+    def sums(self) -> np.ndarray:
+        """Prefix sums (257,) of the next byte's integer weights."""
+        weights = np.zeros(256, dtype=np.int64)
+        following = self.continuations.get(self.pending)
+        if following is not None:  # float64 sums of integers below 2**53: exact
+            weights = np.bincount(following[0], self.weights[following[1]], minlength=256).astype(np.int64)
+        return np.concatenate(([0], np.cumsum(weights)))
+
+    def observe(self, byte: int) -> None:
+        """The byte that came: at a token's end, the network reads the token."""
+        self.pending += bytes((byte,))
+        token = self.complete.get(self.pending)
+        if token is None and self.pending in self.continuations:
+            return  # inside a character
+        self.pending = b""
+        if token is None:
             if self.unknown is None:
                 return
-            symbol = self.unknown
-        self.network.feed(symbol)
-
-    def learn(self, block: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Run the network over known bytes: (symbols (N,), their distributions (N, V + 1), the
-        escaped bytes)."""
-        symbols, escaped = self.run.symbols_of(block)
-        rows = np.empty((len(symbols), self.escape + 1))
-        for t, symbol in enumerate(symbols):
-            rows[t] = self._distribution()
-            self._advance(symbol)
-        return np.asarray(symbols, dtype=np.int32), rows, np.asarray(escaped, dtype=np.int32)
-
-    def encode(self, block: bytes) -> tuple[np.ndarray, float]:
-        """The block as range-coder words (the symbols, then the escaped bytes), and the model's own
-        code length in bits."""
-        symbols, rows, escaped = self.learn(block)
-        model = self.constriction.stream.model
-        encoder = self.constriction.stream.queue.RangeEncoder()
-        encoder.encode(symbols, model.Categorical(perfect=False), rows)
-        if len(escaped):
-            encoder.encode(escaped, model.Uniform(256))
-        chosen = rows[np.arange(len(symbols)), symbols] / rows.sum(axis=1)
-        return encoder.get_compressed(), -float(np.log2(chosen).sum()) + 8.0 * len(escaped)
-
-    def decode(self, words: np.ndarray, count: int) -> bytes:
-        """``count`` bytes from range-coder words."""
-        model = self.constriction.stream.model
-        decoder = self.constriction.stream.queue.RangeDecoder(words)
-        pieces, escapes, length = [], [], 0
-        try:
-            while length < count:
-                symbol = int(decoder.decode(model.Categorical(self._distribution(), perfect=False)))
-                if symbol == self.escape:
-                    escapes.append(len(pieces))
-                    pieces.append(None)
-                    length += 1
-                else:
-                    pieces.append(self.run.pieces[symbol])
-                    length += len(self.run.pieces[symbol])
-                self._advance(symbol)
-            escaped = decoder.decode(model.Uniform(256), len(escapes)) if escapes else []
-        except (ValueError, AssertionError, RuntimeError) as exc:
-            raise UndecodableBlock(f"corrupt: a block does not decode ({exc})") from None
-        if length != count:
-            raise UndecodableBlock("corrupt: a block decodes to more bytes than it holds")
-        for at, byte in zip(escapes, escaped, strict=True):
-            pieces[at] = bytes([int(byte)])
-        return b"".join(pieces)
+            token = self.unknown
+        self.network.feed(token)
+        self.weights = self._weights()
 
 
 class TrainedRun:
@@ -174,7 +159,6 @@ class TrainedRun:
             raise RnnkitError(f"{self.path}: a {config.tokens} model; --model needs a run of characters or bytes")
         self.bytes = config.tokens == "bytes"
         self.pieces = [self._piece(token) for token in self.vocab.idx_to_token]
-        self.index = {token: i for i, token in enumerate(self.vocab.idx_to_token) if self.pieces[i] is not None}
 
     def _piece(self, token: str) -> bytes | None:
         """The bytes a token stands for; None for a token that is not one character (``<unk>``) or
@@ -184,22 +168,6 @@ class TrainedRun:
         if self.bytes:
             return bytes([ord(token)]) if ord(token) < 256 else None
         return None if 0xD800 <= ord(token) < 0xE000 else token.encode("utf-8")
-
-    def symbols_of(self, block: bytes) -> tuple[list[int], list[int]]:
-        """The block as symbols (token ids, or the escape), and the bytes the escapes stand for.
-        A character run reads UTF-8 (a byte that is not part of a valid character, as at a block's
-        edge, is escaped alone); a byte run reads bytes."""
-        escape, symbols, escaped = len(self.vocab), [], []
-        units = block.decode("latin-1") if self.bytes else block.decode("utf-8", "surrogateescape")
-        for unit in units:
-            symbol = self.index.get(unit)
-            if symbol is not None:
-                symbols.append(symbol)
-                continue
-            raw = unit.encode("latin-1") if self.bytes else unit.encode("utf-8", "surrogateescape")
-            symbols.extend([escape] * len(raw))
-            escaped.extend(raw)
-        return symbols, escaped
 
     def describe(self) -> str:
         return f"{self.path} (checkpoint {self.checkpoint}, {self.weights} weights, sha256 {self.sha256.hex()[:16]}…)"

@@ -3,8 +3,7 @@
 A file is a header, blocks, an end mark and a trailer (integers little-endian)::
 
     header   b"RNZ\\x1a", format version (u8), mode (u8: 0 adaptive, 1 a trained run), the
-             model's version (u8), then
-               adaptive: the model's table size (u8, log2)
+             model's version (u8), the model's table size (u8, log2), then
                trained run: its weights (u8: 0 last, 1 best), its checkpoint id (u8 length, ASCII),
                             the sha256 of its weights file (32 bytes)
              and the coder's version (u8 length, ASCII: constriction's "major.minor")
@@ -30,14 +29,14 @@ from typing import BinaryIO
 
 import numpy as np
 
-from rnnkit.compress.coders import MixerCoder, RunCoder, TrainedRun, UndecodableBlock, load_constriction
+from rnnkit.compress.coders import MixerCoder, NetworkPrior, TrainedRun, UndecodableBlock, load_constriction
 from rnnkit.compress.mixer import MIN_TABLE_BITS, TABLE_BITS, table_bits_for
 from rnnkit.errors import RnnkitError
 
 MAGIC = b"RNZ\x1a"
 FORMAT_VERSION = 1
 ADAPTIVE, TRAINED_RUN = 0, 1  # the mode byte: learn as it codes from a fixed start | a run's network
-MODEL_VERSIONS = {ADAPTIVE: 1, TRAINED_RUN: 1}  # a change to a model's arithmetic is a new version
+MODEL_VERSIONS = {ADAPTIVE: 1, TRAINED_RUN: 2}  # a change to a model's arithmetic is a new version
 BLOCK_SIZE = 1 << 16
 END, CODED, STORED = 0, 1, 2
 WEIGHTS = ("last", "best")
@@ -69,10 +68,8 @@ class Header:
     sha256: bytes = b""
 
     def encode(self) -> bytes:
-        fields = bytes([FORMAT_VERSION, self.mode, MODEL_VERSIONS[self.mode]])
-        if self.mode == ADAPTIVE:
-            fields += bytes([self.table_bits])
-        else:
+        fields = bytes([FORMAT_VERSION, self.mode, MODEL_VERSIONS[self.mode], self.table_bits])
+        if self.mode == TRAINED_RUN:
             checkpoint = self.checkpoint.encode("ascii")
             fields += bytes([WEIGHTS.index(self.weights), len(checkpoint)]) + checkpoint + self.sha256
         coder = coder_version().encode("ascii")
@@ -102,12 +99,10 @@ def read_header(source: BinaryIO) -> Header:
         raise CorruptFile(f"made in .rnz format {version}; this rnnkit reads format {FORMAT_VERSION}")
     if MODEL_VERSIONS.get(mode) != model:
         raise CorruptFile(f"made with mode {mode}, model {model}; this rnnkit has {_modes()}")
-    header = Header(mode)
-    if mode == ADAPTIVE:
-        header.table_bits = read_exact(source, 1, "the header")[0]
-        if not MIN_TABLE_BITS <= header.table_bits <= TABLE_BITS:
-            raise CorruptFile(f"corrupt: tables of 2**{header.table_bits} entries")
-    else:
+    header = Header(mode, table_bits=read_exact(source, 1, "the header")[0])
+    if not MIN_TABLE_BITS <= header.table_bits <= TABLE_BITS:
+        raise CorruptFile(f"corrupt: tables of 2**{header.table_bits} entries")
+    if mode == TRAINED_RUN:
         weights, length = read_exact(source, 2, "the header")
         if weights >= len(WEIGHTS):
             raise CorruptFile(f"corrupt: weights {weights}")
@@ -128,7 +123,7 @@ def _modes() -> str:
     return ", ".join(f"mode {mode}, model {model}" for mode, model in MODEL_VERSIONS.items())
 
 
-def coder_for(header: Header, model: str | os.PathLike | None, name: str = "the file") -> MixerCoder | RunCoder:
+def coder_for(header: Header, model: str | os.PathLike | None, name: str = "the file") -> MixerCoder:
     """The coder that reads a file of this header; ``model``: the run it needs, if any (a run
     whose weights are not the ones the file names is refused, naming both)."""
     if header.mode == ADAPTIVE:
@@ -144,7 +139,7 @@ def coder_for(header: Header, model: str | os.PathLike | None, name: str = "the 
             f"{name} was compressed with checkpoint {header.checkpoint} ({header.weights} weights, sha256 "
             f"{header.sha256.hex()[:16]}…), and --model is {run.describe()}: give the run it was compressed with"
         )
-    return RunCoder(run)
+    return MixerCoder(header.table_bits, NetworkPrior(run))
 
 
 def compress_stream(
@@ -163,8 +158,8 @@ def compress_stream(
         coder = MixerCoder(header.table_bits)
     else:
         run = TrainedRun(model)
-        header = Header(TRAINED_RUN, checkpoint=run.checkpoint, weights=run.weights, sha256=run.sha256)
-        coder = RunCoder(run)
+        header = Header(TRAINED_RUN, table_bits_for(size), run.checkpoint, run.weights, run.sha256)
+        coder = MixerCoder(header.table_bits, NetworkPrior(run))
     header_bytes = header.encode()
     sink.write(header_bytes)
     totals, crc = Totals(compressed=len(header_bytes)), 0
@@ -188,7 +183,7 @@ def compress_stream(
     return totals
 
 
-def read_block(source: BinaryIO, coder: MixerCoder | RunCoder) -> bytes | None:
+def read_block(source: BinaryIO, coder: MixerCoder) -> bytes | None:
     """The next block's original bytes (decoded, or stored and read by the model); None at the end."""
     kind = read_exact(source, 1, "a block")[0]
     if kind == END:

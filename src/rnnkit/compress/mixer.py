@@ -41,6 +41,7 @@ MIN_TABLE_BITS = 12
 LIMIT = 127  # a counter's adaptation rate falls as 1 / (count + 1.5) down to 1 / (LIMIT + 1.5)
 LEARNING_RATE = 3  # the mixer's step: ~LEARNING_RATE / 1024 per unit of logit and of error
 INITIAL_WEIGHT = 65536 * 3 // 10
+PRIOR_WEIGHT = 65536 * 6 // 10  # a trained network's input: 0.6 (1 and more: worse, docs/guides/compression.md)
 REFINE_RATE = 6  # the refinement's knots move 1/64 of the way to each bit
 
 _M64 = (1 << 64) - 1
@@ -81,17 +82,36 @@ def table_bits_for(size: int | None) -> int:
     return max(MIN_TABLE_BITS, min(TABLE_BITS, (16 * size).bit_length()))
 
 
+def prior_logit(sums: np.ndarray | list[int], c0: int) -> int:
+    """The logit (in 1/256) of the next bit being 1, from a byte distribution given as prefix sums
+    of integer weights (257,): the weight of the bytes that continue the partial byte ``c0`` with a
+    1, over all that continue it; 0 (no opinion) where none does."""
+    depth = c0.bit_length() - 1
+    width = 256 >> depth
+    low = (c0 - (1 << depth)) * width
+    total = int(sums[low + width]) - int(sums[low])
+    if total <= 0:
+        return 0
+    ones = int(sums[low + width]) - int(sums[low + width // 2])
+    p = (ones * 4096 + total // 2) // total
+    return STRETCH[1 if p < 1 else 4095 if p > 4095 else p]
+
+
 class ContextMixer:
-    """The bit predictor; :meth:`byte` codes (or decodes) one byte through a ``decide`` callback."""
+    """The bit predictor; :meth:`byte` codes (or decodes) one byte through a ``decide`` callback.
+    With ``prior``, one more input: a byte distribution given before each byte (a trained
+    network's, :mod:`rnnkit.compress.coders`), whose weight starts at :data:`PRIOR_WEIGHT`."""
 
-    inputs = 2 + len(ORDERS) + 1  # the partial byte, the orders, the word; and a bias
+    kinds = 1 + len(ORDERS) + 1  # the contexts: the partial byte, the orders, the word
 
-    def __init__(self, table_bits: int = TABLE_BITS) -> None:
-        kinds = self.inputs - 1
+    def __init__(self, table_bits: int = TABLE_BITS, prior: bool = False) -> None:
+        kinds, self.prior = self.kinds, prior
+        self.inputs = kinds + prior + 1  # the contexts, the prior, a bias
         self.mask = (1 << table_bits) - 1
         self.probabilities = [array("H", [32768]) * (1 << table_bits) for _ in range(kinds)]
         self.counts = [bytearray(1 << table_bits) for _ in range(kinds)]
-        self.weights = [INITIAL_WEIGHT] * (256 * self.inputs)
+        initial = [INITIAL_WEIGHT] * kinds + [PRIOR_WEIGHT] * prior + [INITIAL_WEIGHT]
+        self.weights = initial * 256
         self.history = 0  # the last 8 bytes, the newest in the low byte
         self.word = 0  # a hash of the letters since the last non-letter
         self.contexts = self._contexts()
@@ -109,18 +129,21 @@ class ContextMixer:
         contexts.append(((self.word + 0x5BD1E995) * 0x9E3779B97F4A7C15 & _M64) >> 20)
         return contexts
 
-    def byte(self, decide: Callable[[int], int]) -> int:
+    def byte(self, decide: Callable[[int], int], sums: np.ndarray | None = None) -> int:
         """Code one byte: for each bit, ``decide(p)`` gets the probability of a 1 in 1/4096 and
-        returns the bit (the compressor's known bit, or the decompressor's decoded one)."""
+        returns the bit (the compressor's known bit, or the decompressor's decoded one). ``sums``:
+        the prior's byte distribution (see :func:`prior_logit`), with ``prior``."""
         probabilities, counts, weights, contexts = self.probabilities, self.counts, self.weights, self.contexts
         n, mask = self.inputs, self.mask
         refined_table, previous = self.refined, self.history & 255
         c0 = 1  # the bits of the byte so far, after a leading 1
-        kinds = range(n - 1)
+        kinds = range(self.kinds)
         while c0 < 256:
             offset = c0 * 0x2F0B4CA3
             slots = [(h + offset) & mask for h in contexts]
             logits = [STRETCH[probabilities[k][slots[k]] >> 4] for k in kinds]
+            if self.prior:
+                logits.append(prior_logit(sums, c0))
             logits.append(256)
             base = c0 * n
             dot = sum(map(mul, weights[base : base + n], logits)) >> 16
@@ -153,9 +176,10 @@ class ContextMixer:
         self.contexts = self._contexts()
         return value
 
-    def learn(self, block: bytes) -> tuple[np.ndarray, np.ndarray]:
+    def learn(self, block: bytes, priors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run over known bytes (the model learns them): their bits, most significant first, and
-        the probability of a 1 given before each, in 1/4096 (both int32)."""
+        the probability of a 1 given before each, in 1/4096 (both int32). ``priors``: the prior's
+        prefix sums before each byte (len(block), 257), with ``prior``."""
         bits = [(byte >> shift) & 1 for byte in block for shift in range(7, -1, -1)]
         following, probabilities = iter(bits), []
 
@@ -163,23 +187,35 @@ class ContextMixer:
             probabilities.append(p)
             return next(following)
 
-        for _ in range(len(block)):
-            self.byte(decide)
+        for i in range(len(block)):
+            self.byte(decide, priors[i] if self.prior else None)
         return np.asarray(bits, dtype=np.int32), np.asarray(probabilities, dtype=np.int32)
 
-    def decode(self, count: int, decide: Callable[[int], int]) -> bytes:
-        """``count`` bytes, each bit from ``decide(p)`` (the range decoder's answer)."""
-        return bytes(self.byte(decide) for _ in range(count))
+    def decode(
+        self,
+        count: int,
+        decide: Callable[[int], int],
+        sums: Callable[[], np.ndarray] | None = None,
+        observe: Callable[[int], None] | None = None,
+    ) -> bytes:
+        """``count`` bytes, each bit from ``decide(p)`` (the range decoder's answer); with
+        ``prior``, ``sums()`` gives the prior before each byte and ``observe(byte)`` is told it."""
+        out = bytearray()
+        for _ in range(count):
+            out.append(self.byte(decide, sums() if self.prior else None))
+            if self.prior:
+                observe(out[-1])
+        return bytes(out)
 
 
-def adaptive_model(table_bits: int, compiled: bool = True):
-    """The adaptive model with ``learn`` and ``decode``: the compiled one where it can be built
-    (and ``compiled``), else :class:`ContextMixer`; both give the same bits."""
+def adaptive_model(table_bits: int, compiled: bool = True, prior: bool = False):
+    """The model with ``learn`` and ``decode``: the compiled one where it can be built (and
+    ``compiled``), else :class:`ContextMixer`; both give the same bits."""
     from rnnkit.kernels import compress_module
 
     module = compress_module() if compiled else None
     if module is None:
-        return ContextMixer(table_bits)
+        return ContextMixer(table_bits, prior)
     settings = module.MixerSettings(SQUASH, STRETCH, RECIPROCAL, list(ORDERS), LIMIT, LEARNING_RATE, REFINE_RATE,
-                                    INITIAL_WEIGHT)  # fmt: skip
-    return module.Mixer(table_bits, settings)
+                                    INITIAL_WEIGHT, PRIOR_WEIGHT)  # fmt: skip
+    return module.Mixer(table_bits, settings, prior)

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,20 +28,38 @@ struct MixerSettings {
     std::vector<int> reciprocal;  // LIMIT + 1 entries
     std::vector<int> orders;
     int limit, learning_rate, refine_rate;
-    int64_t initial_weight;
+    int64_t initial_weight, prior_weight;
 };
+
+using Sums = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+// mixer.py's prior_logit: the logit of a 1 from a byte distribution's prefix sums (257,).
+static int prior_logit(const int64_t *sums, int c0, const std::vector<int> &stretch) {
+    int depth = 0;
+    while ((c0 >> (depth + 1)) != 0) ++depth;
+    const int width = 256 >> depth, low = (c0 - (1 << depth)) * width;
+    const int64_t total = sums[low + width] - sums[low];
+    if (total <= 0) return 0;
+    const int64_t ones = sums[low + width] - sums[low + width / 2];
+    int64_t p = (ones * 4096 + total / 2) / total;
+    p = p < 1 ? 1 : (p > 4095 ? 4095 : p);
+    return stretch[p];
+}
 
 class Mixer {
   public:
-    Mixer(int table_bits, MixerSettings s)
+    Mixer(int table_bits, MixerSettings s, bool prior)
         : s_(std::move(s)),
           kinds_(static_cast<int>(s_.orders.size()) + 2),
-          inputs_(kinds_ + 1),
+          prior_(prior),
+          inputs_(kinds_ + (prior ? 1 : 0) + 1),
           mask_((uint64_t(1) << table_bits) - 1),
           probabilities_(size_t(kinds_) << table_bits, 32768),
           counts_(size_t(kinds_) << table_bits, 0),
           weights_(size_t(256) * inputs_, s_.initial_weight),
           refined_(size_t(33) * 65536) {
+        if (prior_)
+            for (size_t c = 0; c < 256; ++c) weights_[c * inputs_ + kinds_] = s_.prior_weight;
         for (int j = 0; j < 33; ++j) {
             int d = (j - 16) * 128 + 2047;
             d = d < 0 ? 0 : (d > 4094 ? 4094 : d);
@@ -50,33 +69,51 @@ class Mixer {
         update_contexts();
     }
 
-    // Run over known bytes: their bits (most significant first) and the probability of a 1 before each.
-    py::tuple learn(py::bytes block) {
+    // Run over known bytes: their bits (most significant first) and the probability of a 1 before
+    // each; priors: the prior's prefix sums before each byte (n, 257), with a prior.
+    py::tuple learn(py::bytes block, std::optional<Sums> priors) {
         std::string data = block;
+        if (prior_ && (!priors || priors->ndim() != 2 || priors->shape(0) != py::ssize_t(data.size()) ||
+                       priors->shape(1) != 257))
+            throw std::invalid_argument("learn: a prior's sums (n, 257) are needed");
         py::array_t<int32_t> bits(data.size() * 8), probabilities(data.size() * 8);
         int32_t *b = bits.mutable_data(), *p = probabilities.mutable_data();
         size_t at = 0;
-        for (unsigned char byte : data) {
-            code_byte([&](int prob) {
-                int bit = (byte >> (7 - at % 8)) & 1;
-                b[at] = bit;
-                p[at++] = prob;
-                return bit;
-            });
+        for (size_t i = 0; i < data.size(); ++i) {
+            const unsigned char byte = data[i];
+            code_byte(
+                [&](int prob) {
+                    int bit = (byte >> (7 - at % 8)) & 1;
+                    b[at] = bit;
+                    p[at++] = prob;
+                    return bit;
+                },
+                prior_ ? priors->data() + i * 257 : nullptr);
         }
         return py::make_tuple(bits, probabilities);
     }
 
-    // Decode count bytes: decide(p) returns each bit.
-    py::bytes decode(size_t count, const std::function<int(int)> &decide) {
+    // Decode count bytes: decide(p) returns each bit; with a prior, sums() gives it before each
+    // byte and observe(byte) is told the byte.
+    py::bytes decode(size_t count, const std::function<int(int)> &decide, std::optional<py::function> sums,
+                     std::optional<py::function> observe) {
         std::string out(count, '\0');
-        for (size_t i = 0; i < count; ++i) out[i] = char(code_byte(decide));
+        for (size_t i = 0; i < count; ++i) {
+            if (!prior_) {
+                out[i] = char(code_byte(decide, nullptr));
+                continue;
+            }
+            Sums given = (*sums)().cast<Sums>();
+            if (given.size() != 257) throw std::invalid_argument("decode: a prior's sums (257,) are needed");
+            out[i] = char(code_byte(decide, given.data()));
+            (*observe)(int((unsigned char)out[i]));
+        }
         return py::bytes(out);
     }
 
   private:
     template <typename Decide>
-    int code_byte(Decide &&decide) {
+    int code_byte(Decide &&decide, const int64_t *sums) {
         const int n = inputs_;
         const size_t table = mask_ + 1;
         const int previous = int(history_ & 255);
@@ -89,7 +126,8 @@ class Mixer {
                 slots[k] = (contexts_[k] + offset) & mask_;
                 logits[k] = s_.stretch[probabilities_[k * table + slots[k]] >> 4];
             }
-            logits[kinds_] = 256;
+            if (prior_) logits[kinds_] = prior_logit(sums, c0, s_.stretch);
+            logits[n - 1] = 256;
             int64_t *weight = &weights_[size_t(c0) * n];
             int64_t dot = 0;
             for (int i = 0; i < n; ++i) dot += weight[i] * logits[i];
@@ -135,7 +173,9 @@ class Mixer {
     }
 
     MixerSettings s_;
-    int kinds_, inputs_;
+    int kinds_;
+    bool prior_;
+    int inputs_;
     uint64_t mask_;
     std::vector<uint16_t> probabilities_;
     std::vector<uint8_t> counts_;
@@ -242,11 +282,13 @@ FloatArray matvec(FloatArray transposed, FloatArray x) { return MatVec(transpose
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     py::class_<MixerSettings>(m, "MixerSettings")
-        .def(py::init<std::vector<int>, std::vector<int>, std::vector<int>, std::vector<int>, int, int, int, int64_t>());
+        .def(py::init<std::vector<int>, std::vector<int>, std::vector<int>, std::vector<int>, int, int, int, int64_t,
+                      int64_t>());
     py::class_<Mixer>(m, "Mixer")
-        .def(py::init<int, MixerSettings>())
-        .def("learn", &Mixer::learn)
-        .def("decode", &Mixer::decode);
+        .def(py::init<int, MixerSettings, bool>())
+        .def("learn", &Mixer::learn, py::arg("block"), py::arg("priors") = py::none())
+        .def("decode", &Mixer::decode, py::arg("count"), py::arg("decide"), py::arg("sums") = py::none(),
+             py::arg("observe") = py::none());
     py::class_<MatVec>(m, "MatVec").def(py::init<FloatArray>()).def("__call__", &MatVec::operator());
     m.def("matvec", &matvec);
     m.def("exp32", &elementwise<exp32>);
