@@ -151,10 +151,13 @@ class TrainedRun:
         self.path = Path(run_dir)
         meta = read_config(self.path)
         self.weights = chosen_checkpoint(meta)  # the best checkpoint where kept, as eval reads it
-        weights_file = self.path / checkpoint_files(meta)["best" if self.weights == "best" else "model"]
-        self.checkpoint = str(meta.get("checkpoint", ""))
-        self.sha256 = hashlib.sha256(weights_file.read_bytes()).digest()
         self.model, self.vocab, config, _ = load_run(self.path, checkpoint=self.weights)
+        self.checkpoint = str(meta.get("checkpoint", ""))
+        weights_file = self.path / checkpoint_files(meta)["best" if self.weights == "best" else "model"]
+        try:
+            self.sha256 = hashlib.sha256(weights_file.read_bytes()).digest()
+        except OSError as exc:
+            raise RnnkitError(f"{weights_file}: cannot read ({exc.strerror or exc})") from None
         if config.tokens not in ("char", "bytes"):
             raise RnnkitError(f"{self.path}: a {config.tokens} model; --model needs a run of characters or bytes")
         self.bytes = config.tokens == "bytes"
@@ -170,4 +173,5 @@ class TrainedRun:
         return None if 0xD800 <= ord(token) < 0xE000 else token.encode("utf-8")
 
     def describe(self) -> str:
+        """The run's path and what identifies its weights, for messages."""
         return f"{self.path} (checkpoint {self.checkpoint}, {self.weights} weights, sha256 {self.sha256.hex()[:16]}…)"

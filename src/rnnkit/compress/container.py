@@ -36,7 +36,7 @@ from rnnkit.errors import RnnkitError
 MAGIC = b"RNZ\x1a"
 FORMAT_VERSION = 1
 ADAPTIVE, TRAINED_RUN = 0, 1  # the mode byte: learn as it codes from a fixed start | a run's network
-MODEL_VERSIONS = {ADAPTIVE: 1, TRAINED_RUN: 2}  # a change to a model's arithmetic is a new version
+MODEL_VERSIONS = {ADAPTIVE: 2, TRAINED_RUN: 3}  # a change to a model's arithmetic is a new version
 BLOCK_SIZE = 1 << 16
 END, CODED, STORED = 0, 1, 2
 WEIGHTS = ("last", "best")

@@ -29,6 +29,7 @@ struct MixerSettings {
     std::vector<int> orders;
     int limit, learning_rate, refine_rate;
     int64_t initial_weight, prior_weight;
+    int match_bits, match_table_bits, min_match, max_verify, max_match, match_rate;
 };
 
 using Sums = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
@@ -46,20 +47,85 @@ static int prior_logit(const int64_t *sums, int c0, const std::vector<int> &stre
     return stretch[p];
 }
 
+// mixer.py's MatchModel: where the last min_match bytes occurred before, predict the byte that followed.
+class Match {
+  public:
+    explicit Match(const MixerSettings &s)
+        : s_(s), mask_((uint32_t(1) << s.match_bits) - 1), buffer_(size_t(1) << s.match_bits, 0),
+          table_(size_t(1) << s.match_table_bits, 0), confidence_(64, 49152) {}
+
+    int logit(int c0) {
+        expected_ = -1;
+        if (!length_) return 0;
+        const int predicted = buffer_[pointer_ & mask_] | 256;
+        int depth = 0;
+        while ((c0 >> (depth + 1)) != 0) ++depth;
+        if ((predicted >> (8 - depth)) != c0) return 0;
+        expected_ = (predicted >> (7 - depth)) & 1;
+        const int confidence = s_.stretch[confidence_[std::min(length_, 63)] >> 4];
+        return expected_ ? confidence : -confidence;
+    }
+
+    int length() const { return length_; }
+
+    void learn_bit(int bit) {
+        if (expected_ < 0) return;
+        uint16_t &c = confidence_[std::min(length_, 63)];
+        c = uint16_t(int(c) + (((bit == expected_ ? 65535 : 0) - int(c)) >> s_.match_rate));
+    }
+
+    void learn_byte(int value, uint64_t history) {
+        if (length_) {
+            if (buffer_[pointer_ & mask_] == value) {
+                length_ = std::min(length_ + 1, s_.max_match);
+                pointer_ += 1;
+            } else {
+                length_ = 0;
+            }
+        }
+        buffer_[position_ & mask_] = uint8_t(value);
+        position_ += 1;
+        const uint64_t recent = history & ((uint64_t(1) << (8 * s_.min_match)) - 1);
+        const size_t key = size_t((recent * 0x9E3779B97F4A7C15ull) >> (64 - s_.match_table_bits));
+        const uint32_t candidate = table_[key];
+        if (!length_ && candidate && uint64_t(uint32_t(position_ - candidate)) + s_.max_verify < mask_) {
+            int agree = 0;
+            while (agree < s_.max_verify &&
+                   buffer_[(candidate - 1 - agree) & mask_] == buffer_[(position_ - 1 - agree) & mask_])
+                ++agree;
+            if (agree >= s_.min_match) {
+                length_ = agree;
+                pointer_ = candidate;
+            }
+        }
+        table_[key] = position_;
+    }
+
+  private:
+    const MixerSettings &s_;
+    uint32_t mask_;
+    std::vector<uint8_t> buffer_;
+    std::vector<uint32_t> table_;
+    std::vector<uint16_t> confidence_;
+    uint32_t position_ = 0, pointer_ = 0;
+    int length_ = 0, expected_ = -1;
+};
+
 class Mixer {
   public:
     Mixer(int table_bits, MixerSettings s, bool prior)
         : s_(std::move(s)),
           kinds_(static_cast<int>(s_.orders.size()) + 2),
           prior_(prior),
-          inputs_(kinds_ + (prior ? 1 : 0) + 1),
+          inputs_(kinds_ + 1 + (prior ? 1 : 0) + 1),
           mask_((uint64_t(1) << table_bits) - 1),
           probabilities_(size_t(kinds_) << table_bits, 32768),
           counts_(size_t(kinds_) << table_bits, 0),
-          weights_(size_t(256) * inputs_, s_.initial_weight),
-          refined_(size_t(33) * 65536) {
+          weights_(size_t(3 * 256) * inputs_, s_.initial_weight),
+          refined_(size_t(33) * 65536),
+          match_(s_) {
         if (prior_)
-            for (size_t c = 0; c < 256; ++c) weights_[c * inputs_ + kinds_] = s_.prior_weight;
+            for (size_t c = 0; c < 3 * 256; ++c) weights_[c * inputs_ + kinds_ + 1] = s_.prior_weight;
         for (int j = 0; j < 33; ++j) {
             int d = (j - 16) * 128 + 2047;
             d = d < 0 ? 0 : (d > 4094 ? 4094 : d);
@@ -117,6 +183,8 @@ class Mixer {
         const int n = inputs_;
         const size_t table = mask_ + 1;
         const int previous = int(history_ & 255);
+        const int length = match_.length();
+        const int weight_set = length == 0 ? 0 : (length < 16 ? 1 : 2);  // no match, a short one, a long one
         uint64_t slots[16];
         int64_t logits[16];
         int c0 = 1;
@@ -126,9 +194,10 @@ class Mixer {
                 slots[k] = (contexts_[k] + offset) & mask_;
                 logits[k] = s_.stretch[probabilities_[k * table + slots[k]] >> 4];
             }
-            if (prior_) logits[kinds_] = prior_logit(sums, c0, s_.stretch);
+            logits[kinds_] = match_.logit(c0);
+            if (prior_) logits[kinds_ + 1] = prior_logit(sums, c0, s_.stretch);
             logits[n - 1] = 256;
-            int64_t *weight = &weights_[size_t(c0) * n];
+            int64_t *weight = &weights_[(size_t(weight_set) * 256 + c0) * n];
             int64_t dot = 0;
             for (int i = 0; i < n; ++i) dot += weight[i] * logits[i];
             dot >>= 16;
@@ -145,6 +214,7 @@ class Mixer {
             refined_[near] = uint16_t(int(refined_[near]) + (((bit ? 65535 : 0) - int(refined_[near])) >> s_.refine_rate));
             const int64_t error = int64_t((bit << 12) - mixed) * s_.learning_rate;
             for (int i = 0; i < n; ++i) weight[i] += (logits[i] * error) >> 14;
+            match_.learn_bit(bit);
             const int target = bit ? 65535 : 0;
             for (int k = 0; k < kinds_; ++k) {
                 uint16_t &prob = probabilities_[k * table + slots[k]];
@@ -156,8 +226,9 @@ class Mixer {
         }
         const int value = c0 & 255;
         history_ = (history_ << 8) | uint64_t(value);
-        const int letter = value | 32;
-        word_ = (97 <= letter && letter <= 122) ? uint32_t(uint64_t(word_) * 0x3F + letter) : 0;
+        match_.learn_byte(value, history_);
+        const int letter = value >= 128 ? value : value | 32;  // a byte of a non-ASCII letter counts as one
+        word_ = (value >= 128 || (97 <= letter && letter <= 122)) ? uint32_t(uint64_t(word_) * 0x3F + letter) : 0;
         update_contexts();
         return value;
     }
@@ -182,6 +253,7 @@ class Mixer {
     std::vector<int64_t> weights_;
     std::vector<uint16_t> refined_;
     std::vector<uint64_t> contexts_;
+    Match match_;
     uint64_t history_ = 0;
     uint32_t word_ = 0;
 };
@@ -283,7 +355,7 @@ FloatArray matvec(FloatArray transposed, FloatArray x) { return MatVec(transpose
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     py::class_<MixerSettings>(m, "MixerSettings")
         .def(py::init<std::vector<int>, std::vector<int>, std::vector<int>, std::vector<int>, int, int, int, int64_t,
-                      int64_t>());
+                      int64_t, int, int, int, int, int, int>());
     py::class_<Mixer>(m, "Mixer")
         .def(py::init<int, MixerSettings, bool>())
         .def("learn", &Mixer::learn, py::arg("block"), py::arg("priors") = py::none())
