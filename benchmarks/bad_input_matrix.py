@@ -315,7 +315,11 @@ def main() -> None:
             ("decompress a gzip file", ["decompress", "-c", file("g.rnz", b"\x1f\x8b\x08\x00" + bytes(20))]),
             (
                 "decompress a truncated .rnz",
-                ["decompress", "-c", file("cut.rnz", b"RNZ\x1a\x01\x00\x01\x0c\x030.5\x01\x10\x00")],
+                ["decompress", "-c", file("cut.rnz", b"RNZ\x1a\x01\x00\x02\x0c\x030.5\x01\x10\x00")],
+            ),
+            (
+                "decompress a .rnz of an older model",
+                ["decompress", "-c", file("m1.rnz", b"RNZ\x1a\x01\x00\x01\x0c\x030.5\x01\x10\x00")],
             ),
             (
                 "decompress a .rnz of another format version",

@@ -134,6 +134,8 @@ def test_foreign_files_and_other_versions_are_named(packed):
         decompress_bytes(b"\x1f\x8b\x08\x00 a gzip file")
     with pytest.raises(CorruptFile, match="format 9; this rnnkit reads format 1"):
         decompress_bytes(packed[:4] + b"\x09" + packed[5:])
+    with pytest.raises(CorruptFile, match=r"model 1; this rnnkit reads mode 0 \(adaptive\) with model 2"):
+        decompress_bytes(packed[:6] + b"\x01" + packed[7:])  # a file of the first adaptive model
     coder = container.coder_version().encode()
     other = packed.replace(coder, b"9" * len(coder), 1)
     with pytest.raises(CorruptFile, match=f"constriction {'9' * len(coder)}, and this machine has constriction"):

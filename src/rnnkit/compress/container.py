@@ -98,7 +98,7 @@ def read_header(source: BinaryIO) -> Header:
     if version != FORMAT_VERSION:
         raise CorruptFile(f"made in .rnz format {version}; this rnnkit reads format {FORMAT_VERSION}")
     if MODEL_VERSIONS.get(mode) != model:
-        raise CorruptFile(f"made with mode {mode}, model {model}; this rnnkit has {_modes()}")
+        raise CorruptFile(f"made with mode {mode}, model {model}; this rnnkit reads {_modes()}")
     header = Header(mode, table_bits=read_exact(source, 1, "the header")[0])
     if not MIN_TABLE_BITS <= header.table_bits <= TABLE_BITS:
         raise CorruptFile(f"corrupt: tables of 2**{header.table_bits} entries")
@@ -120,7 +120,8 @@ def read_header(source: BinaryIO) -> Header:
 
 
 def _modes() -> str:
-    return ", ".join(f"mode {mode}, model {model}" for mode, model in MODEL_VERSIONS.items())
+    names = {ADAPTIVE: "adaptive", TRAINED_RUN: "a trained run"}
+    return " and ".join(f"mode {mode} ({names[mode]}) with model {model}" for mode, model in MODEL_VERSIONS.items())
 
 
 def coder_for(header: Header, model: str | os.PathLike | None, name: str = "the file") -> MixerCoder:
