@@ -148,12 +148,9 @@ def measure(name: str, path: Path, repeats: int, run: Path | None = None) -> dic
 
 def eval_bpc(run: Path, path: Path) -> float:
     """The run's ``rnnkit eval`` bits per character on ``path`` (its best checkpoint where kept)."""
-    from rnnkit.checkpoint import chosen_checkpoint, load_run, read_config
-    from rnnkit.evaluate import evaluate_text
+    from rnnkit import Run
 
-    model, vocab, config, _ = load_run(run, checkpoint=chosen_checkpoint(read_config(run)))
-    text = path.read_text(encoding="utf-8")
-    return evaluate_text(model, vocab, text, str(path), config.preprocess, config.tokens).bpc
+    return Run.load(run).evaluate(str(path)).bpc
 
 
 def table(results: list[dict]) -> str:

@@ -51,8 +51,14 @@ def compiler_flags() -> list[str]:
     build folder shared by different machines does not run one CPU's build on another.
     no-trapping-math: floating-point exception flags are never read here, and without it GCC keeps
     the branch-free selects of exp_approx/tanh_approx as branches (no vectorized loops)."""
-    native = ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64") else []
-    return ["-O3", "-fopenmp", "-fno-trapping-math", *native, *os.environ.get("RNNKIT_KERNEL_CFLAGS", "").split()]
+    custom = os.environ.get("RNNKIT_KERNEL_CFLAGS", "").split()
+    return ["-O3", "-fopenmp", "-fno-trapping-math", *native_flags(), *custom]
+
+
+def native_flags() -> list[str]:
+    """``-march=native`` on x86-64 (a build is for the machine that runs it, named by its CPU:
+    :func:`cpu_identity`); nothing elsewhere."""
+    return ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64") else []
 
 
 def cpu_identity() -> str:
@@ -214,14 +220,14 @@ def compress_flags() -> list[str]:
     """``csrc/compress.cpp``'s flags: optimised for this CPU, but never at the cost of a different
     result: ``-ffp-contract=off`` (no fused multiply-add) and ``-fno-fast-math`` come last, so that
     ``$RNNKIT_KERNEL_CFLAGS`` cannot undo them."""
-    native = ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64") else []
-    return ["-O3", *native, *os.environ.get("RNNKIT_KERNEL_CFLAGS", "").split(), "-fno-fast-math", "-ffp-contract=off"]
+    custom = os.environ.get("RNNKIT_KERNEL_CFLAGS", "").split()
+    return ["-O3", *native_flags(), *custom, "-fno-fast-math", "-ffp-contract=off"]
 
 
 def compress_module() -> ModuleType | None:
-    """``rnnkit compress``'s compiled model (``Mixer``, ``matvec``, ``sigmoid32``...), or None where
-    it cannot be built or ``RNNKIT_NO_KERNEL`` is set: compression then runs the same arithmetic in
-    Python and numpy (the same bits, slower), after one warning."""
+    """``rnnkit compress``'s compiled model (``Mixer``, ``MatVec``, ``sigmoid32``...), or None where
+    ``RNNKIT_NO_KERNEL`` is set or it cannot be built (said once, as a warning): compression then
+    runs the same arithmetic in Python and numpy (the same bits, slower)."""
     global _compress, _compress_tried
     if _compress_tried:
         return _compress

@@ -146,12 +146,13 @@ class TrainedRun:
     identifies its weights (the checkpoint id and the sha256 of the weights file)."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        from rnnkit.checkpoint import checkpoint_files, chosen_checkpoint, load_run, read_config
+        from rnnkit.checkpoint import checkpoint_files
+        from rnnkit.run import Run
 
         self.path = Path(run_dir)
-        meta = read_config(self.path)
-        self.weights = chosen_checkpoint(meta)  # the best checkpoint where kept, as eval reads it
-        self.model, self.vocab, config, _ = load_run(self.path, checkpoint=self.weights)
+        loaded = Run.load(self.path).load_model()  # the best checkpoint where kept, as eval reads it
+        self.model, self.vocab, self.weights, meta = loaded.model, loaded.vocab, loaded.checkpoint, loaded.meta
+        config = loaded.config
         self.checkpoint = str(meta.get("checkpoint", ""))
         weights_file = self.path / checkpoint_files(meta)["best" if self.weights == "best" else "model"]
         try:

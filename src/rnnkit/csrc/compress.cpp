@@ -34,10 +34,16 @@ struct MixerSettings {
 
 using Sums = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
-// mixer.py's prior_logit: the logit of a 1 from a byte distribution's prefix sums (257,).
-static int prior_logit(const int64_t *sums, int c0, const std::vector<int> &stretch) {
+// The bits of the byte decided so far: c0 holds them after a leading 1 (Python's c0.bit_length() - 1).
+static int depth_of(int c0) {
     int depth = 0;
     while ((c0 >> (depth + 1)) != 0) ++depth;
+    return depth;
+}
+
+// mixer.py's prior_logit: the logit of a 1 from a byte distribution's prefix sums (257,).
+static int prior_logit(const int64_t *sums, int c0, const std::vector<int> &stretch) {
+    const int depth = depth_of(c0);
     const int width = 256 >> depth, low = (c0 - (1 << depth)) * width;
     const int64_t total = sums[low + width] - sums[low];
     if (total <= 0) return 0;
@@ -58,8 +64,7 @@ class Match {
         expected_ = -1;
         if (!length_) return 0;
         const int predicted = buffer_[pointer_ & mask_] | 256;
-        int depth = 0;
-        while ((c0 >> (depth + 1)) != 0) ++depth;
+        const int depth = depth_of(c0);
         if ((predicted >> (8 - depth)) != c0) return 0;
         expected_ = (predicted >> (7 - depth)) & 1;
         const int confidence = s_.stretch[confidence_[std::min(length_, 63)] >> 4];
