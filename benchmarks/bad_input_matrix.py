@@ -192,6 +192,8 @@ def main() -> None:
             ("generate --seed 1e20", ["generate", str(good), "--seed", "1e20"]),
             ("generate --seed 10^20", ["generate", str(good), "--seed", str(10**20)]),
             ("--weight-decay -1", ["train", *TINY, "--weight-decay", "-1", "--out", str(d / "new")]),
+            ("eval --dynamic nan", ["eval", str(good), "--dynamic", "nan"]),
+            ("eval --dynamic -1", ["eval", str(good), "--dynamic", "-1"]),
             ('config.json "dropout": "0.1"', ["eval", broken_run("wrongtype", config_field("dropout", "0.1"))]),
             ("--device mps", ["train", *TINY, "--device", "mps", "--out", str(d / "new")]),
             ("--device meta", ["train", *TINY, "--device", "meta", "--out", str(d / "new")]),

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""rnnkit's time-budgeted training against nanoGPT's CPU recipe, side by side; prints JSON.
+"""rnnkit's time-budgeted training against nanoGPT, its CPU recipe and tuned, side by side; prints JSON.
 
-Each repeat runs nanoGPT's recipe (``../shared/bench/nanogpt_reference.py``: unmodified nanoGPT,
-4 layers x 128, 2000 iterations, or ``2000 x --budget-factor``) and then
-``rnnkit train --corpus CORPUS --time-budget T`` with ``T`` = that run's measured wall time and no
+Each repeat runs nanoGPT's README recipe (``../shared/bench/nanogpt_reference.py``: unmodified
+nanoGPT, 4 layers x 128, 2000 iterations, or ``2000 x --budget-factor``), then nanoGPT with the
+settings tuned for a CPU budget (:data:`TUNED`, ``../shared/bench/README.md``: 2 layers, 4 heads,
+block 48, 32 rows, lr 2e-3) given ``--time-budget T``, and then
+``rnnkit train --corpus CORPUS --time-budget T``, with ``T`` = the recipe's measured wall time and no
 model options (rnnkit sizes the model itself; raw characters, the last 10% held out, as nanoGPT's
 prepare does). Validation: nanoGPT's mean cross-entropy with the most context its block allows
 (``val_loss_sliding``), rnnkit's over the same characters carrying its state through them (its
@@ -40,6 +42,8 @@ from other_texts import build
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared"
 ITERS = 2000  # nanoGPT's recipe
+TUNED = ("n_layer=2", "n_head=4", "block_size=48", "batch_size=32", "learning_rate=2e-3", "min_lr=2e-4")
+SETTINGS = ("nanogpt", "nanogpt_tuned")  # the recipe, the tuned setting: the keys of each repeat's row
 # Runs the reference in this process's child with subprocess.run wrapped, so that nanoGPT's own
 # per-iteration log (which the reference reads and drops) is kept on stderr.
 RUN_REFERENCE = """
@@ -56,7 +60,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def nanogpt(corpus: Path, seed: int, iters: int) -> dict:
+def nanogpt(corpus: Path, seed: int, options: list[str]) -> dict:
+    """One run of ``nanogpt_reference.py`` with ``options``; its JSON line plus its logged curve."""
     out = subprocess.run(
         [
             sys.executable,
@@ -67,8 +72,7 @@ def nanogpt(corpus: Path, seed: int, iters: int) -> dict:
             str(corpus),
             "--seed",
             str(seed),
-            "--max-iters",
-            str(iters),
+            *options,
         ],
         capture_output=True,
         text=True,
@@ -162,12 +166,13 @@ def budgeted_run(corpus: Path, budget_s: float, seed: int, extra: list[str], run
     }
 
 
-def ahead_after(rows: list[dict], after_s: float = 60.0) -> dict:
-    """At each of nanoGPT's evaluations after ``after_s``: rnnkit's best validation loss so far minus
-    nanoGPT's estimate lowered by its final blocks-minus-sliding gap (negative: rnnkit ahead)."""
+def ahead_after(rows: list[dict], setting: str = "nanogpt", after_s: float = 60.0) -> dict:
+    """At each of nanoGPT's (``setting``'s) evaluations after ``after_s``: rnnkit's best validation
+    loss so far minus nanoGPT's estimate lowered by its final blocks-minus-sliding gap (negative:
+    rnnkit ahead)."""
     margins = []
     for r in rows:
-        ref, ours = r["nanogpt"], r["rnnkit"]["curve"]
+        ref, ours = r[setting], r["rnnkit"]["curve"]
         gap = ref["val_loss_blocks"] - ref["val_loss_sliding"]
         for t, loss in ref["curve"]:
             seen = [v for s, v in ours if s <= t]
@@ -183,9 +188,11 @@ def ahead_after(rows: list[dict], after_s: float = 60.0) -> dict:
 def compare(corpus: Path, repeats: int, factor: float, extra: list[str]) -> dict:
     rows = []
     for repeat in range(repeats):
-        ref = nanogpt(corpus, 1337 + repeat, round(ITERS * factor))
+        seed = 1337 + repeat
+        ref = nanogpt(corpus, seed, ["--max-iters", str(round(ITERS * factor))])
+        tuned = nanogpt(corpus, seed, ["--time-budget", f"{ref['fit_s']:.2f}", *(f"--set={s}" for s in TUNED)])
         ours = rnnkit(corpus, ref["fit_s"], repeat, extra)
-        rows.append({"nanogpt": ref, "rnnkit": ours})
+        rows.append({"nanogpt": ref, "nanogpt_tuned": tuned, "rnnkit": ours})
         print(
             json.dumps(
                 {
@@ -193,6 +200,8 @@ def compare(corpus: Path, repeats: int, factor: float, extra: list[str]) -> dict
                     "repeat": repeat,
                     "nanogpt_s": ref["fit_s"],
                     "nanogpt_val": ref["val_loss_sliding"],
+                    "nanogpt_tuned_s": tuned["fit_s"],
+                    "nanogpt_tuned_val": tuned["val_loss_sliding"],
                     "rnnkit_s": ours["wall_s"],
                     "rnnkit_best_val": round(ours["best_val_loss"], 4),
                 }
@@ -200,23 +209,32 @@ def compare(corpus: Path, repeats: int, factor: float, extra: list[str]) -> dict
             file=sys.stderr,
             flush=True,
         )
+    return {"summary": summarise(corpus, rows, factor), "runs": rows}
+
+
+def summarise(corpus: Path, rows: list[dict], factor: float) -> dict:
+    """Medians over the repeats of each setting's wall time and validation loss, and rnnkit's
+    difference from each nanoGPT setting (the median's and each repeat's; negative: rnnkit lower)."""
     med = lambda values: round(statistics.median(values), 4)  # noqa: E731
+    ours = [r["rnnkit"]["best_val_loss"] for r in rows]
     summary = {
         "corpus": corpus.name,
-        "repeats": repeats,
+        "repeats": len(rows),
         "budget_factor": factor,
-        "nanogpt_fit_s": med([r["nanogpt"]["fit_s"] for r in rows]),
-        "nanogpt_val_loss_sliding": med([r["nanogpt"]["val_loss_sliding"] for r in rows]),
         "rnnkit_wall_s": med([r["rnnkit"]["wall_s"] for r in rows]),
-        "rnnkit_best_val_loss": med([r["rnnkit"]["best_val_loss"] for r in rows]),
-        "per_repeat_differences": [
-            round(r["rnnkit"]["best_val_loss"] - r["nanogpt"]["val_loss_sliding"], 4) for r in rows
-        ],
+        "rnnkit_best_val_loss": med(ours),
+        "rnnkit_best_val_loss_each": [round(v, 4) for v in ours],
     }
-    summary["difference_nats"] = round(summary["rnnkit_best_val_loss"] - summary["nanogpt_val_loss_sliding"], 4)
-    if factor > 1:
-        summary["ahead_after_60s"] = ahead_after(rows)
-    return {"summary": summary, "runs": rows}
+    for setting in SETTINGS:
+        theirs = [r[setting]["val_loss_sliding"] for r in rows]
+        summary[f"{setting}_fit_s"] = med([r[setting]["fit_s"] for r in rows])
+        summary[f"{setting}_val_loss_sliding"] = med(theirs)
+        summary[f"{setting}_val_loss_sliding_each"] = theirs
+        summary[f"per_repeat_differences_{setting}"] = [round(a - b, 4) for a, b in zip(ours, theirs, strict=True)]
+        summary[f"difference_nats_{setting}"] = round(med(ours) - med(theirs), 4)
+        if factor > 1:
+            summary[f"ahead_after_60s_{setting}"] = ahead_after(rows, setting)
+    return summary
 
 
 def plot(results: list[dict], path: str, title: str) -> None:
@@ -236,23 +254,14 @@ def plot(results: list[dict], path: str, title: str) -> None:
             ax.plot(
                 xs, ys, color="tab:blue", alpha=0.8, label="rnnkit --time-budget (sized by itself)" if i == 0 else None
             )
-            if len(r["nanogpt"]["curve"]) > 2:
-                xs, ys = zip(*r["nanogpt"]["curve"], strict=True)
-                ax.plot(
-                    xs,
-                    ys,
-                    color="tab:red",
-                    alpha=0.6,
-                    linestyle="--",
-                    label="nanoGPT CPU recipe (its logged estimate)" if i == 0 else None,
-                )
-            ax.scatter(
-                [r["nanogpt"]["fit_s"]],
-                [r["nanogpt"]["val_loss_sliding"]],
-                color="tab:red",
-                zorder=3,
-                label="nanoGPT at the end (sliding window)" if i == 0 else None,
-            )
+            for setting, color, name in zip(SETTINGS, ("tab:red", "tab:orange"), ("CPU recipe", "tuned"), strict=True):
+                ref = r[setting]
+                if len(ref["curve"]) > 2:
+                    xs, ys = zip(*ref["curve"], strict=True)
+                    label = f"nanoGPT {name} (its logged estimate)" if i == 0 else None
+                    ax.plot(xs, ys, color=color, alpha=0.6, linestyle="--", label=label)
+                label = f"nanoGPT {name} at the end (sliding window)" if i == 0 else None
+                ax.scatter([ref["fit_s"]], [ref["val_loss_sliding"]], color=color, zorder=3, label=label)
         ax.set_xlabel("wall-clock seconds")
         ax.set_ylabel("validation loss (nats/char)")
         ax.set_ylim(top=min(3.5, ax.get_ylim()[1]))

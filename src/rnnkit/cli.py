@@ -136,6 +136,8 @@ def add_generate_parser(sub) -> None:
 
 
 def add_eval_parser(sub) -> None:
+    from rnnkit.evaluate import DYNAMIC_LR
+
     e = sub.add_parser("eval", help="perplexity and bits per character of a run on a corpus")
     e.add_argument("run_dir")
     e.add_argument("--corpus", default=None, help="built-in name or path (default: the run's own corpus)")
@@ -143,6 +145,15 @@ def add_eval_parser(sub) -> None:
     e.add_argument("--strip-gutenberg", action="store_true", help="drop a Project Gutenberg header and footer")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--checkpoint", choices=["best", "last"], default=None, help=CHECKPOINT_HELP)
+    e.add_argument(
+        "--dynamic",
+        nargs="?",
+        const=DYNAMIC_LR,
+        type=float,
+        metavar="LR",
+        help=f"also score with dynamic evaluation (the model keeps learning as it reads; rate LR, default "
+        f"{DYNAMIC_LR:g}), reported on its own line",
+    )
 
 
 def add_timeseries_parser(sub) -> None:
@@ -279,7 +290,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rnnkit.run import Run
 
     evaluation = Run.load(args.run_dir).evaluate(
-        args.corpus, encoding=args.encoding, strip_gutenberg=args.strip_gutenberg, checkpoint=args.checkpoint
+        args.corpus,
+        encoding=args.encoding,
+        strip_gutenberg=args.strip_gutenberg,
+        checkpoint=args.checkpoint,
+        dynamic_lr=args.dynamic,
     )
     if evaluation.note:
         print(evaluation.note, file=sys.stderr)

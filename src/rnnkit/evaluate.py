@@ -7,12 +7,15 @@ it, so they agree to the last digit:
 - :func:`stream_nll` reads a text as one stream (or a few lanes side by side), carrying the state,
   so every token after the first is predicted once, from all the text before it;
 - :func:`window_nll` scores independent windows from a fresh state (d2l's validation);
+- :func:`dynamic_nll` scores a stream while a copy of the model keeps learning from what it has
+  read (dynamic evaluation, Krause et al. 2018), a separate figure from the static one;
 - :func:`perplexity` and :func:`bits_per_token` turn (summed nats, count) into the reported figures;
 - :func:`evaluate_text` is ``rnnkit eval``: a text, read as the run read its training text.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,13 +24,16 @@ import torch
 
 from rnnkit.data import WindowBatches
 from rnnkit.errors import RnnkitError
-from rnnkit.models import RNNLM, State, evaluating, join_states, split_state, state_batch_dim
+from rnnkit.models import RNNLM, State, detach_state, evaluating, join_states, split_state, state_batch_dim
 from rnnkit.text import Vocab, preprocess
 from rnnkit.tokens import tokenizer_for
 
 EVAL_BATCH_TOKENS = 1 << 18  # evaluation needs no gradients: fewer, larger batches are faster
 STREAM_WARMUP = 4096  # tokens each validation lane reads before its part (see stream_nll, validation_lanes)
 VALIDATION_LANES = 8  # held-out text read as this many lanes side by side, at most
+DYNAMIC_LR = 1e-3  # dynamic evaluation's step on each segment's mean loss (rnnkit eval --dynamic)
+DYNAMIC_SEGMENT = 64  # tokens scored between two of dynamic evaluation's updates
+DYNAMIC_DECAY = 0.99  # decay of dynamic evaluation's running mean of squared gradients
 
 
 def window_nll(model: RNNLM, batches: WindowBatches) -> tuple[float, int]:
@@ -74,6 +80,39 @@ def stream_nll(
             last = split_state(state, dim)[-1]
             more, counted, _ = _carried_nll(model, tokens, [lanes * length], targets - lanes * length, last, chunk)
             total, count = total + more, count + counted
+    return total, count
+
+
+def dynamic_nll(
+    model: RNNLM, tokens: torch.Tensor, lr: float = DYNAMIC_LR, segment: int = DYNAMIC_SEGMENT
+) -> tuple[float, int]:
+    """Summed NLL (nats) and count over a token stream (N,) with dynamic evaluation (Krause et al.,
+    2018): the text is read in ``segment``-token pieces, state carried, and after each piece has
+    been scored a copy of the model takes one step on that piece's mean loss, so each token is
+    predicted by a model that has learned from all the text before it (never from itself or what
+    follows). ``model`` is left as it was. In evaluation mode (no dropout), one lane.
+
+    The step is RMSprop's (Adam without momentum, squared-gradient decay :data:`DYNAMIC_DECAY`): a
+    rate per weight, as Krause et al.'s RMS-normalised update, since the trained weights' gradients
+    differ in scale by orders of magnitude (``docs/guides/evaluation.md`` has the rates tried).
+
+    A model adapting to the text it reads scores lower than the same model frozen: report this
+    figure beside :func:`stream_nll`'s, never in its place."""
+    if not (math.isfinite(lr) and lr > 0):
+        raise RnnkitError(f"the dynamic evaluation learning rate must be a positive number, got {lr}")
+    learner = copy.deepcopy(model).eval()
+    optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr, betas=(0.0, DYNAMIC_DECAY))
+    total, count, state = 0.0, 0, None
+    targets = len(tokens) - 1
+    for start in range(0, targets, segment):
+        piece = tokens[start : min(start + segment, targets) + 1].unsqueeze(0)
+        loss, state = learner.loss(piece[:, :-1], piece[:, 1:], state, reduction="sum")
+        steps = piece.shape[1] - 1
+        total, count = total + loss.double().item(), count + steps
+        optimizer.zero_grad(set_to_none=True)
+        (loss / steps).backward()
+        optimizer.step()
+        state = detach_state(state)
     return total, count
 
 
@@ -124,6 +163,16 @@ def characters_predicted(tokens: Sequence[str], kind: str = "char") -> int:
 
 
 @dataclass
+class DynamicScore:
+    """The same tokens scored with dynamic evaluation (:func:`dynamic_nll`): ``nll`` summed nats,
+    at rate ``lr`` on ``segment``-token pieces. Kept apart from the static score it sits beside."""
+
+    nll: float
+    lr: float
+    segment: int = DYNAMIC_SEGMENT
+
+
+@dataclass
 class Evaluation:
     """A model's score on a text: ``nll`` summed nats over ``tokens`` predicted tokens, which stand
     for ``characters`` characters of the text (bits per character are over those)."""
@@ -139,6 +188,7 @@ class Evaluation:
     unknown_tokens: int = 0  # predicted tokens read as <unk>
     from_text: bool = True  # False: token ids scored as they are (a prepared corpus), nothing to report unknown
     note: str = field(default="", repr=False)  # which checkpoint was scored (rnnkit.Run.evaluate), for display
+    dynamic: DynamicScore | None = None  # the same tokens under dynamic evaluation, where asked for
 
     @property
     def ppl(self) -> float:
@@ -156,6 +206,13 @@ class Evaluation:
     def to_dict(self) -> dict:
         """``rnnkit eval --json``'s object."""
         result = {"ppl": self.ppl, "bpc": self.bpc, "tokens": self.tokens, "corpus": self.corpus}
+        if self.dynamic is not None:
+            result["dynamic"] = {
+                "ppl": perplexity(self.dynamic.nll, self.tokens),
+                "bpc": bits_per_token(self.dynamic.nll, self.characters),
+                "lr": self.dynamic.lr,
+                "segment": self.dynamic.segment,
+            }
         if not self.from_text:
             return result
         result["skipped"] = self.skipped
@@ -174,7 +231,19 @@ class Evaluation:
 
     def describe(self) -> str:
         """``rnnkit eval``'s line: perplexity, bits per character (and per word), tokens, and what the
-        vocabulary lacked."""
+        vocabulary lacked; and a second line with the dynamic evaluation's figures where there is one."""
+        if self.dynamic is None:
+            return self.describe_static()
+        dynamic = self.dynamic
+        ppl, bpc = perplexity(dynamic.nll, self.tokens), bits_per_token(dynamic.nll, self.characters)
+        return (
+            f"{self.describe_static()}\n{self.corpus}, dynamic evaluation (a copy of the model learning as "
+            f"it reads: RMSprop {dynamic.lr:g} every {dynamic.segment} tokens): perplexity {ppl:.4f}  "
+            f"bits/{self.unit} {bpc:.4f}"
+        )
+
+    def describe_static(self) -> str:
+        """The static score's line (the model as trained)."""
         if not self.from_text:
             return f"{self.corpus}: perplexity {self.ppl:.4f}  bits/{self.unit} {self.bpc:.4f}  tokens {self.tokens}"
         if self.spans_characters:
@@ -191,20 +260,37 @@ class Evaluation:
         return f"{self.corpus}: perplexity {self.ppl:.4f}  bits/char {self.bpc:.4f}  tokens {self.tokens}{note}"
 
 
-def evaluate_tokens(model: RNNLM, ids: torch.Tensor, corpus: str, unit: str = "char") -> Evaluation:
-    """Score a token stream (N,) as one stream: a prepared corpus's held-out tokens, say."""
+def evaluate_tokens(
+    model: RNNLM, ids: torch.Tensor, corpus: str, unit: str = "char", dynamic_lr: float | None = None
+) -> Evaluation:
+    """Score a token stream (N,) as one stream: a prepared corpus's held-out tokens, say; with
+    ``dynamic_lr``, also with dynamic evaluation at that rate (:func:`dynamic_nll`)."""
     if len(ids) < 2:
         raise RnnkitError(f"{corpus}: fewer than 2 tokens; nothing to evaluate")
     nll, count = stream_nll(model, ids)
-    return Evaluation(corpus, nll, count, count, unit, from_text=False)
+    return Evaluation(corpus, nll, count, count, unit, from_text=False, dynamic=score_dynamic(model, ids, dynamic_lr))
+
+
+def score_dynamic(model: RNNLM, ids: torch.Tensor, lr: float | None) -> DynamicScore | None:
+    """``ids`` scored with dynamic evaluation at ``lr``; None where ``lr`` is None (not asked for)."""
+    if lr is None:
+        return None
+    return DynamicScore(dynamic_nll(model, torch.as_tensor(ids, dtype=torch.int64), lr)[0], lr)
 
 
 def evaluate_text(
-    model: RNNLM, vocab: Vocab, text: str, corpus: str, preprocessing: str = "raw", kind: str = "char"
+    model: RNNLM,
+    vocab: Vocab,
+    text: str,
+    corpus: str,
+    preprocessing: str = "raw",
+    kind: str = "char",
+    dynamic_lr: float | None = None,
 ) -> Evaluation:
     """Score ``text`` as one stream, read as the run read its training text (``preprocessing`` and
     token ``kind``). Tokens the vocabulary lacks are read as ``<unk>`` where it has one, otherwise
-    left out and counted in ``skipped``."""
+    left out and counted in ``skipped``. With ``dynamic_lr``, the same tokens are also scored with
+    dynamic evaluation at that rate (:func:`dynamic_nll`), reported apart."""
     tokenizer = tokenizer_for(kind)
     tokens = tokenizer.split(preprocess(text, preprocessing))
     unknown = vocab.unknown(tokens)
@@ -214,7 +300,8 @@ def evaluate_text(
         skipped, tokens = len(tokens) - len(known), known
     if len(tokens) < 2:
         raise RnnkitError(f"{corpus}: fewer than 2 tokens the model knows; nothing to evaluate")
-    nll, count = stream_nll(model, torch.tensor(vocab[tokens], dtype=torch.int64))
+    ids = torch.tensor(vocab[tokens], dtype=torch.int64)
+    nll, count = stream_nll(model, ids)
     unknown_set = set(unknown)
     return Evaluation(
         str(corpus),
@@ -226,4 +313,5 @@ def evaluate_text(
         skipped,
         unknown,
         sum(t in unknown_set for t in tokens[1:]),
+        dynamic=score_dynamic(model, ids, dynamic_lr),
     )

@@ -180,9 +180,13 @@ class Run:
         encoding: str | None = None,
         strip_gutenberg: bool = False,
         checkpoint: str | None = None,
+        dynamic_lr: float | None = None,
     ) -> Evaluation:
         """Perplexity and bits per character on ``corpus`` (a built-in name or a path; default: the
-        run's own corpus, or a prepared run's held-out tokens), as ``rnnkit eval``."""
+        run's own corpus, or a prepared run's held-out tokens), as ``rnnkit eval``. ``dynamic_lr``:
+        also score the text with dynamic evaluation at that rate (``rnnkit eval --dynamic``;
+        :func:`rnnkit.evaluate.dynamic_nll`), in :attr:`Evaluation.dynamic`, apart from the static
+        score."""
         from rnnkit.evaluate import evaluate_text, evaluate_tokens
         from rnnkit.text import load_corpus_text
         from rnnkit.tokens import tokenizer_for
@@ -196,13 +200,19 @@ class Run:
             if len(val) < 2:
                 raise RnnkitError(f"{config.data}: no held-out tokens to evaluate; pass --corpus")
             evaluation = evaluate_tokens(
-                loaded.model, val, f"{config.data} (held-out part)", tokenizer_for(config.tokens).unit
+                loaded.model, val, f"{config.data} (held-out part)", tokenizer_for(config.tokens).unit, dynamic_lr
             )
         else:
             strip = strip_gutenberg or (config.strip_gutenberg if corpus is None else False) or None
             text = load_corpus_text(corpus or config.corpus, encoding or config.encoding, strip)
             evaluation = evaluate_text(
-                loaded.model, loaded.vocab, text, str(corpus or config.corpus), config.preprocess, config.tokens
+                loaded.model,
+                loaded.vocab,
+                text,
+                str(corpus or config.corpus),
+                config.preprocess,
+                config.tokens,
+                dynamic_lr,
             )
         evaluation.note = loaded.note
         return evaluation
