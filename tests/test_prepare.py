@@ -136,8 +136,9 @@ def test_training_from_a_memory_map_learns_and_resumes_bitwise(tmp_path, capsys,
     a, b = load_file(str(checkpoint_path(tmp_path / "straight"))), load_file(str(checkpoint_path(tmp_path / "resumed")))
     assert all(torch.equal(a[k], b[k]) for k in a)
     capsys.readouterr()
-    assert main(["eval", str(tmp_path / "straight"), "--json"]) == 0  # the held-out part of the data
-    assert json.loads(capsys.readouterr().out)["tokens"] == int(60000 * 0.1) - 1
+    assert main(["eval", str(tmp_path / "straight"), "--json", "--dynamic"]) == 0  # the held-out part of the data
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["tokens"] == int(60000 * 0.1) - 1 and 0 < scored["dynamic"]["bpc"] < scored["bpc"] + 0.5
     # the directory prepared again from another text: the run refuses to continue on it
     (tmp_path / "tm.txt").write_text(tm_text[60000:120000] + "§")
     assert main(["prepare", str(tmp_path / "tm.txt"), "--out", str(tmp_path / "data")]) == 0

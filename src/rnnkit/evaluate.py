@@ -272,10 +272,11 @@ def evaluate_tokens(
 
 
 def score_dynamic(model: RNNLM, ids: torch.Tensor, lr: float | None) -> DynamicScore | None:
-    """``ids`` scored with dynamic evaluation at ``lr``; None where ``lr`` is None (not asked for)."""
+    """``ids`` (a tensor, or memory-mapped tokens: sliced a segment at a time) scored with dynamic
+    evaluation at ``lr``; None where ``lr`` is None (not asked for)."""
     if lr is None:
         return None
-    return DynamicScore(dynamic_nll(model, torch.as_tensor(ids, dtype=torch.int64), lr)[0], lr)
+    return DynamicScore(dynamic_nll(model, ids, lr)[0], lr)
 
 
 def evaluate_text(
