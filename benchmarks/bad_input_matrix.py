@@ -194,6 +194,8 @@ def main() -> None:
             ("--weight-decay -1", ["train", *TINY, "--weight-decay", "-1", "--out", str(d / "new")]),
             ("eval --dynamic nan", ["eval", str(good), "--dynamic", "nan"]),
             ("eval --dynamic -1", ["eval", str(good), "--dynamic", "-1"]),
+            ("eval --dynamic 1e10", ["eval", str(good), "--dynamic", "1e10"]),
+            ("eval --dynamic before the run directory", ["eval", "--dynamic", str(good)]),
             ('config.json "dropout": "0.1"', ["eval", broken_run("wrongtype", config_field("dropout", "0.1"))]),
             ("--device mps", ["train", *TINY, "--device", "mps", "--out", str(d / "new")]),
             ("--device meta", ["train", *TINY, "--device", "meta", "--out", str(d / "new")]),

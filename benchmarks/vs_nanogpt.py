@@ -190,7 +190,9 @@ def ahead_after(rows: list[dict], setting: str = "nanogpt", after_s: float = 60.
     }
 
 
-def compare(corpus: Path, repeats: int, factor: float, extra: list[str]) -> dict:
+def compare(corpus: Path, repeats: int, factor: float, extra: list[str], done=lambda partial: None) -> dict:
+    """``repeats`` side-by-side repeats on ``corpus``: the summary and every run; ``done`` is given
+    the result so far after each repeat (``--out`` keeps the repeats of a benchmark cut short)."""
     rows = []
     for repeat in range(repeats):
         seed = 1337 + repeat
@@ -214,6 +216,7 @@ def compare(corpus: Path, repeats: int, factor: float, extra: list[str]) -> dict
             file=sys.stderr,
             flush=True,
         )
+        done({"summary": summarise(corpus, rows, factor), "runs": rows})
     return {"summary": summarise(corpus, rows, factor), "runs": rows}
 
 
@@ -294,13 +297,27 @@ def main() -> None:
         help="nanoGPT runs 2000 x factor iterations; rnnkit's budget is nanoGPT's wall time",
     )
     parser.add_argument("--png", help="write validation loss against seconds here")
+    parser.add_argument(
+        "--out", help="also write the JSON here, rewritten after every repeat (a run cut short keeps its repeats)"
+    )
     parser.add_argument("--rnnkit-args", nargs=argparse.REMAINDER, default=[], help="extra rnnkit train options")
     args = parser.parse_args()
     corpora = build(Path(args.other_texts)) if args.other_texts else [Path(c) for c in args.corpus]
-    results = [compare(corpus, args.repeats, args.budget_factor, args.rnnkit_args) for corpus in corpora]
     import torch
 
     machine = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    results: list[dict] = []
+
+    def write(partial: dict | None = None) -> None:
+        if args.out:
+            so_far = [*results, partial] if partial else results
+            temporary = Path(args.out).with_suffix(".tmp")
+            temporary.write_text(json.dumps({**machine, "corpora": so_far}, indent=1))
+            temporary.replace(args.out)
+
+    for corpus in corpora:
+        results.append(compare(corpus, args.repeats, args.budget_factor, args.rnnkit_args, write))
+    write()
     print(json.dumps({**machine, "corpora": results}, indent=1))
     if args.png:
         plot(results, args.png, machine["cpu"])

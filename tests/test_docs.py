@@ -41,6 +41,8 @@ def doc_results(tmp_path_factory) -> dict[str, list[dict]]:
         f"\ndocs harness: {len(results)} commands and blocks in {time.monotonic() - started:.0f} s: "
         f"{modes.count('run')} run, {modes.count('parse')} only parsed, {modes.count('unchecked')} unchecked"
     )
+    slowest = sorted(results, key=lambda r: -r["seconds"])[:8]  # where the harness's time goes (pytest -s)
+    print("slowest: " + "; ".join(f"{r['page']}:{r['line']} {r['seconds']:.1f} s" for r in slowest))
     return by_page
 
 

@@ -33,6 +33,18 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def dynamic_rate(text: str) -> float:
+    """``eval --dynamic``'s optional rate (argparse type); a word that is not a number is most likely
+    the run directory, given after ``--dynamic``, so the message says where the option goes."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rate: --dynamic takes an optional LR, so give it after the run directory "
+            "(rnnkit eval RUN_DIR --dynamic)"
+        ) from None
+
+
 def add_options(parser: argparse.ArgumentParser) -> None:
     """``train``'s options, derived from :class:`~rnnkit.config.TrainConfig` and
     :class:`~rnnkit.config.RunOptions`: one flag per field, in its group, with its help and choices."""
@@ -149,9 +161,9 @@ def add_eval_parser(sub) -> None:
         "--dynamic",
         nargs="?",
         const=DYNAMIC_LR,
-        type=float,
+        type=dynamic_rate,
         metavar="LR",
-        help=f"also score with dynamic evaluation (the model keeps learning as it reads; rate LR, default "
+        help=f"also score with dynamic evaluation (the model keeps learning as it reads; rate LR in (0, 1], default "
         f"{DYNAMIC_LR:g}), reported on its own line",
     )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -83,36 +83,70 @@ def stream_nll(
     return total, count
 
 
+def check_dynamic_lr(lr: float | None) -> None:
+    """Refuse a dynamic-evaluation rate outside (0, 1] (None: not asked for), before any scoring
+    starts. The step moves each weight by about the rate (:func:`dynamic_segment_nlls`), so a rate
+    above 1 moves every weight by more than 1 per segment: no longer evaluation."""
+    if lr is not None and not (isinstance(lr, (int, float)) and 0 < lr <= 1):  # NaN fails both
+        raise RnnkitError(f"the dynamic evaluation learning rate must be above 0 and at most 1, got {lr}")
+
+
+def dynamic_segment_nlls(
+    model: RNNLM, tokens: torch.Tensor, lr: float = DYNAMIC_LR, segment: int = DYNAMIC_SEGMENT
+) -> Iterator[tuple[float, int]]:
+    """Dynamic evaluation (Krause et al., 2018), one ``(summed nats, count)`` per ``segment``-token
+    piece of a token stream (N,): the pieces are read in order with the state carried, and after a
+    piece has been scored a copy of the model takes one step on that piece's mean loss, so each
+    token is predicted by a model that has learned from all the text before it (never from itself
+    or what follows). ``model`` is left as it was; the copy runs in evaluation mode (no dropout,
+    no weight drop), one lane, on the model's device. ``tokens`` may be memory-mapped tokens: a
+    piece is sliced as it is read.
+
+    The step is RMSprop-like: Adam without momentum (beta1 0, squared-gradient decay
+    :data:`DYNAMIC_DECAY`, bias-corrected), a rate per weight, since the trained weights'
+    gradients differ in scale by orders of magnitude (``docs/guides/evaluation.md`` has the rates
+    tried). Unlike Krause et al. there is no pull back toward the trained weights. A step that makes
+    the loss of a model that scored finitely infinite or NaN raises :class:`RnnkitError` (the rate is
+    too large)."""
+    check_dynamic_lr(lr)
+    if not (isinstance(segment, int) and segment >= 1):
+        raise RnnkitError(f"the dynamic evaluation segment must be a whole number of tokens >= 1, got {segment}")
+    learner = copy.deepcopy(model).eval()
+    device = next(learner.parameters()).device
+    optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr, betas=(0.0, DYNAMIC_DECAY))
+    targets, state, finite_so_far = len(tokens) - 1, None, True
+    # gradients even under a caller's no_grad; cuDNN's RNNs refuse backward in evaluation mode
+    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
+        for start in range(0, targets, segment):
+            piece = torch.as_tensor(tokens[start : min(start + segment, targets) + 1]).to(device).unsqueeze(0)
+            loss, state = learner.loss(piece[:, :-1], piece[:, 1:], state, reduction="sum")
+            nll, steps = loss.double().item(), piece.shape[1] - 1
+            if start and finite_so_far and not math.isfinite(nll):  # the steps broke a model that scored
+                raise RnnkitError(
+                    f"dynamic evaluation diverged after {start} tokens at learning rate {lr:g} "
+                    "(the loss became infinite or NaN): use a smaller rate"
+                )
+            finite_so_far &= math.isfinite(nll)
+            yield nll, steps
+            if start + segment >= targets:
+                break  # nothing left to predict: the last step would be thrown away
+            optimizer.zero_grad(set_to_none=True)
+            (loss / steps).backward()
+            optimizer.step()
+            state = detach_state(state)
+
+
 def dynamic_nll(
     model: RNNLM, tokens: torch.Tensor, lr: float = DYNAMIC_LR, segment: int = DYNAMIC_SEGMENT
 ) -> tuple[float, int]:
-    """Summed NLL (nats) and count over a token stream (N,) with dynamic evaluation (Krause et al.,
-    2018): the text is read in ``segment``-token pieces, state carried, and after each piece has
-    been scored a copy of the model takes one step on that piece's mean loss, so each token is
-    predicted by a model that has learned from all the text before it (never from itself or what
-    follows). ``model`` is left as it was. In evaluation mode (no dropout), one lane.
-
-    The step is RMSprop's (Adam without momentum, squared-gradient decay :data:`DYNAMIC_DECAY`): a
-    rate per weight, as Krause et al.'s RMS-normalised update, since the trained weights' gradients
-    differ in scale by orders of magnitude (``docs/guides/evaluation.md`` has the rates tried).
+    """Summed NLL (nats) and count over a token stream (N,) with dynamic evaluation
+    (:func:`dynamic_segment_nlls`' pieces added up).
 
     A model adapting to the text it reads scores lower than the same model frozen: report this
     figure beside :func:`stream_nll`'s, never in its place."""
-    if not (math.isfinite(lr) and lr > 0):
-        raise RnnkitError(f"the dynamic evaluation learning rate must be a positive number, got {lr}")
-    learner = copy.deepcopy(model).eval()
-    optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr, betas=(0.0, DYNAMIC_DECAY))
-    total, count, state = 0.0, 0, None
-    targets = len(tokens) - 1
-    for start in range(0, targets, segment):
-        piece = tokens[start : min(start + segment, targets) + 1].unsqueeze(0)
-        loss, state = learner.loss(piece[:, :-1], piece[:, 1:], state, reduction="sum")
-        steps = piece.shape[1] - 1
-        total, count = total + loss.double().item(), count + steps
-        optimizer.zero_grad(set_to_none=True)
-        (loss / steps).backward()
-        optimizer.step()
-        state = detach_state(state)
+    total, count = 0.0, 0
+    for nll, steps in dynamic_segment_nlls(model, tokens, lr, segment):
+        total, count = total + nll, count + steps
     return total, count
 
 
@@ -169,7 +203,7 @@ class DynamicScore:
 
     nll: float
     lr: float
-    segment: int = DYNAMIC_SEGMENT
+    segment: int
 
 
 @dataclass
@@ -207,12 +241,8 @@ class Evaluation:
         """``rnnkit eval --json``'s object."""
         result = {"ppl": self.ppl, "bpc": self.bpc, "tokens": self.tokens, "corpus": self.corpus}
         if self.dynamic is not None:
-            result["dynamic"] = {
-                "ppl": perplexity(self.dynamic.nll, self.tokens),
-                "bpc": bits_per_token(self.dynamic.nll, self.characters),
-                "lr": self.dynamic.lr,
-                "segment": self.dynamic.segment,
-            }
+            dynamic = self.dynamic
+            result["dynamic"] = {**self._figures(dynamic.nll), "lr": dynamic.lr, "segment": dynamic.segment}
         if not self.from_text:
             return result
         result["skipped"] = self.skipped
@@ -229,20 +259,32 @@ class Evaluation:
             result["unknown_chars"] = "".join(self.unknown)
         return result
 
+    def _figures(self, nll: float) -> dict:
+        """``nll`` summed nats over these tokens as perplexity (per token) and bits per character, and
+        bits per word for word tokens: the keys ``rnnkit eval --json`` reports."""
+        figures = {"ppl": perplexity(nll, self.tokens), "bpc": bits_per_token(nll, self.characters)}
+        if self.spans_characters:
+            figures["bits_per_word"] = bits_per_token(nll, self.tokens)
+        return figures
+
     def describe(self) -> str:
         """``rnnkit eval``'s line: perplexity, bits per character (and per word), tokens, and what the
         vocabulary lacked; and a second line with the dynamic evaluation's figures where there is one."""
         if self.dynamic is None:
-            return self.describe_static()
-        dynamic = self.dynamic
-        ppl, bpc = perplexity(dynamic.nll, self.tokens), bits_per_token(dynamic.nll, self.characters)
+            return self._describe_static()
+        dynamic, figures = self.dynamic, self._figures(self.dynamic.nll)
+        if self.spans_characters:
+            rates = f"perplexity {figures['ppl']:.4f} per word  bits/word {figures['bits_per_word']:.4f}  "
+            rates += f"bits/char {figures['bpc']:.4f}"
+        else:
+            unit = "char" if self.from_text else self.unit  # as the static line says it
+            rates = f"perplexity {figures['ppl']:.4f}  bits/{unit} {figures['bpc']:.4f}"
         return (
-            f"{self.describe_static()}\n{self.corpus}, dynamic evaluation (a copy of the model learning as "
-            f"it reads: RMSprop {dynamic.lr:g} every {dynamic.segment} tokens): perplexity {ppl:.4f}  "
-            f"bits/{self.unit} {bpc:.4f}"
+            f"{self._describe_static()}\n{self.corpus}, dynamic evaluation (a copy of the model learning as "
+            f"it reads: an RMSprop-like step of {dynamic.lr:g} every {dynamic.segment} tokens): {rates}"
         )
 
-    def describe_static(self) -> str:
+    def _describe_static(self) -> str:
         """The static score's line (the model as trained)."""
         if not self.from_text:
             return f"{self.corpus}: perplexity {self.ppl:.4f}  bits/{self.unit} {self.bpc:.4f}  tokens {self.tokens}"
@@ -265,6 +307,7 @@ def evaluate_tokens(
 ) -> Evaluation:
     """Score a token stream (N,) as one stream: a prepared corpus's held-out tokens, say; with
     ``dynamic_lr``, also with dynamic evaluation at that rate (:func:`dynamic_nll`)."""
+    check_dynamic_lr(dynamic_lr)
     if len(ids) < 2:
         raise RnnkitError(f"{corpus}: fewer than 2 tokens; nothing to evaluate")
     nll, count = stream_nll(model, ids)
@@ -273,10 +316,11 @@ def evaluate_tokens(
 
 def score_dynamic(model: RNNLM, ids: torch.Tensor, lr: float | None) -> DynamicScore | None:
     """``ids`` (a tensor, or memory-mapped tokens: sliced a segment at a time) scored with dynamic
-    evaluation at ``lr``; None where ``lr`` is None (not asked for)."""
+    evaluation at ``lr`` on :data:`DYNAMIC_SEGMENT`-token pieces; None where ``lr`` is None (not
+    asked for)."""
     if lr is None:
         return None
-    return DynamicScore(dynamic_nll(model, ids, lr)[0], lr)
+    return DynamicScore(dynamic_nll(model, ids, lr, DYNAMIC_SEGMENT)[0], lr, DYNAMIC_SEGMENT)
 
 
 def evaluate_text(
@@ -292,6 +336,7 @@ def evaluate_text(
     token ``kind``). Tokens the vocabulary lacks are read as ``<unk>`` where it has one, otherwise
     left out and counted in ``skipped``. With ``dynamic_lr``, the same tokens are also scored with
     dynamic evaluation at that rate (:func:`dynamic_nll`), reported apart."""
+    check_dynamic_lr(dynamic_lr)
     tokenizer = tokenizer_for(kind)
     tokens = tokenizer.split(preprocess(text, preprocessing))
     unknown = vocab.unknown(tokens)
