@@ -216,8 +216,9 @@ def compare(corpus: Path, repeats: int, factor: float, extra: list[str], done=la
             file=sys.stderr,
             flush=True,
         )
-        done({"summary": summarise(corpus, rows, factor), "runs": rows})
-    return {"summary": summarise(corpus, rows, factor), "runs": rows}
+        result = {"summary": summarise(corpus, rows, factor), "runs": rows}
+        done(result)
+    return result
 
 
 def summarise(corpus: Path, rows: list[dict], factor: float) -> dict:

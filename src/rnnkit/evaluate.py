@@ -267,31 +267,39 @@ class Evaluation:
             figures["bits_per_word"] = bits_per_token(nll, self.tokens)
         return figures
 
+    def _rates(self, nll: float) -> str:
+        """``nll`` summed nats over these tokens as the line's rates: perplexity and bits per
+        character (per word and per character for word tokens; per ``unit`` for token ids)."""
+        figures = self._figures(nll)
+        if not self.from_text:
+            return f"perplexity {figures['ppl']:.4f}  bits/{self.unit} {figures['bpc']:.4f}"
+        if self.spans_characters:
+            return (
+                f"perplexity {figures['ppl']:.4f} per word  bits/word {figures['bits_per_word']:.4f}  "
+                f"bits/char {figures['bpc']:.4f}"
+            )
+        return f"perplexity {figures['ppl']:.4f}  bits/char {figures['bpc']:.4f}"
+
     def describe(self) -> str:
         """``rnnkit eval``'s line: perplexity, bits per character (and per word), tokens, and what the
         vocabulary lacked; and a second line with the dynamic evaluation's figures where there is one."""
         if self.dynamic is None:
             return self._describe_static()
-        dynamic, figures = self.dynamic, self._figures(self.dynamic.nll)
-        if self.spans_characters:
-            rates = f"perplexity {figures['ppl']:.4f} per word  bits/word {figures['bits_per_word']:.4f}  "
-            rates += f"bits/char {figures['bpc']:.4f}"
-        else:
-            unit = "char" if self.from_text else self.unit  # as the static line says it
-            rates = f"perplexity {figures['ppl']:.4f}  bits/{unit} {figures['bpc']:.4f}"
+        dynamic = self.dynamic
         return (
             f"{self._describe_static()}\n{self.corpus}, dynamic evaluation (a copy of the model learning as "
-            f"it reads: an RMSprop-like step of {dynamic.lr:g} every {dynamic.segment} tokens): {rates}"
+            f"it reads: an RMSprop-like step of {dynamic.lr:g} every {dynamic.segment} tokens): "
+            f"{self._rates(dynamic.nll)}"
         )
 
     def _describe_static(self) -> str:
         """The static score's line (the model as trained)."""
+        rates = self._rates(self.nll)
         if not self.from_text:
-            return f"{self.corpus}: perplexity {self.ppl:.4f}  bits/{self.unit} {self.bpc:.4f}  tokens {self.tokens}"
+            return f"{self.corpus}: {rates}  tokens {self.tokens}"
         if self.spans_characters:
             return (
-                f"{self.corpus}: perplexity {self.ppl:.4f} per word  bits/word {self.bits_per_token:.4f}  "
-                f"bits/char {self.bpc:.4f} (of the {self.characters} characters those words span)  words "
+                f"{self.corpus}: {rates} (of the {self.characters} characters those words span)  words "
                 f"{self.tokens}  ({self.unknown_tokens} of them, {len(self.unknown)} word types, read as <unk>: "
                 "their spelling is not scored)"
             )
@@ -299,7 +307,7 @@ class Evaluation:
         if self.unknown:
             how = f"{self.skipped} skipped" if self.skipped else "read as <unk>"
             note = f"  ({len(self.unknown)} character types not in the vocabulary, {how})"
-        return f"{self.corpus}: perplexity {self.ppl:.4f}  bits/char {self.bpc:.4f}  tokens {self.tokens}{note}"
+        return f"{self.corpus}: {rates}  tokens {self.tokens}{note}"
 
 
 def evaluate_tokens(
