@@ -19,6 +19,19 @@ from pathlib import Path
 import pytest
 import torch
 
+
+def _share_the_cores_among_workers() -> None:
+    """Under pytest-xdist, each worker (and every process it starts) gets its share of the cores:
+    two workers of two OpenMP threads each on two cores wait on each other's spinning threads and
+    run several times slower than one worker. A test that needs a thread count sets its own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        torch.set_num_threads(int(threads))
+
+
+_share_the_cores_among_workers()
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SUITE_CORPORA = ("timemachine", "tinyshakespeare")  # the built-in corpora the tests read
 
