@@ -41,7 +41,7 @@ def suite_corpora(tmp_path_factory) -> dict[str, dict]:
     """For each corpus of :data:`SUITE_CORPORA`: ``{"path": Path, "source": where it was found,
     "downloads": URLs fetched}``, ``source`` being ``RNNKIT_DATA_DIR``, ``../shared/data``, ``cache``
     or ``download``."""
-    from rnnkit.text import CORPORA, cache_dir, find_corpus
+    from rnnkit.text import CORPORA, find_corpus
 
     found = {}
     fetched: list[str] = []
@@ -59,7 +59,7 @@ def suite_corpora(tmp_path_factory) -> dict[str, dict]:
         elif (SHARED_DATA / filename).is_file():
             source, data_dir = "../shared/data", str(SHARED_DATA)
         else:
-            source, data_dir = ("cache" if (cache_dir() / filename).is_file() else "download"), None
+            source, data_dir = None, None  # the cache, or a download (told apart below)
         saved = os.environ.pop("RNNKIT_DATA_DIR", None)
         fetched.clear()
         urllib.request.urlopen = counting_urlopen
@@ -72,6 +72,8 @@ def suite_corpora(tmp_path_factory) -> dict[str, dict]:
             os.environ.pop("RNNKIT_DATA_DIR", None)
             if saved is not None:
                 os.environ["RNNKIT_DATA_DIR"] = saved
+        if source is None:  # another pytest-xdist worker may have downloaded it while this one waited
+            source = "download" if fetched else "cache"
         found[name] = {"path": path, "source": source, "downloads": list(fetched)}
     links = tmp_path_factory.mktemp("suite-data")
     for name, info in found.items():

@@ -3,7 +3,9 @@
 import functools
 import os
 import threading
+import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,11 +20,16 @@ STARTED_WITH_DATA_DIR = os.environ.get("RNNKIT_DATA_DIR")
 
 
 @contextmanager
-def mirror(directory: Path):
-    """A local HTTP server for ``directory``; yields (base URL, list of requested paths)."""
+def mirror(directory: Path, delay_s: float = 0.0):
+    """A local HTTP server for ``directory`` that waits ``delay_s`` before each answer; yields (base
+    URL, list of requested paths)."""
     requests: list[str] = []
 
     class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the base class's name
+            time.sleep(delay_s)
+            super().do_GET()
+
         def log_request(self, code="-", size="-"):
             requests.append(self.path)
 
@@ -61,6 +68,20 @@ def test_mirror_download_is_fetched_once_checked_and_cached(online, monkeypatch,
     assert requests == ["/timemachine.txt"]  # once: the second lookup found the cached copy
     assert sha1_of(path) == CORPORA["timemachine"].sha1
     assert sorted(p.name for p in cache_dir().iterdir()) == ["timemachine.txt"]  # no temp file left
+
+
+def test_lookups_at_once_download_once(online, monkeypatch, tmp_path, suite_corpora):
+    """torchrun's ranks or runs started together, each looking for a corpus the cache lacks: one
+    downloads it, the others wait for it and find it cached (a slow mirror makes them overlap)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "timemachine.txt").write_bytes(suite_corpora["timemachine"]["path"].read_bytes())
+    with mirror(served, delay_s=0.5) as (url, requests), ThreadPoolExecutor(3) as pool:
+        monkeypatch.setenv("RNNKIT_MIRROR", url)
+        paths = list(pool.map(lambda _: find_corpus("timemachine"), range(3)))
+    assert paths == [cache_dir() / "timemachine.txt"] * 3
+    assert requests == ["/timemachine.txt"]
+    assert sorted(p.name for p in cache_dir().iterdir()) == ["timemachine.txt"]  # no lock or temp file left
 
 
 def test_corrupt_file_on_mirror_is_refused_and_not_cached(online, monkeypatch, tmp_path, suite_corpora):

@@ -1,5 +1,5 @@
-"""Writing files so that a crash, a kill or a full disk never leaves a half-written one, and a lock
-that keeps two processes out of the same run directory.
+"""Writing files so that a crash, a kill or a full disk never leaves a half-written one, a lock
+that keeps two processes out of the same run directory, and one that makes them take turns.
 
 Every file rnnkit writes goes to a temp file beside its destination (named ``.<name>.<random>.tmp``),
 is flushed and fsynced, and only then renamed over the destination; readers see the old file or
@@ -134,6 +134,23 @@ class DirectoryLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def taking_turns(directory: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory`` itself (created if missing) for the ``with``
+    block, waiting while another process holds it. Unlike :class:`DirectoryLock` it waits instead
+    of refusing, and it leaves no file behind: for work that processes started together (torchrun's
+    ranks, several runs) must do once, such as downloading a corpus into the cache."""
+    import fcntl
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 @contextlib.contextmanager

@@ -4,7 +4,9 @@ A corpus is found in this order: an explicit path; ``$RNNKIT_DATA_DIR/<file>``; 
 (``$RNNKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``); a download
 into that cache, checked against the entry's sha1 before it is renamed into place. The download
 comes from the entry's own address, or from ``$RNNKIT_MIRROR/<file>`` when that base URL is set
-(behind a firewall, in an air-gapped cluster, or a local ``python -m http.server``).
+(behind a firewall, in an air-gapped cluster, or a local ``python -m http.server``). Processes
+that look for the same corpus at once (torchrun's ranks, runs started together) take turns on the
+cache: one downloads, the others wait and find it there.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnkit.errors import RnnkitError
-from rnnkit.files import TEMP_SUFFIX, UMASK, atomic_write
+from rnnkit.files import TEMP_SUFFIX, UMASK, atomic_write, taking_turns
 from rnnkit.tokens import TOKEN_KINDS, tokenizer_for  # noqa: F401 - TOKEN_KINDS: its old home
 
 D2L_DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
@@ -198,7 +200,10 @@ def find_corpus(name_or_path: str | os.PathLike, download: bool = True) -> Path:
     candidate = looked[-1]  # the cache
     if download:
         try:
-            _download(entry, candidate)
+            with taking_turns(candidate.parent):  # processes started together download once
+                if candidate.is_file():  # another one did while this one waited
+                    return _checked(candidate, entry)
+                _download(entry, candidate)
             return candidate
         except OSError as exc:  # URLError is an OSError
             reason = f"download from {download_url(entry)} failed ({exc})"
