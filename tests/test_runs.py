@@ -122,6 +122,20 @@ def test_resume_with_more_epochs_equals_one_longer_run(tmp_path, capsys):
     assert "--resume continues a run" in capsys.readouterr().err
 
 
+def test_resume_with_max_steps_not_above_the_steps_done_trains_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    steps = load_state(run, load_run(run)[3])["step"]
+    before = weights(run)
+    for max_steps in (2, steps):
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run), "--max-steps", str(max_steps)]) == 0
+        assert f"already at step {steps}; pass a --max-steps above it" in capsys.readouterr().out
+        assert_bitwise_equal(weights(run), before)
+    assert main(["train", "--resume", str(run), "--max-steps", str(steps + 1), "--quiet"]) == 0
+    assert load_state(run, load_run(run)[3])["step"] == steps + 1
+
+
 def test_existing_run_is_not_overwritten_without_force(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--quiet"]) == 0

@@ -253,6 +253,9 @@ def resume_trainer(
     if trainer.finished:
         console.say(f"{out}: already finished ({trainer.finished})")
         return None
+    if config.max_steps and trainer.step >= config.max_steps:
+        console.say(f"{out}: already at step {trainer.step}; pass a --max-steps above it to continue")
+        return None
     if len(trainer.history) >= config.epochs and not (config.time_budget or config.max_steps):
         console.say(f"{out}: already trained for {len(trainer.history)} epochs; pass a larger --epochs to continue")
         return None
